@@ -1,0 +1,173 @@
+"""The few data structures that cross module boundaries.
+
+Conventions (see DESIGN.md, "Data that crosses boundaries"):
+
+* Classes are contiguous ``0..K-1``; ``DatasetInfo.category_ids[k]`` is the dataset's original id.
+* ``Target.masks`` live in the *input frame* (the padded tensor the model sees); ``Target.segments``
+  is the ground truth at the *original* image size and is what metrics compare against.
+* A proposer's ``class_logits`` have ``K + 1`` columns, the last one being "no object".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = 255
+"""Label of unlabelled pixels in semantic maps."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Label-space facts of a dataset, linked from the data module into the model."""
+
+    class_names: tuple[str, ...]
+    category_ids: tuple[int, ...]
+    is_thing: tuple[bool, ...]
+    ignore_index: int = IGNORE_INDEX
+
+    def __post_init__(self) -> None:
+        n = len(self.class_names)
+        if len(self.category_ids) != n or len(self.is_thing) != n:
+            raise ValueError(
+                f"DatasetInfo: {n} class names, {len(self.category_ids)} category ids and "
+                f"{len(self.is_thing)} thing flags; all three must have the same length"
+            )
+        if len(set(self.category_ids)) != n:
+            raise ValueError(f"DatasetInfo: duplicate category ids in {self.category_ids}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def thing_mask(self, device: torch.device | None = None) -> torch.Tensor:
+        """``bool[K]``: True for thing classes."""
+        return torch.tensor(self.is_thing, dtype=torch.bool, device=device)
+
+    def contiguous_id(self, category_id: int) -> int:
+        """Map an original category id to 0..K-1 (KeyError naming the id when unknown)."""
+        try:
+            return self.category_ids.index(category_id)
+        except ValueError:
+            raise KeyError(f"unknown category id {category_id}") from None
+
+
+@dataclass
+class Target:
+    """Ground truth of one image.
+
+    masks: ``bool[N, H, W]`` in the input frame (padded batch size), one per segment.
+    labels: ``long[N]`` contiguous class ids.
+    is_crowd: ``bool[N]``.
+    segments: ``long[H0, W0]`` at the original size, index into ``labels`` per pixel, -1 = void.
+    image_id: the dataset's image id (int for COCO, may be str elsewhere).
+    file_name: image file name (without directory), used to name exported files.
+    orig_size: ``(H0, W0)`` of the original image.
+    valid_size: ``(h, w)`` of the region of the input frame that holds the (resized) image,
+        starting at the top-left corner; the rest is padding.
+    """
+
+    masks: torch.Tensor
+    labels: torch.Tensor
+    is_crowd: torch.Tensor
+    segments: torch.Tensor
+    image_id: Any
+    file_name: str
+    orig_size: tuple[int, int]
+    valid_size: tuple[int, int]
+
+    def to(self, device: torch.device | str) -> "Target":
+        return Target(
+            masks=self.masks.to(device),
+            labels=self.labels.to(device),
+            is_crowd=self.is_crowd.to(device),
+            segments=self.segments.to(device),
+            image_id=self.image_id,
+            file_name=self.file_name,
+            orig_size=self.orig_size,
+            valid_size=self.valid_size,
+        )
+
+
+@dataclass
+class Batch:
+    """What a data module yields.
+
+    images: ``float[B, 3, H, W]`` normalised and padded to a common size.
+    targets: one ``Target`` per image.
+    points: optional point supervision ``float[B, P, 2]``, (y, x) in [-1, 1] relative to the valid
+        region; ``point_labels`` ``long[B, P]`` with -1 for padding.
+    """
+
+    images: torch.Tensor
+    targets: list[Target]
+    points: torch.Tensor | None = None
+    point_labels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def valid_sizes(self) -> list[tuple[int, int]]:
+        return [t.valid_size for t in self.targets]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(
+            images=self.images.to(device),
+            targets=[t.to(device) for t in self.targets],
+            points=None if self.points is None else self.points.to(device),
+            point_labels=None if self.point_labels is None else self.point_labels.to(device),
+        )
+
+
+@dataclass
+class Proposals:
+    """Output of a ``MaskProposer``.
+
+    mask_logits: ``float[B, Q, h, w]`` covering the whole padded input frame (any resolution).
+    class_logits: ``float[B, Q, K + 1]`` (last column = no object) or None for class-agnostic
+        proposers.
+    aux: proposer-specific extras (auxiliary outputs for losses, raw model outputs, ...).
+    """
+
+    mask_logits: torch.Tensor
+    class_logits: torch.Tensor | None = None
+    aux: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PanopticPrediction:
+    """Panoptic result of one image at its original size.
+
+    segments: ``long[H0, W0]``, index into ``labels`` / ``scores`` per pixel, -1 = void.
+    labels: ``long[S]`` contiguous class ids.
+    scores: ``float[S]`` confidences.
+    """
+
+    segments: torch.Tensor
+    labels: torch.Tensor
+    scores: torch.Tensor
+
+
+@dataclass
+class InstancePrediction:
+    """Instance result of one image at its original size: ``masks bool[n, H0, W0]``, ``labels
+    long[n]``, ``scores float[n]`` (sorted by descending score)."""
+
+    masks: torch.Tensor
+    labels: torch.Tensor
+    scores: torch.Tensor
+
+
+@dataclass
+class Prediction:
+    """All post-processed outputs for one image; a field is None when its task was not run.
+
+    semantic: ``long[H0, W0]`` contiguous class ids.
+    """
+
+    semantic: torch.Tensor | None = None
+    panoptic: PanopticPrediction | None = None
+    instance: InstancePrediction | None = None
