@@ -130,11 +130,15 @@ class Proposals:
     class_logits: ``float[B, Q, K + 1]`` (last column = no object) or None for class-agnostic
         proposers.
     aux: proposer-specific extras (auxiliary outputs for losses, raw model outputs, ...).
+    valid_sizes: optional ``long[B, 2]``, the (h, w) region of ``mask_logits`` (top-left aligned)
+        that holds each image. None means "the same fraction of the frame as the input's valid
+        region", which is right for any proposer that maps the whole input frame to its output.
     """
 
     mask_logits: torch.Tensor
     class_logits: torch.Tensor | None = None
     aux: dict[str, Any] = field(default_factory=dict)
+    valid_sizes: torch.Tensor | None = None
 
 
 @dataclass
