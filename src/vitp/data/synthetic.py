@@ -1,0 +1,465 @@
+"""Procedurally generated panoptic dataset written in the official COCO 2017 panoptic layout.
+
+The default dataset of vitp: it exercises exactly the same loader as real COCO. Layout under
+``root``::
+
+    train2017/*.jpg  val2017/*.jpg
+    annotations/panoptic_{split}2017.json  annotations/panoptic_{split}2017/*.png
+    annotations/instances_{split}2017.json          (detection format, things only, RLE masks)
+    .vitp_synthetic.json                            (generation parameters, written last)
+
+PNGs encode segment ids as panopticapi does (``id = R + 256 * G + 256**2 * B``, 0 = void).
+
+Content is built so classification is a real task: stuff classes are textured regions (sky
+gradient, grass noise, fence stripes, floor checker, brick wall) with randomised colours; thing
+classes are defined by shape *and* texture (disc with dots, tile with stripes, solid triangle,
+ring with radial gradient, cross with a small checker, star with speckles) with a random base
+colour per instance. Images have several instances, occlusion, truncation at the border, scale
+changes, crowd regions (``iscrowd = 1``: a cluster of same-class objects as one segment), void
+pixels (thin unlabelled borders between stuff regions, unlabelled noise patches, segments too
+small to keep) and a few images with a single stuff region only.
+
+Generation is deterministic: the same parameters give byte-identical files (numpy + PIL only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+MARKER_NAME = ".vitp_synthetic.json"
+GENERATOR_VERSION = 1
+
+THING_CATEGORIES: tuple[tuple[int, str], ...] = (
+    (1, "disc"),
+    (3, "tile"),
+    (7, "triangle"),
+    (12, "ring"),
+    (18, "cross"),
+    (27, "star"),
+)
+STUFF_CATEGORIES: tuple[tuple[int, str], ...] = (
+    (92, "sky"),
+    (118, "grass"),
+    (130, "fence"),
+    (149, "floor"),
+    (184, "wall-brick"),
+)
+_PALETTE = (
+    (220, 20, 60), (0, 0, 142), (119, 11, 32), (0, 60, 100), (250, 170, 30), (165, 42, 42),
+    (70, 130, 180), (124, 252, 0), (190, 153, 153), (255, 228, 196), (146, 112, 198),
+)
+
+
+def categories() -> list[dict[str, Any]]:
+    """COCO-panoptic style category records (non-contiguous ids, things first)."""
+    cats = []
+    for i, (cid, name) in enumerate(THING_CATEGORIES):
+        cats.append({"id": cid, "name": name, "supercategory": "shape", "isthing": 1,
+                     "color": list(_PALETTE[i])})
+    for i, (cid, name) in enumerate(STUFF_CATEGORIES):
+        cats.append({"id": cid, "name": name, "supercategory": "texture", "isthing": 0,
+                     "color": list(_PALETTE[len(THING_CATEGORIES) + i])})
+    return cats
+
+
+# --------------------------------------------------------------------------------------------
+# textures: (rng, yy, xx, params) -> float32[H, W, 3] in 0..255
+
+
+def _rand_color(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0, 255, size=3).astype(np.float32)
+
+
+def _contrast(rng: np.random.Generator, c: np.ndarray) -> np.ndarray:
+    return ((c + 128 + rng.uniform(-40, 40, size=3)) % 256).astype(np.float32)
+
+
+def _mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    t = t[..., None].astype(np.float32)
+    return a * (1 - t) + b * t
+
+
+def _stuff_sky(rng, yy, xx, h, w):
+    top = np.array([rng.uniform(40, 110), rng.uniform(90, 160), rng.uniform(180, 255)], np.float32)
+    bottom = np.array([rng.uniform(180, 240), rng.uniform(200, 245), rng.uniform(220, 255)], np.float32)
+    t = np.clip(yy / max(h - 1, 1) + rng.uniform(-0.2, 0.2), 0, 1)
+    img = _mix(top, bottom, t)
+    return img + rng.normal(0, 2.0, size=img.shape).astype(np.float32)
+
+
+def _stuff_grass(rng, yy, xx, h, w):
+    base = np.array([rng.uniform(20, 90), rng.uniform(100, 190), rng.uniform(10, 70)], np.float32)
+    streak = rng.normal(0, 1, size=((h + 3) // 4, w)).astype(np.float32)
+    streak = np.repeat(streak, 4, axis=0)[:h]
+    fine = rng.normal(0, 1, size=(h, w)).astype(np.float32)
+    v = 28 * streak + 12 * fine
+    return base + v[..., None] * np.array([0.5, 1.0, 0.4], np.float32)
+
+
+def _stuff_fence(rng, yy, xx, h, w):
+    a, b = _rand_color(rng), _rand_color(rng)
+    period = rng.uniform(6, 14)
+    ang = rng.uniform(0, np.pi)
+    u = yy * np.cos(ang) + xx * np.sin(ang)
+    t = ((u / period) % 1.0) < 0.5
+    return _mix(a, _contrast(rng, a) * 0.5 + b * 0.5, t)
+
+
+def _stuff_floor(rng, yy, xx, h, w):
+    a = _rand_color(rng)
+    b = _contrast(rng, a)
+    period = rng.uniform(8, 20)
+    t = ((np.floor(yy / period) + np.floor(xx / period)) % 2).astype(np.float32)
+    return _mix(a, b, t)
+
+
+def _stuff_brick(rng, yy, xx, h, w):
+    bh = rng.uniform(7, 13)
+    bw = bh * rng.uniform(1.8, 2.6)
+    row = np.floor(yy / bh)
+    xs = xx + (row % 2) * bw / 2
+    col = np.floor(xs / bw)
+    brick = np.array([rng.uniform(120, 200), rng.uniform(40, 90), rng.uniform(20, 70)], np.float32)
+    mortar = np.full(3, rng.uniform(170, 230), np.float32)
+    ri, ci = row.astype(np.int64), col.astype(np.int64)
+    var = (((ri * 73856093) ^ (ci * 19349663)) % 97).astype(np.float32) / 97.0 - 0.5
+    img = brick + 40 * var[..., None]
+    line = ((yy % bh) < 1.3) | ((xs % bw) < 1.3)
+    img[line] = mortar
+    return img
+
+
+STUFF_TEXTURES: tuple[Callable, ...] = (_stuff_sky, _stuff_grass, _stuff_fence, _stuff_floor, _stuff_brick)
+
+
+# --------------------------------------------------------------------------------------------
+# things: shape masks and textures in the object's rotated frame (u, v relative to centre)
+
+
+def _shape_mask(kind: int, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
+    d2 = u * u + v * v
+    if kind == 0:  # disc
+        return d2 <= r * r
+    if kind == 1:  # tile (square)
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.85 * r
+    if kind == 2:  # triangle (equilateral, circumradius r)
+        m = np.ones(u.shape, bool)
+        for k in range(3):
+            a = np.pi / 2 + k * 2 * np.pi / 3
+            m &= (u * np.cos(a) + v * np.sin(a)) >= -0.5 * r
+        return m
+    if kind == 3:  # ring
+        return (d2 <= r * r) & (d2 >= (0.55 * r) ** 2)
+    if kind == 4:  # cross
+        au, av = np.abs(u), np.abs(v)
+        return ((au <= 0.3 * r) & (av <= r)) | ((av <= 0.3 * r) & (au <= r))
+    if kind == 5:  # five-pointed star
+        phi = np.arctan2(v, u)
+        lim = r * (0.42 + 0.58 * ((np.cos(5 * phi) + 1) / 2) ** 2)
+        return d2 <= lim * lim
+    raise ValueError(kind)
+
+
+def _thing_texture(kind: int, rng: np.random.Generator, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
+    base = _rand_color(rng)
+    other = _contrast(rng, base)
+    if kind == 0:  # dots
+        p = max(r / 2.5, 3.0)
+        du = (u / p) % 1.0 - 0.5
+        dv = (v / p) % 1.0 - 0.5
+        return _mix(base, other, (du * du + dv * dv) < 0.09)
+    if kind == 1:  # stripes
+        p = max(r / 3.0, 3.0)
+        return _mix(base, other, ((u / p) % 1.0) < 0.5)
+    if kind == 2:  # solid
+        return np.broadcast_to(base, u.shape + (3,)).astype(np.float32) + rng.normal(
+            0, 3, size=u.shape + (3,)).astype(np.float32)
+    if kind == 3:  # radial gradient
+        t = np.clip(np.sqrt(u * u + v * v) / max(r, 1e-6), 0, 1)
+        return _mix(base, other, t)
+    if kind == 4:  # small checker
+        p = max(r / 4.0, 2.0)
+        return _mix(base, other, ((np.floor(u / p) + np.floor(v / p)) % 2).astype(np.float32))
+    if kind == 5:  # speckles
+        t = rng.uniform(0, 1, size=u.shape) < 0.3
+        return _mix(base, other, t)
+    raise ValueError(kind)
+
+
+def _render_thing(kind, rng, yy, xx, cy, cx, r, theta):
+    dy, dx = yy - cy, xx - cx
+    c, s = np.cos(theta), np.sin(theta)
+    u = c * dx + s * dy
+    v = -s * dx + c * dy
+    mask = _shape_mask(kind, u, v, r)
+    tex = _thing_texture(kind, rng, u, v, r)
+    return mask, tex
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _boundary(lab: np.ndarray) -> np.ndarray:
+    b = np.zeros(lab.shape, bool)
+    b[1:] |= lab[1:] != lab[:-1]
+    b[:-1] |= lab[1:] != lab[:-1]
+    b[:, 1:] |= lab[:, 1:] != lab[:, :-1]
+    b[:, :-1] |= lab[:, 1:] != lab[:, :-1]
+    return b
+
+
+def _bbox(mask: np.ndarray) -> list[int]:
+    rows = np.flatnonzero(mask.any(1))
+    cols = np.flatnonzero(mask.any(0))
+    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+
+
+def generate_image(rng: np.random.Generator, image_size: int, min_area: int = 12):
+    """One image: ``(rgb uint8[H,W,3], ids int64[H,W] (0 = void), segments list[dict])``.
+
+    ``segments`` entries: ``id``, ``category_id``, ``iscrowd``.
+    """
+    long_side = image_size
+    short_side = int(round(image_size * rng.uniform(0.7, 1.0)))
+    h, w = (short_side, long_side) if rng.uniform() < 0.6 else (long_side, short_side)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    mind = min(h, w)
+
+    img = np.zeros((h, w, 3), np.float32)
+    ids = np.zeros((h, w), np.int64)
+    segs: list[dict[str, Any]] = []
+
+    minimal = rng.uniform() < 0.06
+    # --- stuff
+    k = 1 if minimal else int(rng.choice([1, 2, 3], p=[0.15, 0.5, 0.35]))
+    stuff_cls = rng.choice(len(STUFF_CATEGORIES), size=k, replace=False)
+    if k == 1:
+        region = np.zeros((h, w), np.int64)
+    else:
+        py = rng.uniform(0, h, size=k)
+        px = rng.uniform(0, w, size=k)
+        amp, freq, ph = rng.uniform(0, 0.08 * mind), rng.uniform(0.02, 0.08), rng.uniform(0, 6.3)
+        wy = yy + amp * np.sin(xx * freq + ph)
+        wx = xx + amp * np.cos(yy * freq + ph)
+        d = (wy[None] - py[:, None, None]) ** 2 + (wx[None] - px[:, None, None]) ** 2
+        region = d.argmin(0)
+    for j, sc in enumerate(stuff_cls):
+        m = region == j
+        if not m.any():
+            continue
+        tex = STUFF_TEXTURES[int(sc)](rng, yy, xx, h, w)
+        img[m] = tex[m]
+        sid = STUFF_CATEGORIES[int(sc)][0] * 1000 + 1
+        ids[m] = sid
+        segs.append({"id": sid, "category_id": STUFF_CATEGORIES[int(sc)][0], "iscrowd": 0})
+    if not minimal and k > 1 and rng.uniform() < 0.5:  # thin unlabelled borders
+        ids[_boundary(region)] = 0
+    if not minimal and rng.uniform() < 0.2:  # unlabelled noise patch
+        ph_, pw_ = int(rng.uniform(0.1, 0.3) * h), int(rng.uniform(0.1, 0.3) * w)
+        y0, x0 = int(rng.integers(0, h - ph_)), int(rng.integers(0, w - pw_))
+        img[y0:y0 + ph_, x0:x0 + pw_] = rng.uniform(0, 255, size=(ph_, pw_, 3))
+        ids[y0:y0 + ph_, x0:x0 + pw_] = 0
+
+    # --- things (painted in order: later ones occlude earlier ones)
+    if not minimal:
+        n_things = int(rng.integers(0, 8))
+        crowd_at = int(rng.integers(0, n_things + 1)) if rng.uniform() < 0.25 else -1
+        counter = 0
+        for t in range(n_things + 1):
+            if t == crowd_at:
+                kind = int(rng.integers(0, len(THING_CATEGORIES)))
+                cid = THING_CATEGORIES[kind][0]
+                ccy, ccx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
+                spread = 0.12 * mind
+                union = np.zeros((h, w), bool)
+                for _ in range(int(rng.integers(5, 11))):
+                    r = mind * rng.uniform(0.025, 0.05)
+                    cy, cx = ccy + rng.normal(0, spread / 2), ccx + rng.normal(0, spread / 2)
+                    m, tex = _render_thing(kind, rng, yy, xx, cy, cx, r, rng.uniform(0, 2 * np.pi))
+                    img[m] = tex[m]
+                    union |= m
+                counter += 1
+                sid = cid * 1000 + 100 + counter
+                ids[union] = sid
+                segs.append({"id": sid, "category_id": cid, "iscrowd": 1})
+            if t == n_things:
+                break
+            kind = int(rng.integers(0, len(THING_CATEGORIES)))
+            cid = THING_CATEGORIES[kind][0]
+            r = mind * float(np.exp(rng.uniform(np.log(0.06), np.log(0.25))))
+            cy, cx = rng.uniform(-0.1, 1.1) * h, rng.uniform(-0.1, 1.1) * w
+            m, tex = _render_thing(kind, rng, yy, xx, cy, cx, r, rng.uniform(0, 2 * np.pi))
+            if not m.any():
+                continue
+            img[m] = tex[m]
+            counter += 1
+            sid = cid * 1000 + 100 + counter
+            ids[m] = sid
+            segs.append({"id": sid, "category_id": cid, "iscrowd": 0})
+
+    img += rng.normal(0, 3.0, size=img.shape).astype(np.float32)
+    rgb = np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+    # drop segments too small to keep (their pixels become void)
+    kept = []
+    present, counts = np.unique(ids, return_counts=True)
+    area = dict(zip(present.tolist(), counts.tolist()))
+    for s in segs:
+        a = area.get(s["id"], 0)
+        if a < min_area:
+            if a:
+                ids[ids == s["id"]] = 0
+            continue
+        kept.append(s)
+    return rgb, ids, kept
+
+
+def encode_ids(ids: np.ndarray) -> np.ndarray:
+    """Segment ids ``int[H, W]`` -> panopticapi RGB ``uint8[H, W, 3]``."""
+    ids = ids.astype(np.int64)
+    return np.stack([ids % 256, (ids // 256) % 256, ids // (256 * 256)], axis=-1).astype(np.uint8)
+
+
+def decode_ids(rgb: np.ndarray) -> np.ndarray:
+    """panopticapi RGB ``uint8[H, W, 3]`` -> segment ids ``int64[H, W]``."""
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def _params(num_train, num_val, image_size, seed) -> dict[str, Any]:
+    return {"generator": "vitp.data.synthetic", "version": GENERATOR_VERSION,
+            "num_train": int(num_train), "num_val": int(num_val),
+            "image_size": int(image_size), "seed": int(seed)}
+
+
+def _write_split(root: Path, split: str, split_code: int, num: int, image_size: int, seed: int,
+                 cats: list[dict[str, Any]]) -> None:
+    from pycocotools import mask as mask_utils
+
+    img_dir = root / f"{split}2017"
+    png_dir = root / "annotations" / f"panoptic_{split}2017"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    png_dir.mkdir(parents=True, exist_ok=True)
+    images, pan_anns, inst_anns = [], [], []
+    thing_ids = {c["id"] for c in cats if c["isthing"]}
+    ann_id = 0
+    for i in range(num):
+        rng = np.random.default_rng([int(seed), split_code, i])
+        rgb, ids, segs = generate_image(rng, image_size)
+        image_id = split_code * 1_000_000 + i + 1
+        stem = f"{image_id:012d}"
+        h, w = ids.shape
+        Image.fromarray(rgb).save(img_dir / f"{stem}.jpg", quality=92)
+        Image.fromarray(encode_ids(ids)).save(png_dir / f"{stem}.png")
+        images.append({"id": image_id, "file_name": f"{stem}.jpg", "height": h, "width": w})
+        infos = []
+        for s in segs:
+            m = ids == s["id"]
+            info = {"id": s["id"], "category_id": s["category_id"], "iscrowd": s["iscrowd"],
+                    "bbox": _bbox(m), "area": int(m.sum())}
+            infos.append(info)
+            if s["category_id"] in thing_ids:
+                rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+                rle["counts"] = rle["counts"].decode("ascii")
+                ann_id += 1
+                inst_anns.append({
+                    "id": ann_id, "image_id": image_id, "category_id": s["category_id"],
+                    "segmentation": {"size": [int(h), int(w)], "counts": rle["counts"]},
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": [float(x) for x in mask_utils.toBbox(rle).tolist()],
+                    "iscrowd": s["iscrowd"],
+                })
+        pan_anns.append({"image_id": image_id, "file_name": f"{stem}.png", "segments_info": infos})
+    info = {"description": "vitp synthetic panoptic dataset", "version": str(GENERATOR_VERSION)}
+    pan = {"info": info, "licenses": [], "images": images, "annotations": pan_anns, "categories": cats}
+    inst = {"info": info, "licenses": [], "images": images, "annotations": inst_anns,
+            "categories": [{k: c[k] for k in ("id", "name", "supercategory")} for c in cats if c["isthing"]]}
+    ann_dir = root / "annotations"
+    (ann_dir / f"panoptic_{split}2017.json").write_text(json.dumps(pan, separators=(",", ":")))
+    (ann_dir / f"instances_{split}2017.json").write_text(json.dumps(inst, separators=(",", ":")))
+
+
+def generate_panoptic_dataset(
+    root: str | os.PathLike,
+    num_train: int = 300,
+    num_val: int = 50,
+    image_size: int = 256,
+    seed: int = 0,
+) -> Path:
+    """Write the synthetic dataset under ``root`` (created; existing files are overwritten).
+
+    Returns ``root`` as a Path. The marker ``root/.vitp_synthetic.json`` (written last) records
+    the parameters; see :func:`ensure_synthetic_dataset` for reuse of an existing tree.
+    """
+    if image_size < 32:
+        raise ValueError(f"image_size must be >= 32, got {image_size}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    cats = categories()
+    _write_split(root, "train", 1, num_train, image_size, seed, cats)
+    _write_split(root, "val", 2, num_val, image_size, seed, cats)
+    params = _params(num_train, num_val, image_size, seed)
+    (root / MARKER_NAME).write_text(json.dumps(params, indent=1, sort_keys=True))
+    return root
+
+
+def read_marker(root: str | os.PathLike) -> dict[str, Any] | None:
+    p = Path(root) / MARKER_NAME
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_synthetic_dataset(
+    root: str | os.PathLike,
+    num_train: int = 300,
+    num_val: int = 50,
+    image_size: int = 256,
+    seed: int = 0,
+) -> Path:
+    """Return ``root`` holding the synthetic dataset with these parameters, generating it if needed.
+
+    An existing tree is reused when its marker matches; a tree with a different marker (one of
+    ours) is replaced; a non-empty directory without a marker is never touched (ValueError).
+    Generation happens in a sibling temporary directory that is renamed into place, so concurrent
+    processes (e.g. DDP ranks) never see a half-written tree.
+    """
+    root = Path(root)
+    want = _params(num_train, num_val, image_size, seed)
+    if read_marker(root) == want:
+        return root
+    if root.exists() and read_marker(root) is None and any(root.iterdir()):
+        raise ValueError(
+            f"{root} exists, is not empty and has no {MARKER_NAME} marker: refusing to write the "
+            "synthetic dataset there (choose another root or remove the directory)"
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp", dir=root.parent))
+    try:
+        generate_panoptic_dataset(tmp, num_train, num_val, image_size, seed)
+        if read_marker(root) == want:  # another process won the race
+            return root
+        if root.exists():
+            old = root.with_name(f".{root.name}.old{os.getpid()}")
+            root.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            tmp.rename(root)
+        except OSError:
+            if read_marker(root) != want:
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
