@@ -1,0 +1,286 @@
+"""PointViT: a timm ViT whose CLS token is replaced by one token per query point (ViT-P stage 2).
+
+Two attention modes:
+
+* ``"one_way"`` (default): patches attend only to patches (their features are exactly the
+  backbone's); each point token attends to [itself ; patches]. A point's logits therefore do not
+  depend on the other points, on padding points or on the rest of the batch, and the patch pass can
+  run once (``encode_patches``) for any number of points (``classify_points``).
+* ``"full"``: the reference behaviour, [points ; patches] through every block with full
+  self-attention (padding patches still masked out).
+
+Points are ``(y, x)`` in [-1, 1] relative to each image's valid region (see ``vitp.points``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+from vitp.classifiers.loading import LoadReport, load_into
+from vitp.classifiers.vit_ops import block_forward, block_query, check_block, prepare_images
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PatchCache:
+    """Result of ``PointViT.encode_patches``: per block keys / values of the patch tokens.
+
+    kv: one ``(k, v)`` per block, ``[B, heads, N, head_dim]`` (N = prefix/register tokens + patches).
+    key_mask: ``bool[B, N]``, False for padding patches.
+    grid: ``(Gh, Gw)`` patch grid of the padded batch.
+    image_grids: ``long[B, 2]`` patch grid covering each image's valid region.
+    valid_sizes: ``long[B, 2]`` valid region of each image after rescaling (pixels).
+    pos_grids: per image ``[gh, gw, D]`` patch position embedding (for ``sample_pos_embed``).
+    """
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    key_mask: torch.Tensor
+    grid: tuple[int, int]
+    image_grids: torch.Tensor
+    valid_sizes: torch.Tensor
+    pos_grids: list[torch.Tensor]
+
+
+class PointViT(nn.Module):
+    """Point classifier: timm ViT + one token per query point + linear head (``logits [B, P, K]``).
+
+    Args:
+        num_classes: K, number of classes (no void class).
+        model_name: timm ViT name (default DINOv2 ViT-B/14).
+        pretrained: load timm's pretrained weights (needs the hub).
+        checkpoint_path: local checkpoint (timm / DINOv2 state dict, or a vitp / Lightning one).
+        image_size: rescale each image so its valid region's long side has this size (aspect ratio
+            kept); None = use the input resolution.
+        attention: ``"one_way"`` (points read patches only) or ``"full"`` (reference).
+        point_encoding: ``"linear"`` (reference: ``Linear(2 -> D)`` of (y, x) + CLS position
+            embedding) or ``"sample_pos_embed"`` (CLS token + patch position embedding sampled at the
+            point).
+        reinit_head: re-initialise the head when the checkpoint's head has another size.
+        drop_path_rate: stochastic depth of the backbone.
+        point_chunk_size: in ``one_way`` mode, classify at most this many points at once (memory).
+        model_kwargs: extra ``timm.create_model`` kwargs (e.g. a tiny architecture for tests).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        model_name: str = "vit_base_patch14_dinov2",
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        image_size: int | None = 518,
+        attention: Literal["one_way", "full"] = "one_way",
+        point_encoding: Literal["linear", "sample_pos_embed"] = "linear",
+        reinit_head: bool = False,
+        drop_path_rate: float = 0.0,
+        point_chunk_size: int | None = 1024,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if attention not in ("one_way", "full"):
+            raise ValueError(f"attention must be 'one_way' or 'full', got {attention!r}")
+        if point_encoding not in ("linear", "sample_pos_embed"):
+            raise ValueError(f"point_encoding must be 'linear' or 'sample_pos_embed', got {point_encoding!r}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        kwargs = dict(model_kwargs or {})
+        kwargs.update(num_classes=0, dynamic_img_size=True, drop_path_rate=drop_path_rate)
+        self.backbone = timm.create_model(model_name, pretrained=pretrained, **kwargs)
+        be = self.backbone
+        for name in ("patch_embed", "blocks", "pos_embed", "cls_token"):
+            if not hasattr(be, name):
+                raise NotImplementedError(f"{model_name}: PointViT needs a timm VisionTransformer (no {name})")
+        for blk in be.blocks:
+            check_block(blk)
+        if not isinstance(getattr(be, "patch_drop", nn.Identity()), nn.Identity):
+            raise ValueError("patch dropout is not supported by PointViT (it would drop masked patches)")
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.attention = attention
+        self.point_encoding = point_encoding
+        self.reinit_head = reinit_head
+        self.point_chunk_size = point_chunk_size
+        self.embed_dim = int(be.embed_dim)
+        self.patch_size = tuple(int(p) for p in be.patch_embed.patch_size)
+        self.point_embed = nn.Linear(2, self.embed_dim, bias=False) if point_encoding == "linear" else None
+        self.head = nn.Linear(self.embed_dim, num_classes)
+        self.reset_point_embed()
+        self.reset_head()
+        self.load_report: LoadReport | None = None
+        if checkpoint_path:
+            self.load_checkpoint(checkpoint_path)
+
+    # ------------------------------------------------------------------ parameters / loading
+    def reset_head(self) -> None:
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def reset_point_embed(self) -> None:
+        if self.point_embed is not None:
+            nn.init.normal_(self.point_embed.weight, std=1e-3)
+
+    def load_checkpoint(self, source: str | Path | dict[str, Any], reinit_head: bool | None = None) -> LoadReport:
+        """Load a local checkpoint (see ``vitp.classifiers.loading.load_into``); sets ``load_report``."""
+        self.load_report = load_into(self, source, self.reinit_head if reinit_head is None else reinit_head)
+        return self.load_report
+
+    # ------------------------------------------------------------------ embeddings
+    @property
+    def _num_pos_prefix(self) -> int:
+        be = self.backbone
+        return 0 if getattr(be, "no_embed_class", False) else int(be.num_prefix_tokens)
+
+    def _cls_pos(self) -> torch.Tensor | None:
+        """The pretrained CLS position embedding ``[D]`` (None when the model has none)."""
+        be = self.backbone
+        if be.pos_embed is None or be.cls_token is None or self._num_pos_prefix == 0:
+            return None
+        return be.pos_embed[0, 0]
+
+    def _pos_grid(self, gh: int, gw: int) -> torch.Tensor | None:
+        be = self.backbone
+        if be.pos_embed is None:
+            return None
+        pe = resample_abs_pos_embed(
+            be.pos_embed, new_size=(gh, gw), old_size=be.patch_embed.grid_size,
+            num_prefix_tokens=self._num_pos_prefix,
+        )
+        return pe[0, self._num_pos_prefix:].reshape(gh, gw, -1)
+
+    def prepare_images(self, images: torch.Tensor, valid_sizes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crop to the valid regions, rescale (``image_size``, aspect kept), pad to the patch size."""
+        return prepare_images(images, valid_sizes, self.image_size, self.patch_size)
+
+    def _embed_patches(self, images: torch.Tensor, valid_sizes: torch.Tensor | None):
+        be = self.backbone
+        x, vs = self.prepare_images(images, valid_sizes)
+        B = x.shape[0]
+        ph, pw = self.patch_size
+        tok = be.patch_embed(x)  # [B, Gh, Gw, D]
+        Gh, Gw = tok.shape[1], tok.shape[2]
+        grids = torch.stack([(vs[:, 0] + ph - 1) // ph, (vs[:, 1] + pw - 1) // pw], dim=1)
+        pos = tok.new_zeros(B, Gh, Gw, tok.shape[-1])
+        pos_grids: list[torch.Tensor] = []
+        cache: dict[tuple[int, int], torch.Tensor | None] = {}
+        for b, (gh, gw) in enumerate(grids.tolist()):
+            if (gh, gw) not in cache:
+                cache[(gh, gw)] = self._pos_grid(gh, gw)
+            g = cache[(gh, gw)]
+            if g is not None:
+                pos[b, :gh, :gw] = g.to(pos.dtype)
+                pos_grids.append(g)
+            else:
+                pos_grids.append(tok.new_zeros(gh, gw, tok.shape[-1]))
+        rows = torch.arange(Gh, device=x.device)
+        cols = torch.arange(Gw, device=x.device)
+        patch_mask = (rows[None, :, None] < grids[:, 0, None, None]) & (cols[None, None, :] < grids[:, 1, None, None])
+        patches = (tok + pos).reshape(B, Gh * Gw, -1)
+        prefix = []
+        if getattr(be, "reg_token", None) is not None:
+            reg = be.reg_token
+            if self._num_pos_prefix:
+                start = 1 if be.cls_token is not None else 0
+                reg = reg + be.pos_embed[:, start : start + reg.shape[1]]
+            prefix.append(reg.expand(B, -1, -1))
+        seq = torch.cat(prefix + [patches], dim=1)
+        seq = be.norm_pre(be.pos_drop(seq))
+        n_prefix = seq.shape[1] - Gh * Gw
+        key_mask = torch.cat([patch_mask.new_ones(B, n_prefix), patch_mask.reshape(B, -1)], dim=1)
+        return seq, key_mask, (Gh, Gw), grids, vs, pos_grids
+
+    def _embed_points(self, points: torch.Tensor, vs: torch.Tensor, grids: torch.Tensor,
+                      pos_grids: list[torch.Tensor]) -> torch.Tensor:
+        be = self.backbone
+        B, P, _ = points.shape
+        D = self.embed_dim
+        points = points.to(be.patch_embed.proj.weight.dtype)
+        if self.point_encoding == "linear":
+            tok = self.point_embed(points)
+            base = self._cls_pos()
+            if base is None and be.cls_token is not None:
+                base = be.cls_token[0, 0]
+        else:
+            ph, pw = self.patch_size
+            toks = []
+            for b in range(B):
+                # pixel position in the rescaled frame -> normalised over the image's patch grid
+                ext = torch.stack([grids[b, 0] * ph, grids[b, 1] * pw]).to(points.dtype)
+                yx = (points[b] + 1) / 2 * vs[b].to(points.dtype) / ext * 2 - 1
+                g = pos_grids[b].permute(2, 0, 1)[None].to(points.dtype)  # [1, D, gh, gw]
+                s = F.grid_sample(g, yx.flip(-1)[None, None], mode="bilinear", padding_mode="border",
+                                  align_corners=False)
+                toks.append(s[0, :, 0].t())
+            tok = torch.stack(toks) if toks else points.new_zeros(B, P, D)
+            base = be.cls_token[0, 0] if be.cls_token is not None else None
+        if base is not None:
+            tok = tok + base
+        return be.norm_pre(be.pos_drop(tok))
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        be = self.backbone
+        x = be.norm(x)
+        x = getattr(be, "fc_norm", nn.Identity())(x)
+        return self.head(x)
+
+    # ------------------------------------------------------------------ forward
+    def encode_patches(self, images: torch.Tensor, valid_sizes: torch.Tensor | None = None) -> PatchCache:
+        """Run the patch pass once (``one_way`` mode) and cache every block's keys / values."""
+        if self.attention != "one_way":
+            raise RuntimeError("encode_patches / classify_points need attention='one_way'")
+        seq, key_mask, grid, grids, vs, pos_grids = self._embed_patches(images, valid_sizes)
+        mask = key_mask[:, None, None, :]
+        kv = []
+        for blk in self.backbone.blocks:
+            seq, blk_kv = block_forward(blk, seq, mask, return_kv=True)
+            kv.append(blk_kv)
+        return PatchCache(kv=kv, key_mask=key_mask, grid=grid, image_grids=grids, valid_sizes=vs,
+                          pos_grids=pos_grids)
+
+    def classify_points(self, cache: PatchCache, points: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, P, K]`` of ``points [B, P, 2]`` from a ``PatchCache`` (chunked over P)."""
+        B, P, _ = points.shape
+        if P == 0:
+            return points.new_zeros(B, 0, self.num_classes)
+        chunk = self.point_chunk_size or P
+        out = []
+        for s in range(0, P, chunk):
+            x = self._embed_points(points[:, s : s + chunk], cache.valid_sizes, cache.image_grids, cache.pos_grids)
+            for blk, kv in zip(self.backbone.blocks, cache.kv):
+                x = block_query(blk, x, kv, cache.key_mask)
+            out.append(self._head(x))
+        return torch.cat(out, dim=1)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        points: torch.Tensor,
+        valid_sizes: torch.Tensor | None = None,
+        point_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``images [B,3,H,W]``, ``points [B,P,2]`` (y, x in [-1,1] of the valid region),
+        ``valid_sizes long[B,2]`` (None = whole frame) -> ``logits [B,P,K]``.
+
+        ``point_mask bool[B,P]`` (``full`` mode only): False hides padding points from the others.
+        """
+        if valid_sizes is not None and not isinstance(valid_sizes, torch.Tensor):
+            valid_sizes = torch.as_tensor(valid_sizes, dtype=torch.long, device=images.device)
+        if self.attention == "one_way":
+            return self.classify_points(self.encode_patches(images, valid_sizes), points)
+        B, P, _ = points.shape
+        seq, key_mask, _, grids, vs, pos_grids = self._embed_patches(images, valid_sizes)
+        pts = self._embed_points(points, vs, grids, pos_grids)
+        pmask = torch.ones(B, P, dtype=torch.bool, device=seq.device) if point_mask is None else point_mask.bool()
+        x = torch.cat([pts, seq], dim=1)
+        mask = torch.cat([pmask, key_mask], dim=1)[:, None, None, :]
+        for blk in self.backbone.blocks:
+            x, _ = block_forward(blk, x, mask)
+        return self._head(x[:, :P])

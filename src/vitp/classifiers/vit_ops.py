@@ -1,0 +1,153 @@
+"""Low-level pieces of ``PointViT`` built from timm ViT sub-layers (no monkey-patching).
+
+* ``block_forward`` runs one timm ``Block`` with a boolean attention mask and can return the block's
+  keys / values (used to cache the patch pass).
+* ``block_query`` runs one block for *query* tokens that attend to cached patch keys / values plus
+  themselves only (the "one_way" attention of vitp).
+* ``prepare_images`` crops each image to its valid region, optionally rescales it (long side ==
+  ``image_size``, aspect ratio kept) and pads the batch to a common multiple of the patch size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def check_block(block: nn.Module) -> None:
+    """Raise when a timm block does not have the standard pre-norm ``Block`` / ``Attention`` layout."""
+    needed = ["norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"]
+    missing = [n for n in needed if not hasattr(block, n)]
+    attn = getattr(block, "attn", None)
+    if attn is not None:
+        missing += [f"attn.{n}" for n in ("qkv", "proj", "num_heads", "head_dim") if not hasattr(attn, n)]
+    if missing:
+        raise NotImplementedError(
+            f"PointViT needs timm pre-norm Blocks with a fused qkv Attention; {type(block).__name__} "
+            f"lacks {missing}"
+        )
+
+
+def _qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x [B, N, C]`` -> q, k, v ``[B, heads, N, head_dim]`` (qk-norm applied)."""
+    B, N, _ = x.shape
+    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q_norm = getattr(attn, "q_norm", None)
+    k_norm = getattr(attn, "k_norm", None)
+    if q_norm is not None:
+        q = q_norm(q)
+    if k_norm is not None:
+        k = k_norm(k)
+    return q, k, v
+
+
+def _attn_out(attn: nn.Module, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """Attention output ``o [B, heads, N, d]`` -> projected ``[B, N, C]`` (gate / scale-norm aware)."""
+    B, _, N, _ = o.shape
+    o = o.transpose(1, 2).reshape(B, N, attn.num_heads * attn.head_dim)
+    norm = getattr(attn, "norm", None)
+    if norm is not None:
+        o = norm(o)
+    gate = getattr(attn, "gate", None)
+    if gate is not None:
+        o = o * gate(h).sigmoid()
+    o = attn.proj(o)
+    proj_drop = getattr(attn, "proj_drop", None)
+    if proj_drop is not None:
+        o = proj_drop(o)
+    return o
+
+
+def _dropout_p(attn: nn.Module) -> float:
+    drop = getattr(attn, "attn_drop", None)
+    return float(drop.p) if (drop is not None and attn.training) else 0.0
+
+
+def _mlp_branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+
+def block_forward(
+    block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None, return_kv: bool = False
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Same maths as timm ``Block.forward(x, attn_mask)`` (``attn_mask`` bool, True = attend).
+
+    Returns the new tokens and, when ``return_kv``, this block's keys / values of ``x``.
+    """
+    attn = block.attn
+    h = block.norm1(x)
+    q, k, v = _qkv(attn, h)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=_dropout_p(attn))
+    x = x + block.drop_path1(block.ls1(_attn_out(attn, h, o)))
+    return _mlp_branch(block, x), ((k, v) if return_kv else None)
+
+
+def block_query(
+    block: nn.Module,
+    xq: torch.Tensor,
+    kv: tuple[torch.Tensor, torch.Tensor],
+    key_mask: torch.Tensor,
+) -> torch.Tensor:
+    """One block for query tokens ``xq [B, P, C]`` that attend to [themselves ; cached keys].
+
+    ``kv``: cached keys / values ``[B, heads, N, d]`` of the context tokens, ``key_mask bool[B, N]``
+    (True = may be attended). A query never sees the other queries, so its output does not depend on
+    which other queries are processed with it.
+    """
+    attn = block.attn
+    B, P, _ = xq.shape
+    h = block.norm1(xq)
+    q, k_self, v_self = _qkv(attn, h)
+    k_ctx, v_ctx = kv
+    N = k_ctx.shape[2]
+    k = torch.cat([k_ctx, k_self], dim=2)
+    v = torch.cat([v_ctx, v_self], dim=2)
+    eye = torch.eye(P, dtype=torch.bool, device=xq.device)
+    mask = torch.cat([key_mask[:, None, :].expand(B, P, N), eye.expand(B, P, P)], dim=2)[:, None]
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=_dropout_p(attn))
+    x = xq + block.drop_path1(block.ls1(_attn_out(attn, h, o)))
+    return _mlp_branch(block, x)
+
+
+def resized_size(h: int, w: int, image_size: int | None) -> tuple[int, int]:
+    """Size of a valid region ``(h, w)`` after rescaling its long side to ``image_size``."""
+    if image_size is None:
+        return h, w
+    s = image_size / max(h, w)
+    return max(1, int(round(h * s))), max(1, int(round(w * s)))
+
+
+def prepare_images(
+    images: torch.Tensor,
+    valid_sizes: torch.Tensor | None,
+    image_size: int | None,
+    patch_size: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop each image to its valid region, rescale (long side == ``image_size``, aspect kept) and
+    zero-pad all to a common size that is a multiple of the patch size.
+
+    Returns ``(images float[B, 3, H', W'], new_valid_sizes long[B, 2])``. Padding pixels are zero, so
+    nothing outside an image's valid region can influence the result.
+    """
+    B, _, H, W = images.shape
+    if valid_sizes is None:
+        valid_sizes = torch.tensor([[H, W]] * B, device=images.device)
+    vs = [(int(h), int(w)) for h, w in valid_sizes.tolist()]
+    new = [resized_size(h, w, image_size) for h, w in vs]
+    ph, pw = patch_size
+    Hn = int(math.ceil(max(h for h, _ in new) / ph) * ph)
+    Wn = int(math.ceil(max(w for _, w in new) / pw) * pw)
+    out = images.new_zeros(B, images.shape[1], Hn, Wn)
+    for b, ((h, w), (nh, nw)) in enumerate(zip(vs, new)):
+        if not (0 < h <= H and 0 < w <= W):
+            raise ValueError(f"valid size {(h, w)} of image {b} does not fit the frame {(H, W)}")
+        crop = images[b : b + 1, :, :h, :w]
+        if (nh, nw) != (h, w):
+            antialias = nh < h or nw < w
+            crop = F.interpolate(crop, size=(nh, nw), mode="bilinear", align_corners=False, antialias=antialias)
+        out[b, :, :nh, :nw] = crop[0]
+    return out, torch.tensor(new, dtype=torch.long, device=images.device)
