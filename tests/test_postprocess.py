@@ -1,0 +1,106 @@
+"""Post-processing edge cases (Mask2Former semantics)."""
+
+import torch
+
+from vitp.postprocess import (PostProcessConfig, crop_and_resize, instance_inference,
+                              panoptic_inference, postprocess, semantic_inference)
+
+S = 20.0
+IS_THING = torch.tensor([True, True, False])  # classes 0, 1 things; 2 stuff
+
+
+def one_hot_probs(labels, num_classes=3, score=0.99):
+    probs = torch.full((len(labels), num_classes + 1), (1 - score) / num_classes)
+    for i, label in enumerate(labels):
+        probs[i, label] = score
+    return probs
+
+
+def masks_from(*regions, size=(6, 6)):
+    logits = torch.full((len(regions), *size), -S)
+    for i, (r0, r1, c0, c1) in enumerate(regions):
+        logits[i, r0:r1, c0:c1] = S
+    return logits
+
+
+def test_panoptic_no_confident_query_gives_all_void():
+    logits = masks_from((0, 6, 0, 6))
+    probs = one_hot_probs([0], score=0.5)  # below the 0.8 object-mask threshold
+    pred = panoptic_inference(logits, probs, IS_THING)
+    assert (pred.segments == -1).all() and len(pred.labels) == 0
+
+
+def test_panoptic_void_query_dropped_and_uncovered_pixels_void():
+    logits = masks_from((0, 3, 0, 3), (3, 6, 3, 6))
+    probs = torch.tensor([[0.95, 0.0, 0.0, 0.05], [0.0, 0.0, 0.05, 0.95]])  # second is no-object
+    pred = panoptic_inference(logits, probs, IS_THING)
+    assert pred.labels.tolist() == [0]
+    assert (pred.segments[:3, :3] == 0).all()
+    assert (pred.segments[3:, 3:] == -1).all()
+    assert (pred.segments[:3, 3:] == -1).all()
+
+
+def test_panoptic_stuff_of_one_class_merged_things_kept_apart():
+    logits = masks_from((0, 3, 0, 3), (3, 6, 3, 6), (0, 3, 3, 6), (3, 6, 0, 3))
+    probs = one_hot_probs([2, 2, 0, 0])
+    pred = panoptic_inference(logits, probs, IS_THING)
+    assert sorted(pred.labels.tolist()) == [0, 0, 2]
+    stuff = (pred.labels == 2).nonzero()[0, 0]
+    assert (pred.segments[:3, :3] == stuff).all() and (pred.segments[3:, 3:] == stuff).all()
+    assert pred.segments[0, 5] != pred.segments[5, 0]
+
+
+def test_panoptic_overlap_threshold_drops_mostly_hidden_segment():
+    # query 1 is mostly covered by the more confident query 0
+    logits = masks_from((0, 6, 0, 6), (0, 6, 0, 2))
+    probs = torch.stack([one_hot_probs([2], score=0.99)[0], one_hot_probs([0], score=0.9)[0]])
+    pred = panoptic_inference(logits, probs, IS_THING, PostProcessConfig(overlap_threshold=0.8))
+    assert pred.labels.tolist() == [2]
+    assert (pred.segments == 0).all()
+
+
+def test_semantic_argmax_of_class_weighted_masks():
+    logits = masks_from((0, 6, 0, 3), (0, 6, 3, 6))
+    probs = one_hot_probs([1, 2])
+    sem = semantic_inference(logits, probs)
+    assert (sem[:, :3] == 1).all() and (sem[:, 3:] == 2).all()
+
+
+def test_instance_topk_thing_only_sorted_and_rescored():
+    logits = masks_from((0, 3, 0, 3), (3, 6, 3, 6), (0, 6, 0, 6))
+    logits[1] = torch.where(logits[1] > 0, torch.tensor(0.5), logits[1])  # weak mask: rescored down
+    probs = one_hot_probs([0, 1, 2])
+    pred = instance_inference(logits, probs, IS_THING, PostProcessConfig(topk_instances=2))
+    assert len(pred.labels) == 2
+    assert set(pred.labels.tolist()) <= {0, 1}  # stuff class 2 never an instance
+    assert pred.labels[0] == 0 and pred.scores[0] > pred.scores[1]
+    assert torch.all(pred.scores[:-1] >= pred.scores[1:])
+    assert pred.masks.dtype == torch.bool and pred.masks.shape == (2, 6, 6)
+
+
+def test_crop_exact_when_valid_region_is_whole_mask_pixels():
+    logits = torch.randn(2, 8, 8)
+    out = crop_and_resize(logits, (4, 6), (4, 6), frame_size=(8, 8))
+    assert torch.equal(out, logits[:, :4, :6])
+
+
+def test_crop_resizes_from_frame_to_original():
+    logits = torch.zeros(1, 4, 4)
+    logits[0, :1, :1] = 1.0  # valid region 8x8 of a 16x16 frame = top-left 2x2 mask pixels
+    out = crop_and_resize(logits, (8, 8), (16, 16), frame_size=(16, 16))
+    assert out.shape == (1, 16, 16)
+    assert out[0, 2, 2] > 0.5 and out[0, 12, 12] < 0.5
+
+
+def test_crop_upsamples_first_when_region_splits_mask_pixels():
+    logits = torch.zeros(1, 4, 4)
+    logits[0, :1, :1] = 1.0
+    out = crop_and_resize(logits, (6, 6), (3, 3), frame_size=(16, 16))  # 1.5 mask pixels
+    assert out.shape == (1, 3, 3)
+    assert out[0, 0, 0] > 0.5 and out[0, 2, 2] < 0.5
+
+
+def test_postprocess_runs_requested_tasks_only():
+    logits = masks_from((0, 6, 0, 6))
+    pred = postprocess(logits, one_hot_probs([2]), (6, 6), (6, 6), IS_THING, tasks=("semantic",))
+    assert pred.semantic is not None and pred.panoptic is None and pred.instance is None
