@@ -1,0 +1,32 @@
+"""Mask proposers: pure ``nn.Module``s producing ``Proposals`` (see ``vitp.proposers.base``).
+
+Hugging Face proposers are imported lazily, so ``import vitp.proposers`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from vitp.proposers.base import MaskProposer, build_proposer, list_proposers, register_proposer
+from vitp.proposers.oracle import OracleProposer
+
+_LAZY = {
+    "Mask2FormerProposer": "vitp.proposers.mask2former",
+    "OneFormerProposer": "vitp.proposers.oneformer",
+}
+
+__all__ = ["MaskProposer", "OracleProposer", "build_proposer", "list_proposers", "register_proposer",
+           "load_all_proposers", *_LAZY]
+
+
+def load_all_proposers() -> None:
+    """Import every built-in proposer module so the registry lists them all."""
+    for module in set(_LAZY.values()):
+        importlib.import_module(module)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vitp.proposers' has no attribute {name!r}")

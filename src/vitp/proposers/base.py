@@ -33,12 +33,17 @@ def register_proposer(name: str) -> Callable[[P], P]:
 
 
 def list_proposers() -> dict[str, type["MaskProposer"]]:
-    """All registered proposers, name -> class."""
+    """All registered proposers, name -> class (built-in ones imported on first call)."""
+    from vitp.proposers import load_all_proposers
+
+    load_all_proposers()
     return dict(_REGISTRY)
 
 
 def build_proposer(name: str, **kwargs) -> "MaskProposer":
     """Instantiate a registered proposer by name."""
+    if name not in _REGISTRY:
+        list_proposers()
     if name not in _REGISTRY:
         raise KeyError(f"unknown proposer {name!r}; registered: {sorted(_REGISTRY)}")
     return _REGISTRY[name](**kwargs)
