@@ -123,7 +123,7 @@ def resized_size(h: int, w: int, image_size: int | None) -> tuple[int, int]:
 
 def prepare_images(
     images: torch.Tensor,
-    valid_sizes: torch.Tensor | None,
+    valid_sizes: torch.Tensor | list[tuple[int, int]] | None,
     image_size: int | None,
     patch_size: tuple[int, int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,8 +135,10 @@ def prepare_images(
     """
     B, _, H, W = images.shape
     if valid_sizes is None:
-        valid_sizes = torch.tensor([[H, W]] * B, device=images.device)
-    vs = [(int(h), int(w)) for h, w in valid_sizes.tolist()]
+        valid_sizes = [[H, W]] * B
+    vs = [(int(h), int(w)) for h, w in torch.as_tensor(valid_sizes).tolist()]
+    if len(vs) != B:
+        raise ValueError(f"{len(vs)} valid sizes for {B} images")
     new = [resized_size(h, w, image_size) for h, w in vs]
     ph, pw = patch_size
     Hn = int(math.ceil(max(h for h, _ in new) / ph) * ph)
