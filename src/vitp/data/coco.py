@@ -1,0 +1,486 @@
+"""COCO 2017 panoptic: dataset and LightningDataModule.
+
+Reads the official layout unchanged::
+
+    root/{split}2017/*.jpg
+    root/annotations/panoptic_{split}2017.json
+    root/annotations/panoptic_{split}2017/*.png     (segment id = R + 256 G + 256^2 B, 0 = void)
+
+With ``root=None`` the data module uses vitp's generated synthetic dataset (same layout) under
+``data/generated/synthetic_coco`` relative to the working directory, generating it when missing.
+
+Images are read with PIL and converted to RGB (grayscale, CMYK, palette ...). EXIF orientation is
+deliberately NOT applied: COCO annotations (sizes in the JSON and the panoptic PNGs) refer to the
+stored pixel array, ignoring the EXIF orientation tag, so transposing would misalign them.
+Truncated or corrupt files raise (PIL's ``LOAD_TRUNCATED_IMAGES`` is never set).
+
+Any inconsistency in the data raises :class:`DatasetError` naming the file and the problem;
+no target is ever silently patched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from vitp.data.collate import PanopticCollate, Sample
+from vitp.data.synthetic import decode_ids, ensure_synthetic_dataset
+from vitp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
+from vitp.points import PointSampler
+from vitp.structures import Batch, DatasetInfo
+
+DEFAULT_SYNTHETIC_ROOT = Path("data") / "generated" / "synthetic_coco"
+"""Where the default generated dataset lives, relative to the working directory."""
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, unreadable or inconsistent (the message names the file)."""
+
+
+class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
+    """A file the dataset needs does not exist (the message names the expected path)."""
+
+
+# ------------------------------------------------------------------------------------------ io
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as RGB ``uint8[H, W, 3]`` without EXIF transposition (see module doc)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            return np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise DatasetFileNotFoundError(f"{path}: image file not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"{path}: cannot read image (corrupt or truncated?): {e}") from e
+
+
+def load_panoptic_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a panopticapi PNG as segment ids ``int64[H, W]`` (0 = void)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode == "RGBA":
+                im = im.convert("RGB")
+            if im.mode != "RGB":
+                raise DatasetError(f"{path}: panoptic PNG must be RGB-encoded, got mode {im.mode!r}")
+            return decode_ids(np.asarray(im))
+    except FileNotFoundError:
+        raise DatasetFileNotFoundError(f"{path}: panoptic PNG not found") from None
+    except DatasetError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"{path}: cannot read panoptic PNG (corrupt or truncated?): {e}") from e
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DatasetFileNotFoundError(f"{path}: annotation file not found")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot parse annotation JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: annotation JSON must be an object")
+    return data
+
+
+def dataset_info_from_categories(categories: list[dict[str, Any]], source: str = "") -> DatasetInfo:
+    """COCO categories -> :class:`DatasetInfo` (sorted by category id -> contiguous 0..K-1)."""
+    try:
+        cats = sorted(categories, key=lambda c: int(c["id"]))
+        ids = tuple(int(c["id"]) for c in cats)
+        names = tuple(str(c["name"]) for c in cats)
+        things = tuple(bool(c.get("isthing", 1)) for c in cats)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatasetError(f"{source}: malformed 'categories' entry: {e!r}") from e
+    if not cats:
+        raise DatasetError(f"{source}: no categories")
+    if len(set(ids)) != len(ids):
+        raise DatasetError(f"{source}: duplicate category ids")
+    return DatasetInfo(class_names=names, category_ids=ids, is_thing=things)
+
+
+def panoptic_json_path(root: str | os.PathLike, split: str) -> Path:
+    return Path(root) / "annotations" / f"panoptic_{split}2017.json"
+
+
+def read_dataset_info(root: str | os.PathLike, split: str = "val") -> DatasetInfo:
+    """Read only the categories of ``root/annotations/panoptic_{split}2017.json``."""
+    path = panoptic_json_path(root, split)
+    data = _load_json(path)
+    if "categories" not in data:
+        raise DatasetError(f"{path}: missing 'categories'")
+    return dataset_info_from_categories(data["categories"], str(path))
+
+
+# ------------------------------------------------------------------------------------- dataset
+
+
+class CocoPanopticDataset(Dataset):
+    """One split of a COCO-panoptic-layout dataset.
+
+    Items are :class:`vitp.data.collate.Sample` (collate with :class:`PanopticCollate`).
+
+    Args:
+        root: dataset root (holding ``{split}2017/`` and ``annotations/``).
+        split: split name, e.g. ``"train"`` or ``"val"`` (files ``{split}2017``).
+        train: training mode (scale jitter, random crop, flip; segments absent from the crop are
+            dropped from masks/labels and ``segments`` maps their pixels to -1). In eval mode all
+            segments are kept and ``segments`` is the untouched original ground truth.
+        image_size: eval: long side resized to this; train: crop size and scale-jitter centre.
+        scale_range: train scale jitter range (multiplies ``image_size``).
+        hflip_prob: train horizontal flip probability.
+        mean: normalisation mean (RGB, 0..1 units).
+        std: normalisation std (RGB, 0..1 units).
+        max_samples: keep only the first n images (quick runs).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        train: bool = False,
+        image_size: int = 512,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        hflip_prob: float = 0.5,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        max_samples: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.train = train
+        self.json_path = panoptic_json_path(self.root, split)
+        self.image_dir = self.root / f"{split}2017"
+        self.png_dir = self.root / "annotations" / f"panoptic_{split}2017"
+        data = _load_json(self.json_path)
+        for key in ("images", "annotations", "categories"):
+            if key not in data:
+                raise DatasetError(f"{self.json_path}: missing {key!r}")
+        if not self.image_dir.is_dir():
+            raise DatasetFileNotFoundError(f"{self.image_dir}: image directory not found")
+        if not self.png_dir.is_dir():
+            raise DatasetFileNotFoundError(f"{self.png_dir}: panoptic PNG directory not found")
+        self.dataset_info = dataset_info_from_categories(data["categories"], str(self.json_path))
+        self._cat_to_label = {cid: k for k, cid in enumerate(self.dataset_info.category_ids)}
+
+        anns = {}
+        for a in data["annotations"]:
+            anns[a["image_id"]] = a
+        self.records: list[dict[str, Any]] = []
+        for im in data["images"]:
+            ann = anns.get(im["id"])
+            if ann is None:
+                raise DatasetError(
+                    f"{self.json_path}: image {im['file_name']} (id {im['id']}) has no panoptic annotation")
+            seg_ids = set()
+            for s in ann["segments_info"]:
+                if s["category_id"] not in self._cat_to_label:
+                    raise DatasetError(
+                        f"{self.json_path}: segment {s['id']} of {ann['file_name']} has unknown category "
+                        f"id {s['category_id']}")
+                if s["id"] in seg_ids or s["id"] == 0:
+                    raise DatasetError(
+                        f"{self.json_path}: {ann['file_name']} has an invalid or duplicate segment id {s['id']}")
+                seg_ids.add(s["id"])
+            self.records.append({
+                "image_id": im["id"], "file_name": im["file_name"],
+                "height": int(im["height"]), "width": int(im["width"]),
+                "png": ann["file_name"], "segments_info": ann["segments_info"],
+            })
+            if max_samples is not None and len(self.records) >= max_samples:
+                break
+        del data
+        self.transform = (
+            TrainTransform(image_size, scale_range, hflip_prob, mean, std) if train
+            else EvalTransform(image_size, mean, std)
+        )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load_raw(self, index: int) -> dict[str, Any]:
+        """Untransformed data of one image: ``image uint8[H,W,3]``, ``segments int64[H,W]`` (index
+        into ``labels``, -1 void), ``labels``/``is_crowd`` numpy arrays, ``record`` (JSON facts)."""
+        rec = self.records[index]
+        img_path = self.image_dir / rec["file_name"]
+        png_path = self.png_dir / rec["png"]
+        image = load_rgb(img_path)
+        if image.shape[:2] != (rec["height"], rec["width"]):
+            raise DatasetError(
+                f"{img_path}: image is {image.shape[1]}x{image.shape[0]} (WxH) but {self.json_path} "
+                f"says {rec['width']}x{rec['height']}")
+        ids = load_panoptic_png(png_path)
+        if ids.shape != image.shape[:2]:
+            raise DatasetError(
+                f"{png_path}: PNG size {ids.shape[1]}x{ids.shape[0]} (WxH) differs from image "
+                f"{img_path.name} size {image.shape[1]}x{image.shape[0]}")
+        infos = rec["segments_info"]
+        info_ids = np.array([s["id"] for s in infos], dtype=np.int64)
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        order = np.argsort(info_ids)
+        pos = np.searchsorted(info_ids[order], uniq) if len(info_ids) else np.zeros(len(uniq), np.int64)
+        pos = np.minimum(pos, max(len(info_ids) - 1, 0))
+        found = (info_ids[order][pos] == uniq) if len(info_ids) else np.zeros(len(uniq), bool)
+        unknown = uniq[(~found) & (uniq != 0)]
+        if len(unknown):
+            raise DatasetError(
+                f"{png_path}: segment id(s) {unknown[:10].tolist()} in the PNG are not in the "
+                f"segments_info of {self.json_path}")
+        missing = np.setdiff1d(info_ids, uniq)
+        if len(missing):
+            raise DatasetError(
+                f"{png_path}: segment id(s) {missing[:10].tolist()} listed in {self.json_path} do not "
+                "occur in the PNG")
+        lut = np.where(found, order[pos] if len(info_ids) else -1, -1).astype(np.int64)
+        segments = lut[inverse.reshape(-1)].reshape(ids.shape)
+        labels = np.array([self._cat_to_label[s["category_id"]] for s in infos], dtype=np.int64)
+        is_crowd = np.array([bool(s.get("iscrowd", 0)) for s in infos], dtype=bool)
+        return {"image": image, "segments": segments, "labels": labels, "is_crowd": is_crowd, "record": rec}
+
+    def __getitem__(self, index: int) -> Sample:
+        raw = self.load_raw(index)
+        rec = raw["record"]
+        segments = raw["segments"]
+        labels, is_crowd = raw["labels"], raw["is_crowd"]
+        image, seg = self.transform(raw["image"], segments.astype(np.int32))
+        seg_t = torch.from_numpy(np.ascontiguousarray(seg)).long()
+        n = len(labels)
+        masks = seg_t[None] == torch.arange(n).view(n, 1, 1)
+        segments_t = torch.from_numpy(segments)
+        labels_t = torch.from_numpy(labels)
+        crowd_t = torch.from_numpy(is_crowd)
+        if self.train:
+            keep = masks.flatten(1).any(1)
+            if not bool(keep.all()):
+                remap = torch.full((n + 1,), -1, dtype=torch.long)
+                remap[:n][keep] = torch.arange(int(keep.sum()))
+                segments_t = remap[segments_t]  # -1 stays -1 (index n -> -1)
+                masks, labels_t, crowd_t = masks[keep], labels_t[keep], crowd_t[keep]
+        return Sample(
+            image=image, masks=masks, labels=labels_t, is_crowd=crowd_t, segments=segments_t,
+            image_id=rec["image_id"], file_name=rec["file_name"],
+            orig_size=(rec["height"], rec["width"]),
+        )
+
+
+class ImageFolderDataset(Dataset):
+    """The user's own images (any extension PIL reads) for prediction; targets are empty
+    (no masks, ``segments`` all -1), ``image_id`` is the file stem."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        image_size: int = 512,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+    ) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise DatasetFileNotFoundError(f"{self.directory}: prediction image directory not found")
+        exts = {e.lower() for e in Image.registered_extensions()}
+        self.files = sorted(p for p in self.directory.iterdir()
+                            if p.is_file() and p.suffix.lower() in exts)
+        if not self.files:
+            raise DatasetError(f"{self.directory}: no image files found")
+        self.transform = EvalTransform(image_size, mean, std)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Sample:
+        path = self.files[index]
+        image = load_rgb(path)
+        h0, w0 = image.shape[:2]
+        img, _ = self.transform(image, None)
+        h, w = img.shape[-2:]
+        return Sample(
+            image=img, masks=torch.zeros((0, h, w), dtype=torch.bool),
+            labels=torch.zeros(0, dtype=torch.long), is_crowd=torch.zeros(0, dtype=torch.bool),
+            segments=torch.full((h0, w0), -1, dtype=torch.long), image_id=path.stem,
+            file_name=path.name, orig_size=(h0, w0),
+        )
+
+
+# ---------------------------------------------------------------------------------- datamodule
+
+
+class CocoPanopticDataModule(L.LightningDataModule):
+    """COCO 2017 panoptic (or vitp's generated synthetic dataset in the same layout).
+
+    Args:
+        root: dataset root with ``{split}2017/`` and ``annotations/``; None uses the generated
+            synthetic dataset under ``data/generated/synthetic_coco`` (relative to the working
+            directory), created when missing or when its parameters differ.
+        train_split: split used by ``fit`` for training.
+        val_split: split used for validation.
+        test_split: split used by ``test`` (and ``predict`` when ``predict_dir`` is None).
+        predict_dir: a folder of your own images (any format PIL reads) for ``predict``.
+        batch_size: training batch size.
+        eval_batch_size: batch size of val/test/predict loaders (None: ``batch_size``).
+        num_workers: DataLoader worker processes.
+        image_size: eval: long side resized to this (aspect ratio kept); train: crop size.
+        size_divisor: padded frame height/width are rounded up to a multiple of this.
+        pad_to_square: pad every image to ``image_size x image_size`` (rounded up to
+            ``size_divisor``) so all batches share one shape; False pads per batch.
+        scale_range: training scale jitter range around ``image_size``.
+        hflip_prob: training horizontal flip probability.
+        mean: normalisation mean (RGB, 0..1 units; ImageNet by default).
+        std: normalisation std (RGB, 0..1 units; ImageNet by default).
+        point_sampler: training point sampler; fills ``Batch.points`` / ``point_labels``.
+        val_points: also sample points on the validation loader (fixed seed per batch).
+        max_train_samples: use only the first n training images.
+        max_eval_samples: use only the first n val/test images.
+        synthetic_num_train: generated dataset: number of training images (root=None only).
+        synthetic_num_val: generated dataset: number of validation images (root=None only).
+        synthetic_image_size: generated dataset: long side of the images (root=None only).
+        synthetic_seed: generated dataset: generation seed (root=None only).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "val",
+        predict_dir: str | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        image_size: int = 256,
+        size_divisor: int = 32,
+        pad_to_square: bool = True,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        hflip_prob: float = 0.5,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        point_sampler: PointSampler | None = None,
+        val_points: bool = False,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        synthetic_num_train: int = 300,
+        synthetic_num_val: int = 50,
+        synthetic_image_size: int = 256,
+        synthetic_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["point_sampler"])
+        self.synthetic = root is None
+        self.root = (Path.cwd() / DEFAULT_SYNTHETIC_ROOT) if root is None else Path(root)
+        self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
+        self.predict_dir = predict_dir
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size if eval_batch_size is not None else batch_size
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.size_divisor = size_divisor
+        self.pad_to_square = pad_to_square
+        self.scale_range = tuple(scale_range)
+        self.hflip_prob = hflip_prob
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.point_sampler = point_sampler
+        self.val_points = val_points
+        self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
+        self._synthetic_params = dict(num_train=synthetic_num_train, num_val=synthetic_num_val,
+                                      image_size=synthetic_image_size, seed=synthetic_seed)
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
+        self.predict_dataset: Dataset | None = None
+
+    # -- metadata
+    def _ensure_data(self) -> None:
+        if self.synthetic:
+            ensure_synthetic_dataset(self.root, **self._synthetic_params)
+
+    @cached_property
+    def dataset_info(self) -> DatasetInfo:
+        """Classes of the dataset (categories of the val split's JSON, else the train split's)."""
+        self._ensure_data()
+        for split in (self.val_split, self.train_split, self.test_split):
+            if panoptic_json_path(self.root, split).is_file():
+                return read_dataset_info(self.root, split)
+        raise DatasetFileNotFoundError(
+            f"{panoptic_json_path(self.root, self.val_split)}: annotation file not found "
+            f"(nor for splits {self.train_split!r}, {self.test_split!r})")
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset_info.num_classes
+
+    # -- lightning hooks
+    def prepare_data(self) -> None:
+        self._ensure_data()
+
+    def _dataset(self, split: str, train: bool) -> CocoPanopticDataset:
+        return CocoPanopticDataset(
+            self.root, split, train=train, image_size=self.image_size, scale_range=self.scale_range,
+            hflip_prob=self.hflip_prob, mean=self.mean, std=self.std,
+            max_samples=self.max_train_samples if train else self.max_eval_samples,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        self._ensure_data()
+        if stage in (None, "fit"):
+            self.train_dataset = self._dataset(self.train_split, train=True)
+        if stage in (None, "fit", "validate"):
+            self.val_dataset = self._dataset(self.val_split, train=False)
+        if stage in (None, "test"):
+            self.test_dataset = self._dataset(self.test_split, train=False)
+        if stage in (None, "predict"):
+            self.predict_dataset = (
+                ImageFolderDataset(self.predict_dir, self.image_size, self.mean, self.std)
+                if self.predict_dir is not None else self._dataset(self.test_split, train=False)
+            )
+
+    def collate(self, point_sampler: PointSampler | None = None, seed: int | None = None) -> PanopticCollate:
+        return PanopticCollate(
+            size_divisor=self.size_divisor,
+            fixed_size=self.image_size if self.pad_to_square else None,
+            point_sampler=point_sampler, seed=seed,
+        )
+
+    def _loader(self, ds: Dataset | None, name: str, batch_size: int, shuffle: bool,
+                collate: PanopticCollate) -> DataLoader:
+        if ds is None:
+            raise RuntimeError(f"{name} dataset is not set up; call setup() first")
+        return DataLoader(
+            ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, "train", self.batch_size, True,
+                            self.collate(self.point_sampler))
+
+    def val_dataloader(self) -> DataLoader:
+        sampler = self.point_sampler if self.val_points else None
+        return self._loader(self.val_dataset, "val", self.eval_batch_size, False,
+                            self.collate(sampler, seed=0))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, "test", self.eval_batch_size, False, self.collate())
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_dataset, "predict", self.eval_batch_size, False, self.collate())
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, Batch):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
