@@ -189,3 +189,23 @@ def test_corrupted_checkpoint_raises(tmp_path, corruption: str) -> None:
     torch.save(sd, path)
     with pytest.raises(RuntimeError, match="refusing"):
         make(checkpoint_path=str(path))
+
+
+def test_load_original_dinov2_registers_naming(tmp_path) -> None:
+    """Original DINOv2-with-registers naming (register_tokens, pos_embed with a CLS entry)."""
+    import timm
+
+    torch.manual_seed(2)
+    ref = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, **TINY)
+    sd = {k: v for k, v in ref.state_dict().items() if k not in ("reg_token", "pos_embed")}
+    cls_pos = torch.randn(1, 1, 64)
+    sd["register_tokens"] = ref.reg_token.detach()
+    sd["cls_token"] = ref.cls_token.detach() - cls_pos
+    sd["pos_embed"] = torch.cat([cls_pos, ref.pos_embed.detach()], dim=1)
+    sd["mask_token"] = torch.zeros(1, 64)
+    torch.save({"model": sd}, tmp_path / "orig.pth")
+    m = PointViT(3, "vit_small_patch14_reg4_dinov2", image_size=56, model_kwargs=TINY,
+                 checkpoint_path=str(tmp_path / "orig.pth"))
+    assert m.load_report.unexpected == []
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(m.backbone.state_dict()[k], v)

@@ -14,7 +14,6 @@ Points are ``(y, x)`` in [-1, 1] relative to each image's valid region (see ``vi
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,9 +26,6 @@ from torch import nn
 
 from vitp.classifiers.loading import LoadReport, load_into
 from vitp.classifiers.vit_ops import block_forward, block_query, check_block, prepare_images
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class PatchCache:
@@ -156,7 +152,9 @@ class PointViT(nn.Module):
         )
         return pe[0, self._num_pos_prefix:].reshape(gh, gw, -1)
 
-    def prepare_images(self, images: torch.Tensor, valid_sizes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare_images(
+        self, images: torch.Tensor, valid_sizes: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Crop to the valid regions, rescale (``image_size``, aspect kept), pad to the patch size."""
         return prepare_images(images, valid_sizes, self.image_size, self.patch_size)
 
