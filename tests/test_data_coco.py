@@ -414,3 +414,18 @@ def test_real_coco_sample(coco_sample_root):
             assert bool(t.is_crowd[k]) == bool(s["iscrowd"])
             assert ((t.segments.numpy() == k) == (ids == s["id"])).all()
         assert max(t.valid_size) == 128
+
+
+def test_exif_orientation_is_ignored(tree):
+    """COCO annotations refer to the stored pixels: an EXIF rotation tag must not be applied."""
+    pan = _json(tree)
+    k = next(i for i, im in enumerate(pan["images"]) if im["height"] != im["width"])
+    im = pan["images"][k]
+    p = tree / "val2017" / im["file_name"]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    Image.open(p).save(p, quality=95, exif=exif)
+    assert Image.open(p).getexif().get(0x0112) == 6
+    ds = CocoPanopticDataset(tree, "val", image_size=64)
+    raw = ds.load_raw(k)
+    assert raw["image"].shape[:2] == (im["height"], im["width"]) == raw["segments"].shape
