@@ -51,7 +51,8 @@ class PointViT(nn.Module):
     """Point classifier: timm ViT + one token per query point + linear head (``logits [B, P, K]``).
 
     Args:
-        num_classes: K, number of classes (no void class).
+        num_classes: K, number of classes (no void class). ``vitp`` links it from the data module;
+            when None the head (and ``checkpoint_path``) waits for :meth:`set_num_classes`.
         model_name: timm ViT name (default DINOv2 ViT-B/14).
         pretrained: load timm's pretrained weights (needs the hub).
         checkpoint_path: local checkpoint (timm / DINOv2 state dict, or a vitp / Lightning one).
@@ -69,7 +70,7 @@ class PointViT(nn.Module):
 
     def __init__(
         self,
-        num_classes: int,
+        num_classes: int | None = None,
         model_name: str = "vit_base_patch14_dinov2",
         pretrained: bool = False,
         checkpoint_path: str | None = None,
@@ -86,8 +87,6 @@ class PointViT(nn.Module):
             raise ValueError(f"attention must be 'one_way' or 'full', got {attention!r}")
         if point_encoding not in ("linear", "sample_pos_embed"):
             raise ValueError(f"point_encoding must be 'linear' or 'sample_pos_embed', got {point_encoding!r}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         kwargs = dict(model_kwargs or {})
         kwargs.update(num_classes=0, dynamic_img_size=True, drop_path_rate=drop_path_rate)
         self.backbone = timm.create_model(model_name, pretrained=pretrained, **kwargs)
@@ -99,7 +98,7 @@ class PointViT(nn.Module):
             check_block(blk)
         if not isinstance(getattr(be, "patch_drop", nn.Identity()), nn.Identity):
             raise ValueError("patch dropout is not supported by PointViT (it would drop masked patches)")
-        self.num_classes = num_classes
+        self.num_classes: int | None = None
         self.image_size = image_size
         self.attention = attention
         self.point_encoding = point_encoding
@@ -108,12 +107,26 @@ class PointViT(nn.Module):
         self.embed_dim = int(be.embed_dim)
         self.patch_size = tuple(int(p) for p in be.patch_embed.patch_size)
         self.point_embed = nn.Linear(2, self.embed_dim, bias=False) if point_encoding == "linear" else None
-        self.head = nn.Linear(self.embed_dim, num_classes)
+        self.head: nn.Linear | None = None
         self.reset_point_embed()
-        self.reset_head()
         self.load_report: LoadReport | None = None
-        if checkpoint_path:
-            self.load_checkpoint(checkpoint_path)
+        self.checkpoint_path = checkpoint_path
+        if num_classes is not None:
+            self.set_num_classes(num_classes)
+
+    def set_num_classes(self, num_classes: int) -> None:
+        """Build the K-way head (once) and then load ``checkpoint_path`` if one was given."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if self.head is not None:
+            if num_classes != self.num_classes:
+                raise ValueError(f"PointViT already has {self.num_classes} classes, asked for {num_classes}")
+            return
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes)
+        self.reset_head()
+        if self.checkpoint_path:
+            self.load_checkpoint(self.checkpoint_path)
 
     # ------------------------------------------------------------------ parameters / loading
     def reset_head(self) -> None:
@@ -227,6 +240,8 @@ class PointViT(nn.Module):
         be = self.backbone
         x = be.norm(x)
         x = getattr(be, "fc_norm", nn.Identity())(x)
+        if self.head is None:
+            raise RuntimeError("PointViT: num_classes is not set (pass it or call set_num_classes)")
         return self.head(x)
 
     # ------------------------------------------------------------------ forward

@@ -1,0 +1,299 @@
+"""The LightningModule: wiring, losses, optimisation, evaluation and logging."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitp.pipeline import classify_proposals, predict_variants
+from vitp.postprocess import PostProcessConfig
+from vitp.proposers.base import TASKS, MaskProposer
+from vitp.structures import Batch, DatasetInfo, Prediction, Proposals
+
+Task = Literal["panoptic", "semantic", "instance"]
+
+
+class ViTPModule(L.LightningModule):
+    """Mask proposer + optional ViT-P point classifier, trained and evaluated end to end.
+
+    Training optimises the point classifier with cross-entropy on sampled points
+    (``train_classifier``) and/or the proposer with its own loss (``train_proposer``); frozen parts
+    stay in eval mode. Validation and test run every task in ``tasks`` and log PQ / mIoU / AP for
+    the main variant (``vitp`` when a classifier is set, else ``proposer``) under ``val/pq``...,
+    and for the other variants with a suffix (``val/pq_proposer``, ``val/pq_oracle``).
+
+    Args:
+        proposer: the mask proposer.
+        classifier: the point classifier (ViT-P); None evaluates the proposer alone.
+        dataset_info: label space, linked from the data module.
+        tasks: tasks to post-process and evaluate.
+        fusion_alpha: weight of the point classifier in the geometric ensemble (1 = alone).
+        inference_top_k: points per proposal at inference (logits averaged).
+        train_proposer: optimise the proposer with its own loss.
+        train_classifier: optimise the point classifier.
+        evaluate_variants: also evaluate the proposer's own classes when a classifier is set.
+        evaluate_oracle_classes: also evaluate the proposer's masks with ground-truth classes.
+        object_mask_threshold: see ``vitp.postprocess.PostProcessConfig``.
+        overlap_threshold: see ``vitp.postprocess.PostProcessConfig``.
+        topk_instances: see ``vitp.postprocess.PostProcessConfig``.
+        optimizer: ``adamw`` (with layer-wise lr decay) or ``sgd`` (the reference recipe).
+        lr: base learning rate.
+        weight_decay: weight decay (not applied to norms, biases, tokens, position embeddings).
+        momentum: SGD momentum.
+        point_embed_lr: learning rate of the point-position embedding (reference: 1e-2).
+        layer_decay: layer-wise lr decay of the classifier's ViT blocks (1 = none).
+        warmup_steps: linear warm-up steps before the cosine decay.
+        export_dir: write predictions (and metrics) here during test and predict.
+    """
+
+    def __init__(
+        self,
+        proposer: MaskProposer,
+        classifier: nn.Module | None = None,
+        dataset_info: DatasetInfo | None = None,
+        tasks: list[Task] | None = None,
+        fusion_alpha: float = 0.4,
+        inference_top_k: int = 1,
+        train_proposer: bool = False,
+        train_classifier: bool = True,
+        evaluate_variants: bool = True,
+        evaluate_oracle_classes: bool = False,
+        object_mask_threshold: float = 0.8,
+        overlap_threshold: float = 0.8,
+        topk_instances: int = 100,
+        optimizer: Literal["adamw", "sgd"] = "adamw",
+        lr: float = 1e-4,
+        weight_decay: float = 0.05,
+        momentum: float = 0.9,
+        point_embed_lr: float | None = None,
+        layer_decay: float = 1.0,
+        warmup_steps: int = 0,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if dataset_info is None:
+            raise ValueError("ViTPModule needs dataset_info (linked from the data module by `vitp`)")
+        self.save_hyperparameters(ignore=["proposer", "classifier"])
+        self.proposer = proposer
+        self.classifier = classifier
+        self.dataset_info = dataset_info
+        if classifier is not None and hasattr(classifier, "set_num_classes"):
+            classifier.set_num_classes(dataset_info.num_classes)
+        self.tasks = tuple(tasks or TASKS)
+        for task in self.tasks:
+            if task not in TASKS:
+                raise ValueError(f"unknown task {task!r}; expected some of {TASKS}")
+        self.postprocess_config = PostProcessConfig(object_mask_threshold, overlap_threshold, topk_instances)
+        self.register_buffer("is_thing", dataset_info.thing_mask(), persistent=False)
+        if train_proposer and not proposer.trainable:
+            raise ValueError(f"train_proposer=True but {type(proposer).__name__} cannot be trained")
+        if train_classifier and classifier is None:
+            train_classifier = False
+        self.train_proposer = train_proposer
+        self.train_classifier = train_classifier
+        self.proposer.requires_grad_(train_proposer)
+        if classifier is not None:
+            classifier.requires_grad_(train_classifier)
+        self.metrics = nn.ModuleDict({name: self._new_metrics() for name in self.variant_names})
+        self._exporter: Any = None
+
+    # ------------------------------------------------------------------ set-up
+    def _new_metrics(self) -> nn.Module:
+        from vitp.metrics import SegmentationMetrics
+
+        return SegmentationMetrics(self.dataset_info)
+
+    @property
+    def main_variant(self) -> str:
+        return "vitp" if self.classifier is not None else "proposer"
+
+    @property
+    def variant_names(self) -> list[str]:
+        names = [self.main_variant]
+        class_agnostic = getattr(self.proposer, "class_agnostic", False)
+        if self.classifier is not None and self.hparams.evaluate_variants and not class_agnostic:
+            names.append("proposer")
+        if self.hparams.evaluate_oracle_classes:
+            names.append("oracle")
+        return names
+
+    def train(self, mode: bool = True) -> "ViTPModule":
+        """Frozen parts stay in eval mode (no dropout, frozen norm statistics)."""
+        super().train(mode)
+        if mode and not self.train_proposer:
+            self.proposer.eval()
+        if mode and self.classifier is not None and not self.train_classifier:
+            self.classifier.eval()
+        return self
+
+    # ------------------------------------------------------------------ inference
+    def propose(self, batch: Batch, task: str) -> Proposals:
+        targets = batch.targets if self.proposer.needs_targets else None
+        return self.proposer(batch.images, task, targets)
+
+    def _task_groups(self) -> list[tuple[str, ...]]:
+        if getattr(self.proposer, "task_conditioned", False):
+            return [(task,) for task in self.tasks]
+        return [self.tasks]
+
+    def predict_batch(self, batch: Batch, with_oracle: bool = False) -> dict[str, list[Prediction]]:
+        """All variants' predictions for a batch, merged over task groups."""
+        from vitp.fusion import fuse_class_probs
+
+        merged: dict[str, list[Prediction]] = {}
+        for tasks in self._task_groups():
+            proposals = self.propose(batch, tasks[0])
+            probs: dict[str, torch.Tensor] = {}
+            if proposals.class_logits is not None:
+                probs["proposer"] = proposals.class_logits.float().softmax(-1)
+            if self.classifier is not None:
+                point_logits = classify_proposals(self.classifier, batch, proposals, self.hparams.inference_top_k)
+                probs["vitp"] = fuse_class_probs(
+                    proposals.class_logits, point_logits, self.hparams.fusion_alpha,
+                    mask_quality=proposals.aux.get("objectness"),
+                )
+            probs = {k: v for k, v in probs.items() if k in self.variant_names}
+            out = predict_variants(
+                batch, proposals, probs, self.is_thing, tasks, self.postprocess_config,
+                self.dataset_info.num_classes, oracle=with_oracle,
+            )
+            for name, preds in out.items():
+                if name not in merged:
+                    merged[name] = preds
+                    continue
+                for old, new in zip(merged[name], preds):
+                    for field in ("semantic", "panoptic", "instance"):
+                        if getattr(new, field) is not None:
+                            setattr(old, field, getattr(new, field))
+        return merged
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        losses: dict[str, torch.Tensor] = {}
+        if self.train_classifier:
+            if batch.points is None:
+                raise ValueError("training the classifier needs point supervision: set data.point_sampler")
+            valid = torch.tensor(batch.valid_sizes, dtype=torch.long, device=self.device)
+            logits = self.classifier(batch.images, batch.points, valid)
+            losses["point_ce"] = F.cross_entropy(
+                logits.flatten(0, 1).float(), batch.point_labels.flatten(), ignore_index=-1
+            )
+        if self.train_proposer:
+            proposals = self.proposer(batch.images, "panoptic", batch.targets)
+            for name, value in self.proposer.loss(proposals, batch.targets).items():
+                losses[f"proposer_{name}" if name != "loss" else "proposer_loss"] = value
+        if not losses:
+            raise ValueError("nothing to train: set train_classifier or train_proposer")
+        total = losses.get("point_ce", 0.0) + losses.get("proposer_loss", 0.0)
+        self.log("train/loss", total, prog_bar=True, batch_size=len(batch))
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, batch_size=len(batch))
+        return total
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: Batch, stage: str) -> None:
+        if self.classifier is not None and batch.points is not None:
+            self._point_accuracy(batch, stage)
+        with_oracle = "oracle" in self.variant_names
+        predictions = self.predict_batch(batch, with_oracle=with_oracle)
+        for name, preds in predictions.items():
+            self.metrics[name].update(preds, batch.targets)
+        if stage == "test" and self._exporter is not None:
+            for pred, target in zip(predictions[self.main_variant], batch.targets):
+                self._exporter.write(pred, target)
+
+    def _point_accuracy(self, batch: Batch, stage: str) -> None:
+        valid = torch.tensor(batch.valid_sizes, dtype=torch.long, device=self.device)
+        logits = self.classifier(batch.images, batch.points, valid)
+        labels = batch.point_labels
+        keep = labels >= 0
+        if not keep.any():
+            return
+        pred = logits.argmax(-1)[keep]
+        gold = labels[keep]
+        correct = (pred == gold).float()
+        self.log(f"{stage}/point_acc", 100 * correct.mean(), batch_size=int(keep.sum()), sync_dist=True)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _log_metrics(self, stage: str) -> dict[str, float]:
+        results: dict[str, float] = {}
+        for name in self.variant_names:
+            values = self.metrics[name].compute()
+            self.metrics[name].reset()
+            suffix = "" if name == self.main_variant else f"_{name}"
+            for key, value in values.items():
+                results[f"{key}{suffix}"] = float(value)
+                self.log(f"{stage}/{key}{suffix}", float(value), prog_bar=(suffix == "" and key == "pq"),
+                         sync_dist=False)
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._exporter = self._make_exporter()
+
+    def on_test_epoch_end(self) -> None:
+        results = self._log_metrics("test")
+        if self._exporter is not None:
+            self._exporter.finalize(results)
+            self._exporter = None
+
+    def _make_exporter(self) -> Any:
+        if not self.hparams.export_dir:
+            return None
+        from vitp.export import PredictionExporter
+
+        return PredictionExporter(self.hparams.export_dir, self.dataset_info)
+
+    def on_predict_epoch_start(self) -> None:
+        self._exporter = self._make_exporter()
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[Prediction]:
+        predictions = self.predict_batch(batch)[self.main_variant]
+        if self._exporter is not None:
+            for pred, target in zip(predictions, batch.targets):
+                self._exporter.write(pred, target)
+        return predictions
+
+    def on_predict_epoch_end(self) -> None:
+        if self._exporter is not None:
+            self._exporter.finalize(None)
+            self._exporter = None
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        from vitp.optim import build_param_groups
+
+        hp = self.hparams
+        groups = build_param_groups(
+            self, base_lr=hp.lr, weight_decay=hp.weight_decay,
+            point_embed_lr=hp.point_embed_lr, layer_decay=hp.layer_decay,
+        )
+        if not groups:
+            raise ValueError("no trainable parameters")
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(hp.warmup_steps, total - 1)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
