@@ -410,6 +410,7 @@ class HFUniversalProposer(MaskProposer):
     def _class_loss(self, logits: torch.Tensor, class_labels: list[torch.Tensor], indices) -> torch.Tensor:
         """Cross-entropy of matched queries to their class, others to no-object (weighted by
         ``config.no_object_weight``), as HF's ``loss_labels`` but in the output label space."""
+        logits = logits.float()
         b, q, k1 = logits.shape
         weight = torch.ones(k1, device=logits.device, dtype=logits.dtype)
         weight[-1] = float(self.hf.config.no_object_weight)

@@ -155,7 +155,10 @@ class OneFormerProposer(HFUniversalProposer):
             try:
                 from transformers import AutoTokenizer
 
-                return HFTextTokenizer(AutoTokenizer.from_pretrained(source))
+                tok = HFTextTokenizer(AutoTokenizer.from_pretrained(source))
+                if _usable(tok, int(self.hf.config.task_seq_len)):
+                    return tok
+                err = "it has no usable vocabulary"
             except Exception as e:  # noqa: BLE001 - any failure to load means "no tokenizer here"
                 err = e
         else:
@@ -229,3 +232,18 @@ class OneFormerProposer(HFUniversalProposer):
         text_queries = self.hf.model.text_mapper(ids.to(device))
         loss = self.hf.criterion.loss_contrastive(proposals.aux["contrastive_queries"], text_queries)
         return {"loss_contrastive": loss["loss_contrastive"] * cfg.contrastive_weight}
+
+
+def _usable(tok: HFTextTokenizer, length: int) -> bool:
+    """True when the tokenizer tells the three task texts apart without unknown tokens
+    (transformers may build an empty tokenizer from a directory that has none)."""
+    try:
+        ids = tok.encode([f"the task is {t}" for t in TASKS], length)
+    except Exception:  # noqa: BLE001
+        return False
+    unk = getattr(tok.tokenizer, "unk_token_id", None)
+    special = set(getattr(tok.tokenizer, "all_special_ids", []) or [])
+    words = [set(row.tolist()) - {0} - special for row in ids]
+    if unk is not None and any(unk in w for w in words):
+        return False
+    return len({tuple(r.tolist()) for r in ids}) == len(TASKS) and all(len(w) >= 2 for w in words)
