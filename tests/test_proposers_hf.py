@@ -116,6 +116,35 @@ def test_oneformer_pretrained_without_tokenizer_fails(tmp_path):
         OneFormerProposer(model=str(tmp_path / "raw"))
 
 
+def _word_level_tokenizer(directory) -> None:
+    """A tiny offline HF tokenizer (WordLevel) saved like a hub repo's tokenizer files."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = "the task is semantic instance panoptic a an photo with".split()
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(directory)
+
+
+def test_oneformer_hf_tokenizer_round_trip(images, targets, tmp_path):
+    _word_level_tokenizer(tmp_path / "tok")
+    p = OneFormerProposer(
+        preset="tiny", num_classes=K, tokenizer=str(tmp_path / "tok"), config_overrides={"is_training": True}
+    ).eval()
+    assert p.tokenizer.kind == "hf"
+    assert p.task_token_ids[0, :4].tolist() == [2, 3, 4, 5] and p.task_token_ids[0, 4:].eq(0).all()
+    p.save_pretrained(tmp_path / "m")
+    q = OneFormerProposer(model=str(tmp_path / "m")).eval()  # tokenizer found next to the weights
+    assert q.tokenizer.kind == "hf" and torch.equal(p.task_token_ids, q.task_token_ids)
+    with torch.no_grad():
+        assert torch.equal(p(images, "instance").class_logits, q(images, "instance").class_logits)
+    q.train()
+    out = q.loss(q(images, "panoptic", targets), targets)
+    assert torch.isfinite(out["loss_contrastive"])
+
+
 def test_hash_tokenizer():
     ids = HashTokenizer(512).encode(["the task is semantic", "the task is panoptic"], 16)
     assert ids.shape == (2, 16) and ids.max() == 511 and (ids[:, 0] == 510).all()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
 
 from vitp.proposers.base import register_proposer

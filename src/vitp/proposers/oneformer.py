@@ -15,7 +15,6 @@ off), so inference needs no texts; ``loss`` runs the text mapper itself.
 
 from __future__ import annotations
 
-import logging
 import random
 from pathlib import Path
 from typing import Literal
@@ -26,7 +25,6 @@ from transformers import OneFormerConfig, OneFormerForUniversalSegmentation
 from vitp.proposers.base import TASKS, check_task, register_proposer
 from vitp.proposers.hf_common import HashTokenizer, HFTextTokenizer, HFUniversalProposer, swin_backbone
 
-log = logging.getLogger(__name__)
 
 _COMMON = {"use_pretrained_backbone": False}
 
