@@ -81,6 +81,7 @@ def test_shapes_all_tasks(name, images, targets):
             assert torch.isfinite(pr.mask_logits).all() and torch.isfinite(pr.class_logits).all()
             assert pr.aux["pixel_mask"][0, :, SIZE - 16 :].eq(0).all()
             outs[task] = pr.class_logits
+    assert p.task_conditioned == (name == "oneformer")
     if name == "oneformer":  # task-conditioned
         assert not torch.allclose(outs["semantic"], outs["panoptic"])
     else:

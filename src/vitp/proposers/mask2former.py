@@ -77,6 +77,7 @@ class Mask2FormerProposer(HFUniversalProposer):
     hf_config_class = Mask2FormerConfig
     presets = MASK2FORMER_PRESETS
     proposer_name = "mask2former"
+    task_conditioned = False  # one forward serves all tasks
 
     def __init__(
         self,

@@ -100,6 +100,7 @@ class OneFormerProposer(HFUniversalProposer):
     hf_config_class = OneFormerConfig
     presets = ONEFORMER_PRESETS
     proposer_name = "oneformer"
+    task_conditioned = True  # outputs depend on ``task``: run once per task
 
     def __init__(
         self,
