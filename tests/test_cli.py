@@ -40,7 +40,9 @@ def test_config_prints_and_help(config: Path, tiny_coco_root: Path):
     parsed = yaml.safe_load(printed)
     assert parsed["model"]["class_path"] and parsed["data"]["class_path"]
     assert str(tiny_coco_root) in printed
-    assert "--model.init_args.proposer" in run_vitp("fit", "--config", str(config), "--help").stdout
+    model_help = run_vitp("fit", "--model.help", parsed["model"]["class_path"]).stdout
+    assert "--model.proposer" in model_help and "--model.export_dir" in model_help
+    assert "--data.root" in run_vitp("fit", "--data.help", parsed["data"]["class_path"]).stdout
 
 
 def test_oracle_test_on_official_layout_is_perfect(tiny_coco_root: Path, tmp_path: Path):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 
 from lightning.pytorch.cli import LightningCLI
 
 from vitp.module import ViTPModule
+from vitp.structures import DatasetInfo
 
 
 class VitpCLI(LightningCLI):
@@ -15,9 +15,21 @@ class VitpCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (LightningArgumentParser)
         parser.link_arguments("data.dataset_info", "model.init_args.dataset_info", apply_on="instantiate")
-        parser.link_arguments(
-            "data.num_classes", "model.init_args.proposer.init_args.num_classes", apply_on="instantiate"
-        )
+        # Every proposer receives the dataset's label space (see vitp.proposers.base.MaskProposer).
+        proposer = "model.init_args.proposer.init_args"
+        parser.link_arguments("data.num_classes", f"{proposer}.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.dataset_info", f"{proposer}.class_names", compute_fn=_class_names,
+                              apply_on="instantiate")
+        parser.link_arguments("data.dataset_info", f"{proposer}.is_thing", compute_fn=_is_thing,
+                              apply_on="instantiate")
+
+
+def _class_names(info: DatasetInfo) -> list[str]:
+    return list(info.class_names)
+
+
+def _is_thing(info: DatasetInfo) -> list[bool]:
+    return list(info.is_thing)
 
 
 def main(args: list[str] | None = None) -> VitpCLI:
@@ -36,4 +48,4 @@ def main(args: list[str] | None = None) -> VitpCLI:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1:])
+    main()

@@ -96,9 +96,10 @@ class ViTPModule(L.LightningModule):
             train_classifier = False
         self.train_proposer = train_proposer
         self.train_classifier = train_classifier
-        self.proposer.requires_grad_(train_proposer)
-        if classifier is not None:
-            classifier.requires_grad_(train_classifier)
+        if not train_proposer:  # a trained proposer keeps its own freezing choices
+            self.proposer.requires_grad_(False)
+        if classifier is not None and not train_classifier:
+            classifier.requires_grad_(False)
         self.metrics = nn.ModuleDict({name: self._new_metrics() for name in self.variant_names})
         self._exporter: Any = None
 
@@ -186,7 +187,8 @@ class ViTPModule(L.LightningModule):
         if self.train_proposer:
             proposals = self.proposer(batch.images, "panoptic", batch.targets)
             for name, value in self.proposer.loss(proposals, batch.targets).items():
-                losses[f"proposer_{name}" if name != "loss" else "proposer_loss"] = value
+                if value.requires_grad or name == "loss":
+                    losses[f"proposer_{name}" if name != "loss" else "proposer_loss"] = value
         if not losses:
             raise ValueError("nothing to train: set train_classifier or train_proposer")
         total = losses.get("point_ce", 0.0) + losses.get("proposer_loss", 0.0)

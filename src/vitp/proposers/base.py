@@ -53,11 +53,17 @@ class MaskProposer(nn.Module):
     """Base class of mask proposers.
 
     Subclasses set ``self.num_classes`` (``None`` when class-agnostic) and implement ``forward``.
-    ``needs_targets`` is True for proposers that read the ground truth (the oracle).
+    ``needs_targets`` is True for proposers that read the ground truth (the oracle);
+    ``task_conditioned`` is True when the proposals depend on the task (OneFormer).
+
+    The ``vitp`` CLI links the dataset's label space into every proposer, so a proposer's
+    ``__init__`` accepts ``num_classes: int | None``, ``class_names: list[str] | None`` and
+    ``is_thing: list[bool] | None`` (it may ignore the last two).
     """
 
     num_classes: int | None = None
     needs_targets: bool = False
+    task_conditioned: bool = False
 
     def forward(
         self, images: torch.Tensor, task: str = "panoptic", targets: list[Target] | None = None

@@ -29,6 +29,8 @@ class OracleProposer(MaskProposer):
         jitter: masks eroded or dilated by up to this many pixels (random per segment).
         logit_scale: magnitude of the mask and class logits.
         seed: noise seed.
+        class_names: dataset class names (linked; unused).
+        is_thing: dataset thing flags (linked; unused).
     """
 
     needs_targets = True
@@ -42,6 +44,8 @@ class OracleProposer(MaskProposer):
         jitter: int = 0,
         logit_scale: float = 20.0,
         seed: int = 0,
+        class_names: list[str] | None = None,
+        is_thing: list[bool] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("label_noise", label_noise), ("drop", drop)):
