@@ -32,12 +32,12 @@ def _is_thing(info: DatasetInfo) -> list[bool]:
     return list(info.is_thing)
 
 
-def main(args: list[str] | None = None) -> VitpCLI:
-    """Console entry point."""
+def main(args: list[str] | None = None) -> None:
+    """Console entry point (``args`` defaults to the command line)."""
     import lightning as L
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return VitpCLI(
+    VitpCLI(
         ViTPModule,
         L.LightningDataModule,
         subclass_mode_model=True,
