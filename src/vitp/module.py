@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import lightning as L
@@ -78,7 +79,15 @@ class ViTPModule(L.LightningModule):
         super().__init__()
         if dataset_info is None:
             raise ValueError("ViTPModule needs dataset_info (linked from the data module by `vitp`)")
-        self.save_hyperparameters(ignore=["proposer", "classifier"])
+        # Settings live in plain attributes, not save_hyperparameters(): LightningCLI lets a
+        # checkpoint's hyper-parameters override the command line, which would silently ignore
+        # e.g. `vitp test --ckpt_path X --model.init_args.export_dir D`. The config decides.
+        self.hp = SimpleNamespace(
+            fusion_alpha=fusion_alpha, inference_top_k=inference_top_k, evaluate_variants=evaluate_variants,
+            evaluate_oracle_classes=evaluate_oracle_classes, optimizer=optimizer, lr=lr,
+            weight_decay=weight_decay, momentum=momentum, point_embed_lr=point_embed_lr,
+            layer_decay=layer_decay, warmup_steps=warmup_steps, export_dir=export_dir,
+        )
         self.proposer = proposer
         self.classifier = classifier
         self.dataset_info = dataset_info
@@ -117,9 +126,9 @@ class ViTPModule(L.LightningModule):
     def variant_names(self) -> list[str]:
         names = [self.main_variant]
         class_agnostic = getattr(self.proposer, "class_agnostic", False)
-        if self.classifier is not None and self.hparams.evaluate_variants and not class_agnostic:
+        if self.classifier is not None and self.hp.evaluate_variants and not class_agnostic:
             names.append("proposer")
-        if self.hparams.evaluate_oracle_classes:
+        if self.hp.evaluate_oracle_classes:
             names.append("oracle")
         return names
 
@@ -153,9 +162,9 @@ class ViTPModule(L.LightningModule):
             if proposals.class_logits is not None:
                 probs["proposer"] = proposals.class_logits.float().softmax(-1)
             if self.classifier is not None:
-                point_logits = classify_proposals(self.classifier, batch, proposals, self.hparams.inference_top_k)
+                point_logits = classify_proposals(self.classifier, batch, proposals, self.hp.inference_top_k)
                 probs["vitp"] = fuse_class_probs(
-                    proposals.class_logits, point_logits, self.hparams.fusion_alpha,
+                    proposals.class_logits, point_logits, self.hp.fusion_alpha,
                     mask_quality=proposals.aux.get("objectness"),
                 )
             probs = {k: v for k, v in probs.items() if k in self.variant_names}
@@ -252,11 +261,11 @@ class ViTPModule(L.LightningModule):
             self._exporter = None
 
     def _make_exporter(self) -> Any:
-        if not self.hparams.export_dir:
+        if not self.hp.export_dir:
             return None
         from vitp.export import PredictionExporter
 
-        return PredictionExporter(self.hparams.export_dir, self.dataset_info)
+        return PredictionExporter(self.hp.export_dir, self.dataset_info)
 
     def on_predict_epoch_start(self) -> None:
         self._exporter = self._make_exporter()
@@ -277,7 +286,7 @@ class ViTPModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         from vitp.optim import build_param_groups
 
-        hp = self.hparams
+        hp = self.hp
         groups = build_param_groups(
             self, base_lr=hp.lr, weight_decay=hp.weight_decay,
             point_embed_lr=hp.point_embed_lr, layer_decay=hp.layer_decay,

@@ -175,3 +175,8 @@ class Prediction:
     semantic: torch.Tensor | None = None
     panoptic: PanopticPrediction | None = None
     instance: InstancePrediction | None = None
+
+
+# Checkpoints store the linked DatasetInfo in their hyper-parameters; let `torch.load(...,
+# weights_only=True)` (Lightning's default for --ckpt_path) read it back.
+torch.serialization.add_safe_globals([DatasetInfo])
