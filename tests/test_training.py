@@ -62,3 +62,21 @@ def test_demo_quick(tmp_path: Path):
                            "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "proposer + ViT-P" in proc.stdout
+
+
+def test_predict_on_image_folder_writes_pngs_json_and_overlays(tiny_coco_root: Path, tmp_path: Path):
+    images = tmp_path / "my_images"
+    images.mkdir()
+    for src in sorted((tiny_coco_root / "val2017").glob("*.jpg"))[:3]:
+        (images / src.name).write_bytes(src.read_bytes())
+    out = tmp_path / "pred"
+    config = PROJECT_ROOT / "configs" / "synthetic" / "proposer" / "mask2former_small.yaml"
+    run_vitp("predict", "--config", str(config), "--data.init_args.root", str(tiny_coco_root), *SMALL,
+             "--model.init_args.proposer.init_args.preset", "tiny",
+             "--model.init_args.object_mask_threshold", "0.0", "--model.init_args.overlap_threshold", "0.0",
+             "--data.init_args.predict_dir", str(images), "--model.init_args.export_dir", str(out),
+             cwd=tmp_path)
+    panoptic = json.loads((out / "panoptic.json").read_text())
+    assert len(panoptic["annotations"]) == 3
+    for name in ("panoptic", "semantic", "overlays"):
+        assert len(list((out / name).iterdir())) == 3, name

@@ -50,6 +50,7 @@ class ViTPModule(L.LightningModule):
         layer_decay: layer-wise lr decay of the classifier's ViT blocks (1 = none).
         warmup_steps: linear warm-up steps before the cosine decay.
         export_dir: write predictions (and metrics) here during test and predict.
+        export_overlays: with ``export_dir``, ``predict`` also writes overlays on the images.
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class ViTPModule(L.LightningModule):
         layer_decay: float = 1.0,
         warmup_steps: int = 0,
         export_dir: str | None = None,
+        export_overlays: bool = True,
     ) -> None:
         super().__init__()
         if dataset_info is None:
@@ -87,6 +89,7 @@ class ViTPModule(L.LightningModule):
             evaluate_oracle_classes=evaluate_oracle_classes, optimizer=optimizer, lr=lr,
             weight_decay=weight_decay, momentum=momentum, point_embed_lr=point_embed_lr,
             layer_decay=layer_decay, warmup_steps=warmup_steps, export_dir=export_dir,
+            export_overlays=export_overlays,
         )
         self.proposer = proposer
         self.classifier = classifier
@@ -111,6 +114,7 @@ class ViTPModule(L.LightningModule):
             classifier.requires_grad_(False)
         self.metrics = nn.ModuleDict({name: self._new_metrics() for name in self.variant_names})
         self._exporter: Any = None
+        self._overlays: Any = None
 
     # ------------------------------------------------------------------ set-up
     def _new_metrics(self) -> nn.Module:
@@ -269,18 +273,23 @@ class ViTPModule(L.LightningModule):
 
     def on_predict_epoch_start(self) -> None:
         self._exporter = self._make_exporter()
+        if self._exporter is not None and self.hp.export_overlays:
+            from vitp.visualize import OverlayWriter
+
+            self._overlays = OverlayWriter(self.hp.export_dir, self.dataset_info)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[Prediction]:
         predictions = self.predict_batch(batch)[self.main_variant]
-        if self._exporter is not None:
-            for pred, target in zip(predictions, batch.targets):
-                self._exporter.write(pred, target)
+        for writer in (self._exporter, self._overlays):
+            if writer is not None:
+                for pred, target in zip(predictions, batch.targets):
+                    writer.write(pred, target)
         return predictions
 
     def on_predict_epoch_end(self) -> None:
         if self._exporter is not None:
             self._exporter.finalize(None)
-            self._exporter = None
+        self._exporter = self._overlays = None
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

@@ -67,6 +67,7 @@ class Target:
     orig_size: ``(H0, W0)`` of the original image.
     valid_size: ``(h, w)`` of the region of the input frame that holds the (resized) image,
         starting at the top-left corner; the rest is padding.
+    image_path: the original image file, when the data comes from files (used for overlays).
     """
 
     masks: torch.Tensor
@@ -77,6 +78,7 @@ class Target:
     file_name: str
     orig_size: tuple[int, int]
     valid_size: tuple[int, int]
+    image_path: str | None = None
 
     def to(self, device: torch.device | str) -> "Target":
         return Target(
@@ -88,6 +90,7 @@ class Target:
             file_name=self.file_name,
             orig_size=self.orig_size,
             valid_size=self.valid_size,
+            image_path=self.image_path,
         )
 
 

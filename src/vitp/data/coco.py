@@ -277,6 +277,7 @@ class CocoPanopticDataset(Dataset):
             image=image, masks=masks, labels=labels_t, is_crowd=crowd_t, segments=segments_t,
             image_id=rec["image_id"], file_name=rec["file_name"],
             orig_size=(rec["height"], rec["width"]),
+            image_path=str(self.image_dir / rec["file_name"]),
         )
 
 
@@ -314,7 +315,7 @@ class ImageFolderDataset(Dataset):
             image=img, masks=torch.zeros((0, h, w), dtype=torch.bool),
             labels=torch.zeros(0, dtype=torch.long), is_crowd=torch.zeros(0, dtype=torch.bool),
             segments=torch.full((h0, w0), -1, dtype=torch.long), image_id=path.stem,
-            file_name=path.name, orig_size=(h0, w0),
+            file_name=path.name, orig_size=(h0, w0), image_path=str(path),
         )
 
 

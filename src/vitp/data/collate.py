@@ -29,6 +29,7 @@ class Sample:
     image_id: Any
     file_name: str
     orig_size: tuple[int, int]
+    image_path: str | None = None
 
 
 def _round_up(x: int, d: int) -> int:
@@ -82,6 +83,7 @@ class PanopticCollate:
             targets.append(Target(
                 masks=masks, labels=s.labels, is_crowd=s.is_crowd, segments=s.segments,
                 image_id=s.image_id, file_name=s.file_name, orig_size=s.orig_size, valid_size=(h, w),
+                image_path=s.image_path,
             ))
         batch = Batch(images=images, targets=targets)
         if self.point_sampler is not None:
