@@ -47,13 +47,14 @@ def _worker(rank: int, world: int, init: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_matches_single_process(tmp_path):
     if not dist.is_available():
         pytest.skip("torch.distributed unavailable")
     world = 2
     init = f"file://{tmp_path}/init"
-    # fork: no re-import of torch in the children (spawn costs ~20 s on a small CPU machine)
-    mp.start_processes(_worker, args=(world, init, str(tmp_path)), nprocs=world, join=True, start_method="fork")
+    # spawn (fork deadlocks once the parent has used torch's thread pools); ~20 s on 2 CPU cores
+    mp.spawn(_worker, args=(world, init, str(tmp_path)), nprocs=world, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
     info = tm.make_info(IS_THING)
     single = SegmentationMetrics(info)

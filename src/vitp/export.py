@@ -1,0 +1,288 @@
+"""Streaming export of predictions to the standard formats (COCO panoptic, COCO results, PNGs).
+
+Layout written under ``out_dir``::
+
+    panoptic.json        COCO panoptic predictions: images, annotations (segments_info with the
+                         ORIGINAL category ids, iscrowd 0, area, bbox [x, y, w, h]), categories
+    panoptic/<stem>.png  RGB-encoded segment ids (id = R + 256 G + 256^2 B, 0 = void)
+    instances.json       COCO results list: image_id, category_id (original), RLE segmentation
+                         (counts as str), score
+    semantic/<stem>.png  ORIGINAL category ids per pixel: uint8 when every id is < 255, else
+                         uint16; pixels without a class get ``semantic_unlabeled`` (default 255 for
+                         uint8, 65535 for uint16)
+    metrics.json         the metrics passed to ``finalize`` (percent; NaN written as null)
+
+``<stem>`` is the stem of ``Target.file_name``. PNGs are written as soon as ``write`` is called and
+JSON entries go to per-rank JSON-lines part files, so memory stays flat; rank 0 merges the parts
+in ``finalize`` (keeping the first entry of an image id seen twice, e.g. DistributedSampler padding).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitp.metrics.instance import encode_masks
+from vitp.structures import DatasetInfo, PanopticPrediction, Prediction, Target
+
+_PARTS = ".parts"
+
+
+def _json_id(image_id: Any) -> Any:
+    if isinstance(image_id, torch.Tensor):
+        return image_id.item()
+    if isinstance(image_id, np.generic):
+        return image_id.item()
+    return image_id
+
+
+def id2rgb(ids: np.ndarray) -> np.ndarray:
+    """``int[H, W]`` segment ids -> ``uint8[H, W, 3]`` (panopticapi encoding)."""
+    ids = ids.astype(np.int64)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], -1).astype(np.uint8)
+
+
+def rgb2id(rgb: np.ndarray) -> np.ndarray:
+    """``uint8[H, W, 3]`` -> ``int64[H, W]`` segment ids (panopticapi encoding)."""
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def panoptic_segments_info(
+    pan: PanopticPrediction, category_ids: Sequence[int]
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Id map (segment ``i`` -> id ``i + 1``, void -> 0) and COCO ``segments_info`` of the
+    non-empty segments of a panoptic prediction."""
+    seg = pan.segments.detach().long()
+    h, w = seg.shape
+    s = int(pan.labels.numel())
+    flat = seg.reshape(-1) + 1  # 0 = void
+    area = torch.bincount(flat, minlength=s + 1)[1:]
+    ys = torch.arange(h, device=seg.device).repeat_interleave(w)
+    xs = torch.arange(w, device=seg.device).repeat(h)
+    big = torch.full((s + 1,), h + w, dtype=torch.long, device=seg.device)
+    small = torch.full((s + 1,), -1, dtype=torch.long, device=seg.device)
+    y0 = big.scatter_reduce(0, flat, ys, "amin")[1:].tolist()
+    x0 = big.scatter_reduce(0, flat, xs, "amin")[1:].tolist()
+    y1 = small.scatter_reduce(0, flat, ys, "amax")[1:].tolist()
+    x1 = small.scatter_reduce(0, flat, xs, "amax")[1:].tolist()
+    labels = pan.labels.detach().long().tolist()
+    info = []
+    for i, a in enumerate(area.tolist()):
+        if a == 0:
+            continue
+        info.append({
+            "id": i + 1, "category_id": int(category_ids[labels[i]]), "iscrowd": 0, "area": int(a),
+            "bbox": [x0[i], y0[i], x1[i] - x0[i] + 1, y1[i] - y0[i] + 1],
+        })  # fmt: skip
+    return flat.view(h, w).cpu().numpy(), info
+
+
+class PredictionExporter:
+    """Writes predictions image by image to ``out_dir`` in standard formats (see module doc).
+
+    ``write(pred, target)`` per image (fields that are None are skipped); ``finalize(metrics)``
+    once at the end on every rank. Under DDP each rank writes its own PNGs and part files and rank 0
+    merges them; ``rank`` / ``world_size`` default to the initialised process group, if any.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        dataset_info: DatasetInfo,
+        rank: int | None = None,
+        world_size: int | None = None,
+        semantic_unlabeled: int | None = None,
+    ) -> None:
+        dist = torch.distributed
+        ddp = dist.is_available() and dist.is_initialized()
+        self.rank = rank if rank is not None else (dist.get_rank() if ddp else 0)
+        self.world_size = world_size if world_size is not None else (dist.get_world_size() if ddp else 1)
+        self.out_dir = Path(out_dir)
+        self.info = dataset_info
+        self._cat_ids = np.asarray(dataset_info.category_ids, dtype=np.int64)
+        self._sem_dtype = np.uint8 if self._cat_ids.max(initial=0) < 255 else np.uint16
+        default_unlabeled = 255 if self._sem_dtype == np.uint8 else 65535
+        self.semantic_unlabeled = default_unlabeled if semantic_unlabeled is None else semantic_unlabeled
+        self._parts_dir = self.out_dir / _PARTS
+        self._parts_dir.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------------------------- writing
+
+    def _part(self, kind: str):
+        f = self._files.get(kind)
+        if f is None:
+            f = open(self._parts_dir / f"{kind}.{self.rank}.jsonl", "w")
+            self._files[kind] = f
+        return f
+
+    def _emit(self, kind: str, obj: Any) -> None:
+        f = self._part(kind)
+        f.write(json.dumps(obj, separators=(",", ":")))
+        f.write("\n")
+
+    @staticmethod
+    def _stem(target: Target) -> str:
+        return Path(target.file_name).stem if target.file_name else str(_json_id(target.image_id))
+
+    def write(self, pred: Prediction, target: Target) -> None:
+        """Export one image's predictions (at the original size)."""
+        image_id = _json_id(target.image_id)
+        stem = self._stem(target)
+        h, w = (int(s) for s in target.orig_size)
+        self._emit("images", {"id": image_id, "file_name": target.file_name, "height": h, "width": w})
+        if pred.panoptic is not None:
+            ids, segments_info = panoptic_segments_info(pan=pred.panoptic, category_ids=self.info.category_ids)
+            png_dir = self.out_dir / "panoptic"
+            png_dir.mkdir(exist_ok=True)
+            Image.fromarray(id2rgb(ids)).save(png_dir / f"{stem}.png")
+            self._emit(
+                "panoptic", {"image_id": image_id, "file_name": f"{stem}.png", "segments_info": segments_info}
+            )
+        if pred.semantic is not None:
+            sem = pred.semantic.detach().to("cpu").long().numpy()
+            valid = (sem >= 0) & (sem < len(self._cat_ids))
+            out = np.where(valid, self._cat_ids[np.clip(sem, 0, len(self._cat_ids) - 1)], self.semantic_unlabeled)
+            sem_dir = self.out_dir / "semantic"
+            sem_dir.mkdir(exist_ok=True)
+            Image.fromarray(out.astype(self._sem_dtype)).save(sem_dir / f"{stem}.png")
+        if pred.instance is not None:
+            inst = pred.instance
+            rles = encode_masks(inst.masks)
+            labels = inst.labels.detach().to("cpu").long().tolist()
+            scores = inst.scores.detach().to("cpu").double().tolist()
+            for rle, c, s in zip(rles, labels, scores):
+                # no "bbox" key: COCO.loadRes would then take the results for boxes
+                self._emit("instances", {
+                    "image_id": image_id, "category_id": int(self._cat_ids[c]),
+                    "segmentation": {"size": [int(x) for x in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                    "score": float(s),
+                })  # fmt: skip
+
+    def write_batch(self, preds: Sequence[Prediction], targets: Sequence[Target]) -> None:
+        """``write`` for each (prediction, target) pair."""
+        for p, t in zip(preds, targets):
+            self.write(p, t)
+
+    # ---------------------------------------------------------------------------------- merging
+
+    def _close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+    def _lines(self, kind: str) -> Iterator[dict[str, Any]]:
+        for r in range(self.world_size):
+            path = self._parts_dir / f"{kind}.{r}.jsonl"
+            if path.exists():
+                with open(path) as f:
+                    for line in f:
+                        if line.strip():
+                            yield json.loads(line)
+
+    def _write_array(self, f, items: Iterator[dict[str, Any]]) -> int:
+        n = 0
+        f.write("[")
+        for item in items:
+            f.write(",\n" if n else "\n")
+            f.write(json.dumps(item, separators=(",", ":")))
+            n += 1
+        f.write("\n]")
+        return n
+
+    def _first_ranks(self) -> dict[Any, int]:
+        """Image id -> first rank that wrote it (for dropping duplicates)."""
+        owner: dict[Any, int] = {}
+        for r in range(self.world_size):
+            path = self._parts_dir / f"images.{r}.jsonl"
+            if path.exists():
+                with open(path) as f:
+                    for line in f:
+                        if line.strip():
+                            owner.setdefault(_hashable(json.loads(line)["id"]), r)
+        return owner
+
+    def _dedup(self, kind: str, owner: dict[Any, int], key: str, per_image_once: bool) -> Iterator[dict]:
+        seen: set = set()
+        for r in range(self.world_size):
+            path = self._parts_dir / f"{kind}.{r}.jsonl"
+            if not path.exists():
+                continue
+            with open(path) as f:
+                for line in f:
+                    if not line.strip():
+                        continue
+                    item = json.loads(line)
+                    iid = _hashable(item[key])
+                    if owner.get(iid, r) != r:
+                        continue  # this image was (also) written by an earlier rank
+                    if per_image_once:
+                        if iid in seen:
+                            continue
+                        seen.add(iid)
+                    yield item
+
+    def finalize(self, metrics: Mapping[str, Any] | None = None) -> dict[str, Path] | None:
+        """Close the part files and, on rank 0, assemble the JSON files; call on every rank.
+        Returns the written paths on rank 0, None elsewhere."""
+        self._close()
+        dist = torch.distributed
+        ddp = dist.is_available() and dist.is_initialized() and self.world_size > 1
+        if ddp:
+            dist.barrier()
+        written: dict[str, Path] | None = None
+        if self.rank == 0:
+            written = self._merge(metrics)
+        if ddp:
+            dist.barrier()
+        return written
+
+    def _merge(self, metrics: Mapping[str, Any] | None) -> dict[str, Path]:
+        written: dict[str, Path] = {}
+        owner = self._first_ranks()
+        has = {k: any((self._parts_dir / f"{k}.{r}.jsonl").exists() for r in range(self.world_size))
+               for k in ("panoptic", "instances")}  # fmt: skip
+        if has["panoptic"]:
+            path = self.out_dir / "panoptic.json"
+            categories = [
+                {"id": int(c), "name": n, "isthing": int(t)}
+                for c, n, t in zip(self.info.category_ids, self.info.class_names, self.info.is_thing)
+            ]
+            with open(path, "w") as f:
+                f.write('{"images": ')
+                self._write_array(f, self._dedup("images", owner, "id", per_image_once=True))
+                f.write(',\n"annotations": ')
+                self._write_array(f, self._dedup("panoptic", owner, "image_id", per_image_once=True))
+                f.write(',\n"categories": ')
+                f.write(json.dumps(categories))
+                f.write("}\n")
+            written["panoptic"] = path
+        if has["instances"]:
+            path = self.out_dir / "instances.json"
+            with open(path, "w") as f:
+                self._write_array(f, self._dedup("instances", owner, "image_id", per_image_once=False))
+            written["instances"] = path
+        if metrics is not None:
+            path = self.out_dir / "metrics.json"
+            clean = {k: _json_float(v) for k, v in metrics.items()}
+            path.write_text(json.dumps(clean, indent=2) + "\n")
+            written["metrics"] = path
+        shutil.rmtree(self._parts_dir, ignore_errors=True)
+        return written
+
+
+def _hashable(x: Any) -> Any:
+    return tuple(x) if isinstance(x, list) else x
+
+
+def _json_float(v: Any) -> float | None:
+    v = float(v.item() if isinstance(v, torch.Tensor) else v)
+    return None if math.isnan(v) else v
