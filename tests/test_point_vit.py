@@ -209,3 +209,18 @@ def test_load_original_dinov2_registers_naming(tmp_path) -> None:
     assert m.load_report.unexpected == []
     for k, v in ref.state_dict().items():
         torch.testing.assert_close(m.backbone.state_dict()[k], v)
+
+
+def test_sincos_pos_embed_init_gives_distinct_positions():
+    from vitp.classifiers.point_vit import sincos_2d
+
+    table = sincos_2d(4, 5, 16)
+    assert table.shape == (20, 16)
+    sim = table @ table.T
+    assert torch.all(sim.diagonal() >= sim.max(dim=1).values - 1e-5)  # each position is its own best match
+    m = PointViT(3, model_name="vit_tiny_patch16_224", image_size=64, pos_embed_init="sincos",
+                 model_kwargs={"depth": 1, "img_size": 64, "embed_dim": 16, "num_heads": 2})
+    assert torch.allclose(m.backbone.pos_embed[0, 1:], sincos_2d(4, 4, 16))
+    with pytest.raises(ValueError, match="pos_embed_init"):
+        PointViT(3, model_name="vit_tiny_patch16_224", pos_embed_init="nope",
+                 model_kwargs={"depth": 1, "embed_dim": 16, "num_heads": 2})

@@ -47,6 +47,20 @@ class PatchCache:
     pos_grids: list[torch.Tensor]
 
 
+def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
+    """``float[height * width, dim]`` 2-D sine-cosine position table (half the channels per axis)."""
+    if dim % 4:
+        raise ValueError(f"sine-cosine position embedding needs a dim divisible by 4, got {dim}")
+    freq = 1.0 / (10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4)))
+    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64),
+                                torch.arange(width, dtype=torch.float64), indexing="ij")
+    parts = []
+    for coord in (rows.flatten(), cols.flatten()):
+        angle = coord[:, None] * freq[None]
+        parts += [angle.sin(), angle.cos()]
+    return torch.cat(parts, dim=1).float()
+
+
 class PointViT(nn.Module):
     """Point classifier: timm ViT + one token per query point + linear head (``logits [B, P, K]``).
 
@@ -65,6 +79,9 @@ class PointViT(nn.Module):
         reinit_head: re-initialise the head when the checkpoint's head has another size.
         drop_path_rate: stochastic depth of the backbone.
         point_chunk_size: in ``one_way`` mode, classify at most this many points at once (memory).
+        pos_embed_init: ``"timm"`` keeps timm's initialisation (or the loaded weights);
+            ``"sincos"`` initialises the patch position embedding with a 2-D sine-cosine table
+            (still learnable) — distinct positions from step 0 help a ViT trained from scratch.
         model_kwargs: extra ``timm.create_model`` kwargs (e.g. a tiny architecture for tests).
     """
 
@@ -81,6 +98,7 @@ class PointViT(nn.Module):
         drop_path_rate: float = 0.0,
         point_chunk_size: int | None = 1024,
         model_kwargs: dict[str, Any] | None = None,
+        pos_embed_init: Literal["timm", "sincos"] = "timm",
     ) -> None:
         super().__init__()
         if attention not in ("one_way", "full"):
@@ -108,6 +126,10 @@ class PointViT(nn.Module):
         self.patch_size = tuple(int(p) for p in be.patch_embed.patch_size)
         self.point_embed = nn.Linear(2, self.embed_dim, bias=False) if point_encoding == "linear" else None
         self.head: nn.Linear | None = None
+        if pos_embed_init == "sincos":
+            self._init_sincos_pos_embed()
+        elif pos_embed_init != "timm":
+            raise ValueError(f"pos_embed_init must be 'timm' or 'sincos', got {pos_embed_init!r}")
         self.reset_point_embed()
         self.load_report: LoadReport | None = None
         self.checkpoint_path = checkpoint_path
@@ -132,6 +154,15 @@ class PointViT(nn.Module):
     def reset_head(self) -> None:
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+
+    def _init_sincos_pos_embed(self) -> None:
+        be = self.backbone
+        if be.pos_embed is None:
+            raise ValueError("pos_embed_init='sincos' needs a model with an absolute position embedding")
+        gh, gw = be.patch_embed.grid_size
+        table = sincos_2d(gh, gw, self.embed_dim)
+        with torch.no_grad():
+            be.pos_embed[0, self._num_pos_prefix:] = table.to(be.pos_embed.dtype)
 
     def reset_point_embed(self) -> None:
         if self.point_embed is not None:
