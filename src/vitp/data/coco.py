@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from vitp.data.samplers import UnpaddedDistributedSampler
 from vitp.data.collate import PanopticCollate, Sample
 from vitp.data.synthetic import decode_ids, ensure_synthetic_dataset
 from vitp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
@@ -461,8 +462,11 @@ class CocoPanopticDataModule(L.LightningDataModule):
                 collate: PanopticCollate) -> DataLoader:
         if ds is None:
             raise RuntimeError(f"{name} dataset is not set up; call setup() first")
+        sampler = None
+        if not shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
+            sampler = UnpaddedDistributedSampler(ds)  # Lightning keeps a DistributedSampler it is given
         return DataLoader(
-            ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=self.num_workers,
             collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=False,
         )
 

@@ -69,7 +69,7 @@ class MaskAP(Metric):
         self._is_thing_cpu = dataset_info.thing_mask()
         # per-process records; not torchmetrics states (those would have to be tensors of equal
         # count on every rank), gathered explicitly in compute()
-        self._images: list[tuple[tuple[int, int], list, list]] = []
+        self._images: list[tuple[tuple, tuple[int, int], list, list]] = []
         self._last_eval: Any = None
 
     def update(self, preds: Sequence[InstancePrediction], targets: Sequence[Target]) -> None:
@@ -89,7 +89,7 @@ class MaskAP(Metric):
             rles = encode_masks(masks)
             scores = pred.scores.detach().to("cpu").double()[keep].tolist()
             dts = [(r, int(c), s) for r, c, s in zip(rles, labels[keep].tolist(), scores)]
-            self._images.append((size, gts, dts))
+            self._images.append((_sort_key(target.image_id), size, gts, dts))
 
     def reset(self) -> None:
         super().reset()
@@ -108,8 +108,13 @@ class MaskAP(Metric):
         ):
             parts: list = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(parts, self._images)
-            return [img for part in parts for img in part]
-        return self._images
+            images = [img for part in parts for img in part]
+        else:
+            images = list(self._images)
+        # COCOeval breaks score ties by image order: sort by image id, as COCO does with its
+        # imgIds, so the result does not depend on how images were split across processes.
+        images.sort(key=lambda record: record[0])
+        return [record[1:] for record in images]
 
     def coco_dicts(self) -> tuple[dict, list[dict]]:
         """The ground truth as a COCO dataset dict and the predictions as a COCO results list
@@ -163,3 +168,8 @@ class MaskAP(Metric):
             if p.size:
                 ap[cat_id - 1] = float(p.mean()) * 100.0
         return {"ap": ap}
+
+
+def _sort_key(image_id: Any) -> tuple:
+    """Orders int ids numerically and anything else by its string."""
+    return (0, image_id, "") if isinstance(image_id, int) else (1, 0, str(image_id))
