@@ -104,3 +104,23 @@ def test_postprocess_runs_requested_tasks_only():
     logits = masks_from((0, 6, 0, 6))
     pred = postprocess(logits, one_hot_probs([2]), (6, 6), (6, 6), IS_THING, tasks=("semantic",))
     assert pred.semantic is not None and pred.panoptic is None and pred.instance is None
+
+
+def test_oracle_proposals_reproduce_ground_truth_and_peak_inside():
+    from vitp.points import select_points
+    from vitp.proposers import OracleProposer
+    from vitp.structures import Target
+
+    segments = torch.full((9, 12), -1)
+    segments[:, :6] = 0
+    segments[2:7, 7:12] = 1
+    target = Target(masks=torch.zeros(2, 9, 12, dtype=torch.bool), labels=torch.tensor([2, 0]),
+                    is_crowd=torch.tensor([False, False]), segments=segments, image_id=1,
+                    file_name="a.jpg", orig_size=(9, 12), valid_size=(9, 12))
+    props = OracleProposer(num_classes=3)(torch.zeros(1, 3, 9, 12), "panoptic", [target])
+    pred = postprocess(props.mask_logits[0], props.class_logits[0].softmax(-1), (9, 12), (9, 12), IS_THING)
+    assert torch.equal(pred.panoptic.segments >= 0, segments >= 0)
+    assert pred.panoptic.labels[pred.panoptic.segments[4, 2]] == 2
+    point = select_points(props.mask_logits, props.valid_sizes, (9, 12))[0, 1, 0]
+    row, col = ((point + 1) * torch.tensor([9, 12]) / 2).floor().long().tolist()
+    assert (row, col) == (4, 9)  # centre of the 5x5 segment, not its top-left corner
