@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from vitp.metrics._hist import joint_histogram
 from vitp.structures import DatasetInfo, PanopticPrediction, Target
 
 
@@ -46,10 +47,7 @@ def panoptic_stats(
         )
 
     # joint histogram of (gt index + 1, pred index + 1); row/column 0 = void
-    g = gt_segments.reshape(-1).long() + 1
-    p = pred_segments.reshape(-1).long() + 1
-    joint = torch.bincount(g * (n_pred + 1) + p, minlength=(n_gt + 1) * (n_pred + 1))
-    joint = joint.view(n_gt + 1, n_pred + 1)
+    joint = joint_histogram(gt_segments, pred_segments, n_gt + 1, n_pred + 1, a_offset=1, b_offset=1)
     inter = joint[1:, 1:]  # [N, S]
     gt_area = joint[1:, :].sum(1)  # [N]
     pred_area = joint[:, 1:].sum(0)  # [S]

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from vitp.metrics._hist import joint_histogram
 from vitp.structures import DatasetInfo, Target
 
 
@@ -48,17 +49,20 @@ class MeanIoU(Metric):
             raise ValueError(f"{len(preds)} predictions for {len(targets)} targets")
         k = self.dataset_info.num_classes
         for pred, target in zip(preds, targets):
-            gt = semantic_target(target).reshape(-1)
-            p = pred.to(gt.device).reshape(-1).long()
-            if p.numel() != gt.numel():
+            seg = target.segments
+            if pred.shape != seg.shape:
                 raise ValueError(
                     f"semantic prediction of shape {tuple(pred.shape)} does not match the ground truth "
-                    f"of shape {tuple(target.segments.shape)}"
+                    f"of shape {tuple(seg.shape)}"
                 )
-            valid = gt >= 0
-            gt, p = gt[valid], p[valid]
+            p = pred.to(seg.device).long()
             p = torch.where((p >= 0) & (p < k), p, torch.full_like(p, k))
-            cm = torch.bincount(gt * (k + 1) + p, minlength=k * (k + 1)).view(k, k + 1)
+            n = int(target.labels.numel())
+            # histogram over (gt segment, predicted class), then rows summed per gt class;
+            # the void row (segment -1) is dropped
+            by_segment = joint_histogram(seg, p, n + 1, k + 1, a_offset=1)[1:]
+            labels = target.labels.to(by_segment.device).long()
+            cm = torch.zeros_like(self.confmat, device=by_segment.device).index_add_(0, labels, by_segment)
             self.confmat += cm.to(self.confmat.device)
 
     def compute_per_class(self) -> dict[str, Tensor]:
