@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from vitp.pipeline import classify_proposals, predict_variants
 from vitp.postprocess import PostProcessConfig
@@ -113,6 +114,11 @@ class ViTPModule(L.LightningModule):
         if classifier is not None and not train_classifier:
             classifier.requires_grad_(False)
         self.metrics = nn.ModuleDict({name: self._new_metrics() for name in self.variant_names})
+        # point accuracy in percent: micro (all points) and macro (mean over classes)
+        self.point_accuracy = nn.ModuleDict({
+            average: MulticlassAccuracy(dataset_info.num_classes, average=average, ignore_index=-1)
+            for average in ("micro", "macro")
+        })
         self._exporter: Any = None
         self._overlays: Any = None
 
@@ -225,14 +231,9 @@ class ViTPModule(L.LightningModule):
     def _point_accuracy(self, batch: Batch, stage: str) -> None:
         valid = torch.tensor(batch.valid_sizes, dtype=torch.long, device=self.device)
         logits = self.classifier(batch.images, batch.points, valid)
-        labels = batch.point_labels
-        keep = labels >= 0
-        if not keep.any():
-            return
-        pred = logits.argmax(-1)[keep]
-        gold = labels[keep]
-        correct = (pred == gold).float()
-        self.log(f"{stage}/point_acc", 100 * correct.mean(), batch_size=int(keep.sum()), sync_dist=True)
+        preds, labels = logits.argmax(-1).flatten(), batch.point_labels.flatten()
+        for metric in self.point_accuracy.values():
+            metric.update(preds, labels)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -242,6 +243,12 @@ class ViTPModule(L.LightningModule):
 
     def _log_metrics(self, stage: str) -> dict[str, float]:
         results: dict[str, float] = {}
+        for average, metric in self.point_accuracy.items():
+            if metric.update_called:
+                key = "point_acc" if average == "micro" else f"point_acc_{average}"
+                results[key] = 100.0 * float(metric.compute())
+                self.log(f"{stage}/{key}", results[key], prog_bar=average == "micro")
+                metric.reset()
         for name in self.variant_names:
             values = self.metrics[name].compute()
             self.metrics[name].reset()
