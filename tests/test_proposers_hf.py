@@ -368,7 +368,7 @@ def test_oneformer_unused_params_frozen():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="or `preset`"):
         Mask2FormerProposer(num_classes=3)
     with pytest.raises(ValueError, match="num_classes"):
         Mask2FormerProposer(preset="tiny")

@@ -26,6 +26,9 @@ def test_proposer_config_fast_dev_run(name: str, tiny_coco_root: Path, tmp_path:
              cwd=tmp_path)
     saved = tmp_path / "outputs" / "synthetic" / f"proposer_{name.split('_')[0]}" / "hf_model"
     assert (saved / "config.json").is_file(), "SaveProposer did not write the trained proposer"
+    run_vitp("test", "--config", str(config), "--data.init_args.root", str(tiny_coco_root), *SMALL,
+             "--model.init_args.proposer.init_args.model", str(saved), "--trainer.fast_dev_run", "1",
+             "--trainer.callbacks", "[]", cwd=tmp_path)
 
 
 def test_vitp_oracle_masks_config_fast_dev_run(tiny_coco_root: Path, tmp_path: Path):

@@ -225,8 +225,14 @@ class HFUniversalProposer(MaskProposer):
         freeze: str,
         is_thing: list[bool] | None,
     ) -> None:
-        if (model is None) == (preset is None):
-            raise ValueError(f"{type(self).__name__}: give exactly one of `model` (hub id or directory) or `preset`")
+        if model is None and preset is None:
+            raise ValueError(f"{type(self).__name__}: give `model` (hub id or directory) or `preset`")
+        if model is not None and preset is not None:
+            # LightningCLI merges `--...proposer.init_args.model DIR` into a config that names a
+            # preset: loading the given weights is what such a command means.
+            log.info("%s: both model=%r and preset=%r given; loading the model", type(self).__name__,
+                      model, preset)
+            preset = None
         if freeze not in FREEZE_CHOICES:
             raise ValueError(f"freeze must be one of {FREEZE_CHOICES}, got {freeze!r}")
         if class_names is not None:

@@ -56,7 +56,7 @@ class Mask2FormerProposer(HFUniversalProposer):
 
     Args:
         model: hub id (``facebook/mask2former-swin-large-coco-panoptic``) or a directory written by
-            ``save_pretrained``; exclusive with ``preset``.
+            ``save_pretrained``; takes precedence over ``preset``.
         num_classes: number of dataset classes K (defaults to the proposer's own).
         preset: random-init architecture (``tiny``/``small`` for CPU, ``swin-tiny`` full size).
         config_overrides: ``Mask2FormerConfig`` fields (``backbone_config`` given as a dict is merged
