@@ -81,5 +81,5 @@ def test_predict_on_image_folder_writes_pngs_json_and_overlays(tiny_coco_root: P
              cwd=tmp_path)
     panoptic = json.loads((out / "panoptic.json").read_text())
     assert len(panoptic["annotations"]) == 3
-    for name in ("panoptic", "semantic", "overlays"):
+    for name in ("panoptic", "semantic", "overlays/panoptic", "overlays/semantic"):
         assert len(list((out / name).iterdir())) == 3, name

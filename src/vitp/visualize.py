@@ -38,28 +38,27 @@ def overlay_panoptic(
 
 
 class OverlayWriter:
-    """Writes ``out_dir/overlays/<image stem>.jpg`` for each prediction whose target knows its image
-    file (panoptic if present, else the semantic map drawn as stuff)."""
+    """Writes ``out_dir/overlays/{panoptic,semantic}/<image stem>.jpg`` for each prediction whose
+    target knows its image file (semantic maps drawn like stuff, one colour per class)."""
 
     def __init__(self, out_dir: str | Path, dataset_info: DatasetInfo) -> None:
         self.dir = Path(out_dir) / "overlays"
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.is_thing = np.asarray(dataset_info.is_thing, dtype=bool)
 
-    def write(self, pred: Prediction, target: Target) -> Path | None:
+    def write(self, pred: Prediction, target: Target) -> list[Path]:
         if target.image_path is None:
-            return None
+            return []
         image = np.asarray(Image.open(target.image_path).convert("RGB"))
+        layers = []
         if pred.panoptic is not None:
-            segments = pred.panoptic.segments.cpu().numpy()
-            labels = pred.panoptic.labels.cpu().numpy()
-        elif pred.semantic is not None:
-            segments = pred.semantic.cpu().numpy()
-            labels = np.arange(len(self.is_thing))
-        else:
-            return None
-        path = self.dir / f"{Path(target.file_name).stem}.jpg"
-        blended = overlay_panoptic(image, segments, labels, self.is_thing if pred.panoptic is not None
-                                   else np.zeros_like(self.is_thing))
-        Image.fromarray(blended).save(path, quality=90)
-        return path
+            layers.append(("panoptic", pred.panoptic.segments, pred.panoptic.labels.cpu().numpy(), self.is_thing))
+        if pred.semantic is not None:
+            layers.append(("semantic", pred.semantic, np.arange(len(self.is_thing)), np.zeros_like(self.is_thing)))
+        written = []
+        for kind, segments, labels, is_thing in layers:
+            path = self.dir / kind / f"{Path(target.file_name).stem}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            blended = overlay_panoptic(image, segments.cpu().numpy(), labels, is_thing)
+            Image.fromarray(blended).save(path, quality=90)
+            written.append(path)
+        return written
