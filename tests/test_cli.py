@@ -45,25 +45,24 @@ def test_config_prints_and_help(config: Path, tiny_coco_root: Path):
     assert "--data.root" in run_vitp("fit", "--data.help", parsed["data"]["class_path"]).stdout
 
 
-def test_oracle_test_on_official_layout_is_perfect(tiny_coco_root: Path, tmp_path: Path):
+def oracle_metrics(root: Path, tmp_path: Path) -> dict[str, float]:
+    """`vitp test` of the oracle config on ``root``; the exported metrics.json."""
     export = tmp_path / "export"
     run_vitp(
         "test", "--config", "configs/coco/panoptic/oracle.yaml",
-        "--data.init_args.root", str(tiny_coco_root), "--data.init_args.num_workers", "0",
+        "--data.init_args.root", str(root), "--data.init_args.num_workers", "0",
         "--model.init_args.export_dir", str(export),
     )
-    metrics = json.loads((export / "metrics.json").read_text())
+    return json.loads((export / "metrics.json").read_text())
+
+
+def test_oracle_test_on_official_layout_is_perfect(tiny_coco_root: Path, tmp_path: Path):
+    metrics = oracle_metrics(tiny_coco_root, tmp_path)
     for key in ("pq", "sq", "rq", "pq_th", "pq_st", "miou", "map"):
         assert metrics[key] == pytest.approx(100.0, abs=1e-6), (key, metrics)
 
 
 def test_oracle_test_on_real_coco_sample(coco_sample_root: Path, tmp_path: Path):
-    export = tmp_path / "export"
-    run_vitp(
-        "test", "--config", "configs/coco/panoptic/oracle.yaml",
-        "--data.init_args.root", str(coco_sample_root), "--data.init_args.num_workers", "0",
-        "--model.init_args.export_dir", str(export),
-    )
-    metrics = json.loads((export / "metrics.json").read_text())
-    assert metrics["pq"] == pytest.approx(100.0, abs=1e-6)
-    assert metrics["miou"] == pytest.approx(100.0, abs=1e-6)
+    metrics = oracle_metrics(coco_sample_root, tmp_path)
+    for key in ("pq", "sq", "rq", "pq_th", "pq_st", "miou", "map"):
+        assert metrics[key] == pytest.approx(100.0, abs=1e-6), (key, metrics)
