@@ -18,8 +18,7 @@ import yaml
 from vitp.classifiers import PointViT
 from vitp.data.coco import CocoPanopticDataModule
 from vitp.fusion import fuse_class_probs
-from vitp.pipeline import classify_proposals, mask_valid_sizes, oracle_class_probs
-from vitp.postprocess import crop_and_resize
+from vitp.pipeline import classify_proposals, oracle_class_probs, original_size_logits
 from vitp.proposers import Mask2FormerProposer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,9 +48,8 @@ def main() -> None:
             point_logits = classify_proposals(classifier, batch, proposals)
             variants = {"proposer": proposals.class_logits.softmax(-1),
                         "vitp": fuse_class_probs(proposals.class_logits, point_logits, config["fusion_alpha"])}
-            valid = mask_valid_sizes(proposals, batch).tolist()
             for i, target in enumerate(batch.targets):
-                logits = crop_and_resize(proposals.mask_logits[i], tuple(valid[i]), target.orig_size)
+                logits = original_size_logits(proposals, batch, i)
                 oracle = oracle_class_probs(logits, target, info.num_classes)
                 matched = oracle[:, -1] < 0.5
                 gold = oracle[matched, :-1].argmax(-1)

@@ -124,3 +124,20 @@ def test_oracle_proposals_reproduce_ground_truth_and_peak_inside():
     point = select_points(props.mask_logits, props.valid_sizes, (9, 12))[0, 1, 0]
     row, col = ((point + 1) * torch.tensor([9, 12]) / 2).floor().long().tolist()
     assert (row, col) == (4, 9)  # centre of the 5x5 segment, not its top-left corner
+
+
+def test_original_size_logits_maps_a_fractional_valid_region_through_the_frame():
+    import torch.nn.functional as F
+
+    from vitp.pipeline import original_size_logits
+    from vitp.structures import Batch, Proposals, Target
+
+    logits = torch.randn(1, 2, 16, 16)  # a quarter of a 64x64 frame; the image fills 64x46 of it
+    target = Target(masks=torch.zeros(0, 64, 64, dtype=torch.bool), labels=torch.zeros(0, dtype=torch.long),
+                    is_crowd=torch.zeros(0, dtype=torch.bool), segments=torch.full((92, 128), -1),
+                    image_id=1, file_name="a.jpg", orig_size=(92, 128), valid_size=(46, 64))
+    batch = Batch(images=torch.zeros(1, 3, 64, 64), targets=[target])
+    out = original_size_logits(Proposals(mask_logits=logits), batch, 0)
+    frame = F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)[:, :, :46, :64]
+    expected = F.interpolate(frame, size=(92, 128), mode="bilinear", align_corners=False)[0]
+    assert torch.allclose(out, expected)

@@ -17,16 +17,18 @@ from vitp.postprocess import PostProcessConfig, crop_and_resize, infer
 from vitp.structures import Batch, Prediction, Proposals, Target
 
 
-def mask_valid_sizes(proposals: Proposals, batch: Batch) -> torch.Tensor:
-    """``long[B, 2]``: the region of ``proposals.mask_logits`` that holds each image."""
+def original_size_logits(proposals: Proposals, batch: Batch, index: int) -> torch.Tensor:
+    """Image ``index``'s mask logits with the padding removed, at its original size.
+
+    Proposals that state their valid region (``Proposals.valid_sizes``, in mask coordinates) are
+    cropped there; otherwise the input's valid region is mapped through the frame exactly, as
+    :func:`vitp.postprocess.crop_and_resize` does (no rounding to whole mask pixels).
+    """
+    target = batch.targets[index]
+    logits = proposals.mask_logits[index]
     if proposals.valid_sizes is not None:
-        return proposals.valid_sizes
-    frame_h, frame_w = batch.images.shape[-2:]
-    h, w = proposals.mask_logits.shape[-2:]
-    sizes = [
-        (max(1, round(vh * h / frame_h)), max(1, round(vw * w / frame_w))) for vh, vw in batch.valid_sizes
-    ]
-    return torch.tensor(sizes, dtype=torch.long, device=batch.images.device)
+        return crop_and_resize(logits, tuple(proposals.valid_sizes[index].tolist()), target.orig_size)
+    return crop_and_resize(logits, target.valid_size, target.orig_size, tuple(batch.images.shape[-2:]))
 
 
 def classify_proposals(
@@ -81,11 +83,10 @@ def predict_variants(
     oracle: bool = False,
 ) -> dict[str, list[Prediction]]:
     """Post-process every variant for every image (masks resized once per image)."""
-    valid = mask_valid_sizes(proposals, batch).tolist()
     names = list(variant_probs) + (["oracle"] if oracle else [])
     out: dict[str, list[Prediction]] = {name: [] for name in names}
     for i, target in enumerate(batch.targets):
-        logits = crop_and_resize(proposals.mask_logits[i], tuple(valid[i]), target.orig_size)
+        logits = original_size_logits(proposals, batch, i)
         for name, probs in variant_probs.items():
             out[name].append(infer(logits, probs[i], is_thing, tasks, config))
         if oracle:
