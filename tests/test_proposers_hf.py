@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vitp.proposers.base import build_proposer, list_proposers
-from vitp.proposers.hf_common import HashTokenizer, global_num_masks, pixel_mask_from, targets_to_hf
+from vitp.proposers.hf_common import HashTokenizer, global_num_masks, targets_to_hf
 from vitp.proposers.label_space import (
     LabelSpaceMapper,
     agnostic_logits,
@@ -79,7 +79,7 @@ def test_shapes_all_tasks(name, images, targets):
             assert pr.mask_logits.shape == (2, q, SIZE // 4, SIZE // 4)
             assert pr.class_logits.shape == (2, q, K + 1)
             assert torch.isfinite(pr.mask_logits).all() and torch.isfinite(pr.class_logits).all()
-            assert pr.aux["pixel_mask"][0, :, SIZE - 16 :].eq(0).all()
+            assert pr.tasks == (task, task)
             outs[task] = pr.class_logits
     assert p.task_conditioned == (name == "oneformer")
     if name == "oneformer":  # task-conditioned
@@ -88,11 +88,6 @@ def test_shapes_all_tasks(name, images, targets):
         assert torch.equal(outs["semantic"], outs["panoptic"])
     with pytest.raises(ValueError):
         p(images, task="depth")
-
-
-def test_pixel_mask():
-    m = pixel_mask_from(torch.zeros(2, 3, 8, 10), valid_sizes=[(8, 10), (4, 6)])
-    assert m[0].all() and m[1, :4, :6].all() and m[1].sum() == 24
 
 
 # ------------------------------------------------------------------------------------ saving
@@ -320,7 +315,7 @@ def test_class_agnostic(name, images, targets, tmp_path):
     assert p.num_classes is None and p.hf.config.num_labels == 1
     pr = p.eval()(images)
     assert pr.class_logits is None
-    obj = pr.aux["objectness"]
+    obj = pr.objectness
     assert obj.shape == (2, p.num_queries) and ((obj >= 0) & (obj <= 1)).all()
     p.train()
     out = p.loss(p(images, "panoptic", targets), targets)
@@ -333,7 +328,7 @@ def test_class_agnostic(name, images, targets, tmp_path):
     a = PROPOSERS[name](model=str(tmp_path / "k"), class_agnostic=True).eval()
     with torch.no_grad():
         expected = 1 - c(images).class_logits.softmax(-1)[..., -1]
-        assert torch.allclose(a(images).aux["objectness"], expected, atol=1e-6)
+        assert torch.allclose(a(images).objectness, expected, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ freezing

@@ -175,7 +175,7 @@ class ViTPModule(L.LightningModule):
                 point_logits = classify_proposals(self.classifier, batch, proposals, self.hp.inference_top_k)
                 probs["vitp"] = fuse_class_probs(
                     proposals.class_logits, point_logits, self.hp.fusion_alpha,
-                    mask_quality=proposals.aux.get("objectness"),
+                    mask_quality=proposals.objectness,
                 )
             probs = {k: v for k, v in probs.items() if k in self.variant_names}
             out = predict_variants(

@@ -126,22 +126,61 @@ class Batch:
 
 
 @dataclass
+class DecoderLayerOutput:
+    """One intermediate decoder layer's predictions, for deep supervision in a proposer's loss.
+
+    mask_logits: ``float[B, Q, h, w]``; class_logits: ``float[B, Q, K_p + 1]`` in the proposer's own
+    label space (what its loss compares with the ground truth).
+    """
+
+    mask_logits: torch.Tensor
+    class_logits: torch.Tensor
+
+
+@dataclass
 class Proposals:
-    """Output of a ``MaskProposer``.
+    """Output of a ``MaskProposer``: what every proposer returns, and nothing free-form.
 
     mask_logits: ``float[B, Q, h, w]`` covering the whole padded input frame (any resolution).
-    class_logits: ``float[B, Q, K + 1]`` (last column = no object) or None for class-agnostic
-        proposers.
-    aux: proposer-specific extras (auxiliary outputs for losses, raw model outputs, ...).
+    class_logits: ``float[B, Q, K + 1]`` in the dataset's label space (last column = no object), or
+        None for class-agnostic proposers.
+    objectness: ``float[B, Q]`` in [0, 1], the proposer's probability that a proposal is an object.
+        Class-agnostic proposers set it; otherwise it may be None and :meth:`object_probs` derives it
+        as ``1 - p(no object)`` from ``class_logits``.
     valid_sizes: optional ``long[B, 2]``, the (h, w) region of ``mask_logits`` (top-left aligned)
         that holds each image. None means "the same fraction of the frame as the input's valid
         region", which is right for any proposer that maps the whole input frame to its output.
+    tasks: the task each image was proposed for (task-conditioned proposers differ per task).
+
+    Read back only by the proposer's own ``loss`` (None / empty for proposers without one):
+
+    raw_class_logits: ``float[B, Q, K_p + 1]`` in the proposer's own label space (differs from
+        ``class_logits`` when a pretrained label space is mapped to the dataset's).
+    layers: intermediate decoder layers, for deep supervision.
+    query_embeddings: ``float[B, Q', D]`` per-query embeddings for extra losses (OneFormer's
+        contrastive text-query loss).
     """
 
     mask_logits: torch.Tensor
     class_logits: torch.Tensor | None = None
-    aux: dict[str, Any] = field(default_factory=dict)
+    objectness: torch.Tensor | None = None
     valid_sizes: torch.Tensor | None = None
+    tasks: tuple[str, ...] = ()
+    raw_class_logits: torch.Tensor | None = None
+    layers: list[DecoderLayerOutput] = field(default_factory=list)
+    query_embeddings: torch.Tensor | None = None
+
+    @property
+    def class_agnostic(self) -> bool:
+        return self.class_logits is None
+
+    def object_probs(self) -> torch.Tensor:
+        """``float[B, Q]``: probability that each proposal is an object (see ``objectness``)."""
+        if self.objectness is not None:
+            return self.objectness.float()
+        if self.class_logits is not None:
+            return 1.0 - self.class_logits.float().softmax(-1)[..., -1]
+        return self.mask_logits.new_ones(self.mask_logits.shape[:2], dtype=torch.float)
 
 
 @dataclass

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from vitp.proposers.base import MaskProposer, check_task
 from vitp.proposers.label_space import LabelSpaceMapper, agnostic_logits, build_label_mapping
-from vitp.structures import Proposals, Target
+from vitp.structures import DecoderLayerOutput, Proposals, Target
 
 log = logging.getLogger(__name__)
 
@@ -80,26 +80,6 @@ def targets_to_hf(
     return mask_labels, class_labels
 
 
-def pixel_mask_from(
-    images: torch.Tensor,
-    targets: Sequence[Target] | None = None,
-    valid_sizes: Sequence[tuple[int, int]] | None = None,
-) -> torch.Tensor:
-    """``long[B,H,W]``: 1 on the valid (top-left) region of each image, 0 on padding."""
-    b, _, h, w = images.shape
-    if valid_sizes is None and targets is not None:
-        valid_sizes = [t.valid_size for t in targets]
-    mask = torch.ones(b, h, w, dtype=torch.long, device=images.device)
-    if valid_sizes is not None:
-        if len(valid_sizes) != b:
-            raise ValueError(f"{len(valid_sizes)} valid sizes for a batch of {b}")
-        mask.zero_()
-        for i, (vh, vw) in enumerate(valid_sizes):
-            mask[i, : int(vh), : int(vw)] = 1
-    return mask
-
-
-# --------------------------------------------------------------------------------------- DDP
 def global_num_masks(num_local: int | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """Mask-loss normaliser: the number of target masks averaged over DDP processes, at least 1.
 
@@ -389,20 +369,19 @@ class HFUniversalProposer(MaskProposer):
         return raw
 
     def _make_proposals(
-        self, masks: torch.Tensor, raw_class: torch.Tensor, aux_layers: list[dict], extra: dict
+        self, masks: torch.Tensor, raw_class: torch.Tensor, layers: list[DecoderLayerOutput],
+        tasks: list[str], query_embeddings: torch.Tensor | None = None,
     ) -> Proposals:
         out_logits = self._output_logits(raw_class)
-        aux: dict[str, Any] = {
-            "proposer_class_logits": raw_class,
-            "aux_outputs": aux_layers,
-            "output_class_logits": out_logits,
-            **extra,
-        }
-        if self.class_agnostic:
-            aux["objectness"] = 1.0 - out_logits.softmax(-1)[..., -1]
-            aux["agnostic_logits"] = out_logits
-            return Proposals(mask_logits=masks, class_logits=None, aux=aux)
-        return Proposals(mask_logits=masks, class_logits=out_logits, aux=aux)
+        return Proposals(
+            mask_logits=masks,
+            class_logits=None if self.class_agnostic else out_logits,
+            objectness=1.0 - out_logits.softmax(-1)[..., -1] if self.class_agnostic else None,
+            tasks=tuple(tasks),
+            raw_class_logits=raw_class,
+            layers=layers,
+            query_embeddings=query_embeddings,
+        )
 
     # ----------------------------------------------------------------------------- loss
     def _num_output_classes(self) -> int:
@@ -443,7 +422,7 @@ class HFUniversalProposer(MaskProposer):
         ``loss_mask``, ``loss_dice`` (final layer), ``loss_aux`` (all intermediate layers),
         possibly ``loss_contrastive`` (OneFormer), and their sum ``loss``; ``num_masks`` is the
         DDP-averaged normaliser (see ``global_num_masks``)."""
-        tasks = proposals.aux.get("tasks") or [proposals.aux.get("task", "panoptic")] * len(targets)
+        tasks = list(proposals.tasks) or ["panoptic"] * len(targets)
         masks = proposals.mask_logits
         mask_labels, class_labels = targets_to_hf(
             targets, tasks, self.is_thing, self.class_agnostic, self._keep_class(), dtype=masks.dtype
@@ -454,14 +433,12 @@ class HFUniversalProposer(MaskProposer):
         cfg = self.hf.config
         w = {"loss_cross_entropy": cfg.class_weight, "loss_mask": cfg.mask_weight, "loss_dice": cfg.dice_weight}
 
-        final = self._layer_losses(masks, proposals.aux["proposer_class_logits"], mask_labels, class_labels, num_masks)
+        final = self._layer_losses(masks, proposals.raw_class_logits, mask_labels, class_labels, num_masks)
         out = {k: final[k] * w[k] for k in w}
         aux_total = masks.new_zeros(())
         if cfg.use_auxiliary_loss:
-            for layer in proposals.aux.get("aux_outputs") or []:
-                lo = self._layer_losses(
-                    layer["masks_queries_logits"], layer["class_queries_logits"], mask_labels, class_labels, num_masks
-                )
+            for layer in proposals.layers:
+                lo = self._layer_losses(layer.mask_logits, layer.class_logits, mask_labels, class_labels, num_masks)
                 aux_total = aux_total + sum(lo[k] * w[k] for k in w)
         out["loss_aux"] = aux_total
         out.update(self._extra_losses(proposals, targets, tasks, mask_labels, class_labels))
@@ -470,31 +447,25 @@ class HFUniversalProposer(MaskProposer):
         return out
 
     # ----------------------------------------------------------------------------- forward
-    def _run(self, images, pixel_mask, tasks: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[dict], dict]:
+    def _run(
+        self, images: torch.Tensor, tasks: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[DecoderLayerOutput], torch.Tensor | None]:
+        """The HF model: ``(mask logits, raw class logits, intermediate layers, query embeddings)``."""
         raise NotImplementedError
 
     def _tasks_for(self, images: torch.Tensor, task: str, targets) -> list[str]:
         return [check_task(task)] * images.shape[0]
 
     def forward(
-        self,
-        images: torch.Tensor,
-        task: str = "panoptic",
-        targets: list[Target] | None = None,
-        valid_sizes: list[tuple[int, int]] | None = None,
+        self, images: torch.Tensor, task: str = "panoptic", targets: list[Target] | None = None
     ) -> Proposals:
         """``images float[B,3,H,W]`` (normalised, top-left padded) -> ``Proposals`` with
         ``mask_logits [B,Q,H/4,W/4]`` over the padded frame and ``class_logits [B,Q,K+1]`` in the
-        dataset's label space (None when class-agnostic; see ``aux["objectness"]``)."""
+        dataset's label space (None when class-agnostic; then ``objectness`` is set)."""
         tasks = self._tasks_for(images, task, targets)
-        pixel_mask = pixel_mask_from(images, targets, valid_sizes)
-        if self.freeze == "all":
-            with torch.no_grad():
-                masks, raw_class, aux_layers, extra = self._run(images, pixel_mask, tasks)
-        else:
-            masks, raw_class, aux_layers, extra = self._run(images, pixel_mask, tasks)
-        extra = {"task": task, "tasks": tasks, "pixel_mask": pixel_mask, **extra}
-        return self._make_proposals(masks, raw_class, aux_layers, extra)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.freeze != "all"):
+            masks, raw_class, layers, queries = self._run(images, tasks)
+        return self._make_proposals(masks, raw_class, layers, tasks, queries)
 
 
 def _coerce_label_map(label_map: Mapping | None) -> dict | None:

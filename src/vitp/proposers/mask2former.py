@@ -8,6 +8,7 @@ from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
 
 from vitp.proposers.base import register_proposer
 from vitp.proposers.hf_common import HFUniversalProposer, swin_backbone
+from vitp.structures import DecoderLayerOutput
 
 _COMMON = {"use_pretrained_backbone": False, "dropout": 0.0}
 
@@ -100,14 +101,12 @@ class Mask2FormerProposer(HFUniversalProposer):
             match_by_name, unmapped, reinit_head, freeze, is_thing,
         )
 
-    def _run(self, images, pixel_mask, tasks):
-        # Mask2Former is not task-conditioned; HF accepts ``pixel_mask`` (the reference
-        # implementation, like HF today, does not mask padding inside the network).
+    def _run(self, images, tasks):
         out = self.hf(
             pixel_values=images,
-            pixel_mask=pixel_mask,
             output_auxiliary_logits=bool(self.hf.config.use_auxiliary_loss),
             return_dict=True,
         )
-        aux_layers = list(out.auxiliary_logits or [])
-        return out.masks_queries_logits, out.class_queries_logits, aux_layers, {}
+        layers = [DecoderLayerOutput(a["masks_queries_logits"], a["class_queries_logits"])
+                  for a in out.auxiliary_logits or []]
+        return out.masks_queries_logits, out.class_queries_logits, layers, None

@@ -24,6 +24,7 @@ from transformers import OneFormerConfig, OneFormerForUniversalSegmentation
 
 from vitp.proposers.base import TASKS, check_task, register_proposer
 from vitp.proposers.hf_common import HashTokenizer, HFTextTokenizer, HFUniversalProposer, swin_backbone
+from vitp.structures import DecoderLayerOutput
 
 
 _COMMON = {"use_pretrained_backbone": False}
@@ -187,17 +188,16 @@ class OneFormerProposer(HFUniversalProposer):
         idx = torch.tensor([TASKS.index(check_task(t)) for t in tasks], device=self.task_token_ids.device)
         return self.task_token_ids[idx].to(device=device, dtype=torch.float)
 
-    def _run(self, images, pixel_mask, tasks):
+    def _run(self, images, tasks):
         out = self.hf(
             pixel_values=images,
             task_inputs=self.task_inputs(tasks, images.device),
-            pixel_mask=pixel_mask,
             output_auxiliary_logits=True,
             return_dict=True,
         )
-        aux_layers = list(out.auxiliary_predictions or [])
-        extra = {"contrastive_queries": out.transformer_decoder_contrastive_queries}
-        return out.masks_queries_logits, out.class_queries_logits, aux_layers, extra
+        layers = [DecoderLayerOutput(a["masks_queries_logits"], a["class_queries_logits"])
+                  for a in out.auxiliary_predictions or []]
+        return out.masks_queries_logits, out.class_queries_logits, layers, out.transformer_decoder_contrastive_queries
 
     # ----------------------------------------------------------------------------- loss
     def _texts(self, tasks: list[str], class_labels: list[torch.Tensor]) -> list[list[str]]:
@@ -229,7 +229,7 @@ class OneFormerProposer(HFUniversalProposer):
         ids = torch.stack([self.tokenizer.encode(t, cfg.text_encoder_context_length) for t in texts])
         device = proposals.mask_logits.device
         text_queries = self.hf.model.text_mapper(ids.to(device))
-        loss = self.hf.criterion.loss_contrastive(proposals.aux["contrastive_queries"], text_queries)
+        loss = self.hf.criterion.loss_contrastive(proposals.query_embeddings, text_queries)
         return {"loss_contrastive": loss["loss_contrastive"] * cfg.contrastive_weight}
 
 

@@ -123,7 +123,7 @@ class OracleProposer(MaskProposer):
         return Proposals(
             mask_logits=mask_logits,
             class_logits=None if self.class_agnostic else class_logits,
-            aux={"objectness": class_logits[..., 0].sigmoid()} if self.class_agnostic else {},
+            objectness=class_logits[..., 0].sigmoid() if self.class_agnostic else None,
             valid_sizes=valid,
         )
 
