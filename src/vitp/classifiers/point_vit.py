@@ -5,9 +5,15 @@ Two attention modes:
 * ``"one_way"`` (default): patches attend only to patches (their features are exactly the
   backbone's); each point token attends to [itself ; patches]. A point's logits therefore do not
   depend on the other points, on padding points or on the rest of the batch, and the patch pass can
-  run once (``encode_patches``) for any number of points (``classify_points``).
+  run once (``encode_patches``) for any number of points (``classify_points``). Each block's
+  point attention is one ``scaled_dot_product_attention`` over [cached patch keys ; own key]
+  (``vit_ops.one_way_attention``): O(P x N) per block, no P x P mask.
 * ``"full"``: the reference behaviour, [points ; patches] through every block with full
   self-attention (padding patches still masked out).
+
+``point_start_block = k`` lets the patches run the first k blocks alone; point tokens join at block k
+(in ``one_way`` mode they read the cached keys / values of blocks k.. only). k = 0 is the paper's
+(and vitp's previous) behaviour; larger k makes every point cheaper (EoMT-style late queries).
 
 Points are ``(y, x)`` in [-1, 1] relative to each image's valid region (see ``vitp.points``).
 """
@@ -25,14 +31,26 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from vitp.classifiers.loading import LoadReport, load_into
-from vitp.classifiers.vit_ops import block_forward, block_query, check_block, prepare_images
+from vitp.classifiers.vit_ops import (
+    block_forward,
+    block_kv,
+    block_query,
+    check_block,
+    prepare_images,
+    self_slot_kv,
+    self_slot_mask,
+)
 
 @dataclass
 class PatchCache:
     """Result of ``PointViT.encode_patches``: per block keys / values of the patch tokens.
 
-    kv: one ``(k, v)`` per block, ``[B, heads, N, head_dim]`` (N = prefix/register tokens + patches).
+    kv: one ``(k, v)`` per block from ``start_block`` on, in the self-slot layout of
+        ``vit_ops.self_slot_kv``: ``[B, heads, N + 1, e]`` (N = prefix/register tokens + patches,
+        e = head_dim + 1 rounded up to a multiple of 8; the patch keys / values are ``[..., :N, :head_dim]``).
     key_mask: ``bool[B, N]``, False for padding patches.
+    slot_mask: ``bool[B, 1, 1, N + 1]`` attention mask for the self-slot layout, None when no padding.
+    start_block: first block the points run (``PointViT.point_start_block``).
     grid: ``(Gh, Gw)`` patch grid of the padded batch.
     image_grids: ``long[B, 2]`` patch grid covering each image's valid region.
     valid_sizes: ``long[B, 2]`` valid region of each image after rescaling (pixels).
@@ -45,6 +63,8 @@ class PatchCache:
     image_grids: torch.Tensor
     valid_sizes: torch.Tensor
     pos_grids: list[torch.Tensor]
+    slot_mask: torch.Tensor | None = None
+    start_block: int = 0
 
 
 def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
@@ -78,7 +98,12 @@ class PointViT(nn.Module):
             point).
         reinit_head: re-initialise the head when the checkpoint's head has another size.
         drop_path_rate: stochastic depth of the backbone.
-        point_chunk_size: in ``one_way`` mode, classify at most this many points at once (memory).
+        point_chunk_size: in ``one_way`` mode, classify at most this many points at once (bounds the
+            point side's memory; the patch cache is shared). None = all points in one pass.
+        point_start_block: k; the patch tokens run blocks 0..k-1 alone and the point tokens join at
+            block k (0 = every block, the paper's setting). Must be below the depth.
+        compile: wrap the per-block functions in ``torch.compile`` (lazily, on first use; parameters
+            and checkpoint keys unchanged).
         pos_embed_init: ``"timm"`` keeps timm's initialisation (or the loaded weights);
             ``"sincos"`` initialises the patch position embedding with a 2-D sine-cosine table
             (still learnable) — distinct positions from step 0 help a ViT trained from scratch.
@@ -99,6 +124,8 @@ class PointViT(nn.Module):
         point_chunk_size: int | None = 1024,
         model_kwargs: dict[str, Any] | None = None,
         pos_embed_init: Literal["timm", "sincos"] = "timm",
+        point_start_block: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if attention not in ("one_way", "full"):
@@ -122,6 +149,12 @@ class PointViT(nn.Module):
         self.point_encoding = point_encoding
         self.reinit_head = reinit_head
         self.point_chunk_size = point_chunk_size
+        depth = len(be.blocks)
+        if not 0 <= int(point_start_block) < depth:
+            raise ValueError(f"point_start_block must be in [0, {depth - 1}] for {depth} blocks, got {point_start_block}")
+        self.point_start_block = int(point_start_block)
+        self.compile = bool(compile)
+        self._compiled: dict[str, Any] = {}
         self.embed_dim = int(be.embed_dim)
         self.patch_size = tuple(int(p) for p in be.patch_embed.patch_size)
         self.point_embed = nn.Linear(2, self.embed_dim, bias=False) if point_encoding == "linear" else None
@@ -276,30 +309,58 @@ class PointViT(nn.Module):
         return self.head(x)
 
     # ------------------------------------------------------------------ forward
+    def _op(self, name: str):
+        """``block_forward`` / ``block_query``, wrapped in ``torch.compile`` when ``compile`` is set."""
+        fn = {"block_forward": block_forward, "block_query": block_query}[name]
+        if not self.compile:
+            return fn
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(fn, dynamic=True)
+        return self._compiled[name]
+
+    def _patch_blocks(self, seq: torch.Tensor, key_mask: torch.Tensor, stop: int) -> torch.Tensor:
+        """Run the patch tokens alone through blocks ``0..stop-1``."""
+        mask = None if bool(key_mask.all()) else key_mask[:, None, None, :]
+        fwd = self._op("block_forward")
+        for blk in self.backbone.blocks[:stop]:
+            seq, _ = fwd(blk, seq, mask)
+        return seq
+
     def encode_patches(self, images: torch.Tensor, valid_sizes: torch.Tensor | None = None) -> PatchCache:
-        """Run the patch pass once (``one_way`` mode) and cache every block's keys / values."""
+        """Run the patch pass once (``one_way`` mode) and cache the keys / values of the blocks the
+        points run (``point_start_block`` on)."""
         if self.attention != "one_way":
             raise RuntimeError("encode_patches / classify_points need attention='one_way'")
         seq, key_mask, grid, grids, vs, pos_grids = self._embed_patches(images, valid_sizes)
-        mask = key_mask[:, None, None, :]
+        k0 = self.point_start_block
+        seq = self._patch_blocks(seq, key_mask, k0)
+        blocks = self.backbone.blocks
+        mask = None if bool(key_mask.all()) else key_mask[:, None, None, :]
+        fwd = self._op("block_forward")
         kv = []
-        for blk in self.backbone.blocks:
-            seq, blk_kv = block_forward(blk, seq, mask, return_kv=True)
-            kv.append(blk_kv)
+        for i in range(k0, len(blocks)):
+            if i == len(blocks) - 1:  # the last block's output is never used: keys / values only
+                kv.append(self_slot_kv(*block_kv(blocks[i], seq)))
+                break
+            seq, blk_kv = fwd(blocks[i], seq, mask, return_kv=True)
+            kv.append(self_slot_kv(*blk_kv))
         return PatchCache(kv=kv, key_mask=key_mask, grid=grid, image_grids=grids, valid_sizes=vs,
-                          pos_grids=pos_grids)
+                          pos_grids=pos_grids, slot_mask=self_slot_mask(key_mask), start_block=k0)
 
     def classify_points(self, cache: PatchCache, points: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, P, K]`` of ``points [B, P, 2]`` from a ``PatchCache`` (chunked over P)."""
+        """Logits ``[B, P, K]`` of ``points [B, P, 2]`` from a ``PatchCache`` (chunked over P when
+        ``point_chunk_size`` is set and smaller than P)."""
         B, P, _ = points.shape
         if P == 0:
             return points.new_zeros(B, 0, self.num_classes)
         chunk = self.point_chunk_size or P
+        query = self._op("block_query")
+        blocks = self.backbone.blocks[cache.start_block:]
         out = []
         for s in range(0, P, chunk):
             x = self._embed_points(points[:, s : s + chunk], cache.valid_sizes, cache.image_grids, cache.pos_grids)
-            for blk, kv in zip(self.backbone.blocks, cache.kv):
-                x = block_query(blk, x, kv, cache.key_mask)
+            for blk, kv in zip(blocks, cache.kv):
+                x = query(blk, x, kv, cache.slot_mask)
             out.append(self._head(x))
         return torch.cat(out, dim=1)
 
@@ -321,10 +382,12 @@ class PointViT(nn.Module):
             return self.classify_points(self.encode_patches(images, valid_sizes), points)
         B, P, _ = points.shape
         seq, key_mask, _, grids, vs, pos_grids = self._embed_patches(images, valid_sizes)
+        seq = self._patch_blocks(seq, key_mask, self.point_start_block)
         pts = self._embed_points(points, vs, grids, pos_grids)
         pmask = torch.ones(B, P, dtype=torch.bool, device=seq.device) if point_mask is None else point_mask.bool()
         x = torch.cat([pts, seq], dim=1)
         mask = torch.cat([pmask, key_mask], dim=1)[:, None, None, :]
-        for blk in self.backbone.blocks:
-            x, _ = block_forward(blk, x, mask)
+        fwd = self._op("block_forward")
+        for blk in self.backbone.blocks[self.point_start_block:]:
+            x, _ = fwd(blk, x, mask)
         return self._head(x[:, :P])

@@ -3,7 +3,9 @@
 * ``block_forward`` runs one timm ``Block`` with a boolean attention mask and can return the block's
   keys / values (used to cache the patch pass).
 * ``block_query`` runs one block for *query* tokens that attend to cached patch keys / values plus
-  themselves only (the "one_way" attention of vitp).
+  themselves only (the "one_way" attention of vitp), in one ``scaled_dot_product_attention`` call
+  (``one_way_attention``: the query's own key rides along as one extra "self slot" key, so no
+  ``P x P`` mask is built and fused flash / memory-efficient kernels apply).
 * ``prepare_images`` crops each image to its valid region, optionally rescales it (long side ==
   ``image_size``, aspect ratio kept) and pads the batch to a common multiple of the patch size.
 """
@@ -67,6 +69,11 @@ def _dropout_p(attn: nn.Module) -> float:
     return float(drop.p) if (drop is not None and attn.training) else 0.0
 
 
+def _scale(attn: nn.Module) -> float | None:
+    scale = getattr(attn, "scale", None)
+    return float(scale) if scale is not None else None
+
+
 def _mlp_branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
@@ -81,34 +88,115 @@ def block_forward(
     attn = block.attn
     h = block.norm1(x)
     q, k, v = _qkv(attn, h)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=_dropout_p(attn))
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=_dropout_p(attn), scale=_scale(attn))
     x = x + block.drop_path1(block.ls1(_attn_out(attn, h, o)))
     return _mlp_branch(block, x), ((k, v) if return_kv else None)
+
+
+def block_kv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys / values ``[B, heads, N, d]`` of one block's attention for tokens ``x`` (no attention run)."""
+    _, k, v = _qkv(block.attn, block.norm1(x))
+    return k, v
+
+
+def self_slot_dim(head_dim: int) -> int:
+    """Head dim of the keys / values extended with the point's own slot (next multiple of 8, so
+    fused GPU kernels keep their aligned fast paths)."""
+    return (head_dim + 1 + 7) // 8 * 8
+
+
+def self_slot_kv(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Context keys / values ``[B, heads, N, d]`` -> ``[B, heads, N + 1, e]`` with one extra "self slot".
+
+    The context tokens get zeros in the channels ``d..e``; the appended slot token is the unit vector
+    on channel ``d`` in both keys and values. With a query that carries its own score ``q . k_self``
+    on channel ``d`` (see :func:`one_way_attention`), the slot's attention logit is exactly the
+    query's self-attention logit and the slot's output channel ``d`` is exactly its softmax weight.
+    """
+    B, H, _, d = k.shape
+    e = self_slot_dim(d)
+    slot = k.new_zeros(1, 1, 1, e)
+    slot[..., d] = 1
+    k = torch.cat([F.pad(k, (0, e - d)), slot.to(k.dtype).expand(B, H, 1, e)], dim=2)
+    v = torch.cat([F.pad(v, (0, e - d)), slot.to(v.dtype).expand(B, H, 1, e)], dim=2)
+    return k, v
+
+
+def self_slot_mask(key_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """``bool[B, N]`` context key mask -> ``bool[B, 1, 1, N + 1]`` (slot always visible), or None when
+    every key is visible (lets SDPA pick its mask-free flash kernels)."""
+    if key_mask is None or bool(key_mask.all()):
+        return None
+    ones = key_mask.new_ones(key_mask.shape[0], 1)
+    return torch.cat([key_mask, ones], dim=1)[:, None, None, :]
+
+
+def one_way_attention(
+    q: torch.Tensor,
+    k_self: torch.Tensor,
+    v_self: torch.Tensor,
+    kv_slot: tuple[torch.Tensor, torch.Tensor],
+    slot_mask: torch.Tensor | None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """softmax over [context keys ; own key] for each query, in one ``scaled_dot_product_attention``.
+
+    ``q, k_self, v_self [B, heads, P, d]`` (queries and their own keys / values), ``kv_slot`` from
+    :func:`self_slot_kv` of the context keys / values, ``slot_mask`` from :func:`self_slot_mask`.
+    Returns ``[B, heads, P, d]``. A query never sees the other queries; cost and memory are
+    O(P x N) (no P x P mask), and flash / memory-efficient kernels apply.
+    """
+    k, v = kv_slot
+    B, H, P, d = q.shape
+    e = k.shape[-1]
+    k = k.to(q.dtype)
+    v = v.to(q.dtype)
+    own = (q * k_self.to(q.dtype)).sum(-1, keepdim=True)
+    q = torch.cat([q, own, q.new_zeros(B, H, P, e - d - 1)], dim=-1)
+    scale = d ** -0.5 if scale is None else scale
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=slot_mask, dropout_p=dropout_p, scale=scale)
+    return o[..., :d] + o[..., d : d + 1] * v_self.to(o.dtype)
+
+
+def masked_one_way_attention(
+    q: torch.Tensor,
+    k_self: torch.Tensor,
+    v_self: torch.Tensor,
+    kv: tuple[torch.Tensor, torch.Tensor],
+    key_mask: torch.Tensor | None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Straightforward reference of :func:`one_way_attention`: keys [context ; all queries] with a
+    ``[P, N + P]`` boolean mask (identity on the query part). O(P^2) memory; for tests."""
+    k_ctx, v_ctx = kv
+    B, H, P, _ = q.shape
+    N = k_ctx.shape[2]
+    k = torch.cat([k_ctx, k_self], dim=2)
+    v = torch.cat([v_ctx, v_self], dim=2)
+    if key_mask is None:
+        key_mask = torch.ones(B, N, dtype=torch.bool, device=q.device)
+    eye = torch.eye(P, dtype=torch.bool, device=q.device)
+    mask = torch.cat([key_mask[:, None, :].expand(B, P, N), eye.expand(B, P, P)], dim=2)[:, None]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
 def block_query(
     block: nn.Module,
     xq: torch.Tensor,
-    kv: tuple[torch.Tensor, torch.Tensor],
-    key_mask: torch.Tensor,
+    kv_slot: tuple[torch.Tensor, torch.Tensor],
+    slot_mask: torch.Tensor | None,
 ) -> torch.Tensor:
-    """One block for query tokens ``xq [B, P, C]`` that attend to [themselves ; cached keys].
+    """One block for query tokens ``xq [B, P, C]`` that attend to [cached context keys ; themselves].
 
-    ``kv``: cached keys / values ``[B, heads, N, d]`` of the context tokens, ``key_mask bool[B, N]``
-    (True = may be attended). A query never sees the other queries, so its output does not depend on
-    which other queries are processed with it.
+    ``kv_slot`` / ``slot_mask``: the block's cached context keys / values and key mask in the
+    self-slot layout (:func:`self_slot_kv`, :func:`self_slot_mask`). A query never sees the other
+    queries, so its output does not depend on which other queries are processed with it.
     """
     attn = block.attn
-    B, P, _ = xq.shape
     h = block.norm1(xq)
     q, k_self, v_self = _qkv(attn, h)
-    k_ctx, v_ctx = kv
-    N = k_ctx.shape[2]
-    k = torch.cat([k_ctx, k_self], dim=2)
-    v = torch.cat([v_ctx, v_self], dim=2)
-    eye = torch.eye(P, dtype=torch.bool, device=xq.device)
-    mask = torch.cat([key_mask[:, None, :].expand(B, P, N), eye.expand(B, P, P)], dim=2)[:, None]
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=_dropout_p(attn))
+    o = one_way_attention(q, k_self, v_self, kv_slot, slot_mask, scale=_scale(attn), dropout_p=_dropout_p(attn))
     x = xq + block.drop_path1(block.ls1(_attn_out(attn, h, o)))
     return _mlp_branch(block, x)
 
