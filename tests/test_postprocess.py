@@ -2,8 +2,10 @@
 
 import torch
 
-from vitp.postprocess import (PostProcessConfig, crop_and_resize, instance_inference,
-                              panoptic_inference, postprocess, semantic_inference)
+import pytest
+
+from vitp.postprocess import (PostProcessConfig, crop_and_resize, infer, instance_inference,
+                              panoptic_inference, semantic_inference)
 
 S = 20.0
 IS_THING = torch.tensor([True, True, False])  # classes 0, 1 things; 2 stuff
@@ -100,9 +102,9 @@ def test_crop_upsamples_first_when_region_splits_mask_pixels():
     assert out[0, 0, 0] > 0.5 and out[0, 2, 2] < 0.5
 
 
-def test_postprocess_runs_requested_tasks_only():
+def test_infer_runs_requested_tasks_only():
     logits = masks_from((0, 6, 0, 6))
-    pred = postprocess(logits, one_hot_probs([2]), (6, 6), (6, 6), IS_THING, tasks=("semantic",))
+    pred = infer(logits, one_hot_probs([2]), IS_THING, tasks=("semantic",))
     assert pred.semantic is not None and pred.panoptic is None and pred.instance is None
 
 
@@ -118,7 +120,7 @@ def test_oracle_proposals_reproduce_ground_truth_and_peak_inside():
                     is_crowd=torch.tensor([False, False]), segments=segments, image_id=1,
                     file_name="a.jpg", orig_size=(9, 12), valid_size=(9, 12))
     props = OracleProposer(num_classes=3)(torch.zeros(1, 3, 9, 12), "panoptic", [target])
-    pred = postprocess(props.mask_logits[0], props.class_logits[0].softmax(-1), (9, 12), (9, 12), IS_THING)
+    pred = infer(props.mask_logits[0], props.class_logits[0].softmax(-1), IS_THING)
     assert torch.equal(pred.panoptic.segments >= 0, segments >= 0)
     assert pred.panoptic.labels[pred.panoptic.segments[4, 2]] == 2
     point = select_points(props.mask_logits, props.valid_sizes, (9, 12))[0, 1, 0]
@@ -141,3 +143,20 @@ def test_original_size_logits_maps_a_fractional_valid_region_through_the_frame()
     frame = F.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)[:, :, :46, :64]
     expected = F.interpolate(frame, size=(92, 128), mode="bilinear", align_corners=False)[0]
     assert torch.allclose(out, expected)
+
+
+def test_objectness_rule_keeps_confident_objects_with_flat_classes():
+    """A segment the proposer is sure is an object but whose class is uncertain (a flattened fused
+    distribution) is dropped by the reference rule and kept, with its top class, by ``objectness``."""
+    logits = masks_from((0, 3, 0, 6), (3, 6, 0, 6))
+    obj = torch.tensor([0.95, 0.3])
+    classes = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    probs = torch.cat([classes * obj[:, None], 1 - obj[:, None]], 1)
+    ref = panoptic_inference(logits, probs, IS_THING, PostProcessConfig(keep_rule="reference"))
+    assert len(ref.labels) == 0
+    new = panoptic_inference(logits, probs, IS_THING, PostProcessConfig(keep_rule="objectness"))
+    assert new.labels.tolist() == [0]
+    assert (new.segments[:3] == 0).all() and (new.segments[3:] == -1).all()
+    torch.testing.assert_close(new.scores, torch.tensor([0.95 * 0.5]))
+    with pytest.raises(ValueError):
+        PostProcessConfig(keep_rule="max")

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from vitp.pipeline import classify_proposals, predict_variants
+from vitp.pipeline import TwoStagePipeline
+from vitp.points import proposal_point_targets
 from vitp.postprocess import PostProcessConfig
 from vitp.proposers.base import TASKS, MaskProposer
-from vitp.structures import Batch, DatasetInfo, Prediction, Proposals
+from vitp.structures import Batch, DatasetInfo, Prediction
 
 Task = Literal["panoptic", "semantic", "instance"]
 
@@ -40,7 +41,17 @@ class ViTPModule(L.LightningModule):
         train_classifier: optimise the point classifier.
         evaluate_variants: also evaluate the proposer's own classes when a classifier is set.
         evaluate_oracle_classes: also evaluate the proposer's masks with ground-truth classes.
-        object_mask_threshold: see ``vitp.postprocess.PostProcessConfig``.
+        keep_rule: which panoptic segment candidates are kept: ``objectness`` (the object
+            probability exceeds ``keep_threshold``, whatever the class confidence) or ``reference``
+            (Mask2Former / ViT-P: the top class probability exceeds ``object_mask_threshold``);
+            see ``vitp.postprocess.PostProcessConfig``.
+        keep_threshold: object probability above which a segment is kept (``objectness`` rule).
+        object_mask_threshold: class-probability threshold of the ``reference`` rule.
+        no_object_points: also train the classifier on the frozen proposer's own proposals: each
+            proposal's inference point, labelled with the class of the ground-truth segment it
+            matches (IoU >= ``no_object_iou``) or "no object". The classifier gets a K+1-th
+            "no object" output whose probability is fused with the proposer's objectness.
+        no_object_iou: IoU with a ground-truth segment for a proposal to count as that segment.
         overlap_threshold: see ``vitp.postprocess.PostProcessConfig``.
         topk_instances: see ``vitp.postprocess.PostProcessConfig``.
         optimizer: ``adamw`` (with layer-wise lr decay) or ``sgd`` (the reference recipe).
@@ -62,6 +73,10 @@ class ViTPModule(L.LightningModule):
         tasks: list[Task] | None = None,
         fusion_alpha: float = 0.4,
         inference_top_k: int = 1,
+        keep_rule: Literal["objectness", "reference"] = "reference",
+        keep_threshold: float = 0.5,
+        no_object_points: bool = False,
+        no_object_iou: float = 0.5,
         train_proposer: bool = False,
         train_classifier: bool = True,
         evaluate_variants: bool = True,
@@ -95,13 +110,19 @@ class ViTPModule(L.LightningModule):
         self.proposer = proposer
         self.classifier = classifier
         self.dataset_info = dataset_info
+        if no_object_points and classifier is None:
+            raise ValueError("no_object_points=True needs a classifier")
+        self.no_object_points = no_object_points
+        self.no_object_iou = no_object_iou
         if classifier is not None and hasattr(classifier, "set_num_classes"):
-            classifier.set_num_classes(dataset_info.num_classes)
+            classifier.set_num_classes(dataset_info.num_classes + int(no_object_points))
         self.tasks = tuple(tasks or TASKS)
         for task in self.tasks:
             if task not in TASKS:
                 raise ValueError(f"unknown task {task!r}; expected some of {TASKS}")
-        self.postprocess_config = PostProcessConfig(object_mask_threshold, overlap_threshold, topk_instances)
+        self.postprocess_config = PostProcessConfig(
+            object_mask_threshold, overlap_threshold, topk_instances, keep_rule, keep_threshold
+        )
         self.register_buffer("is_thing", dataset_info.thing_mask(), persistent=False)
         if train_proposer and not proposer.trainable:
             raise ValueError(f"train_proposer=True but {type(proposer).__name__} cannot be trained")
@@ -119,6 +140,11 @@ class ViTPModule(L.LightningModule):
             average: MulticlassAccuracy(dataset_info.num_classes, average=average, ignore_index=-1)
             for average in ("micro", "macro")
         })
+        self.pipeline = TwoStagePipeline(
+            proposer, classifier, dataset_info.num_classes, dataset_info.thing_mask(), self.tasks,
+            tuple(self.variant_names), fusion_alpha, no_object_points, inference_top_k,
+            self.postprocess_config,
+        )
         self._exporter: Any = None
         self._overlays: Any = None
 
@@ -135,8 +161,7 @@ class ViTPModule(L.LightningModule):
     @property
     def variant_names(self) -> list[str]:
         names = [self.main_variant]
-        class_agnostic = getattr(self.proposer, "class_agnostic", False)
-        if self.classifier is not None and self.hp.evaluate_variants and not class_agnostic:
+        if self.classifier is not None and self.hp.evaluate_variants and not self.proposer.class_agnostic:
             names.append("proposer")
         if self.hp.evaluate_oracle_classes:
             names.append("oracle")
@@ -152,45 +177,9 @@ class ViTPModule(L.LightningModule):
         return self
 
     # ------------------------------------------------------------------ inference
-    def propose(self, batch: Batch, task: str) -> Proposals:
-        targets = batch.targets if self.proposer.needs_targets else None
-        return self.proposer(batch.images, task, targets)
-
-    def _task_groups(self) -> list[tuple[str, ...]]:
-        if getattr(self.proposer, "task_conditioned", False):
-            return [(task,) for task in self.tasks]
-        return [self.tasks]
-
-    def predict_batch(self, batch: Batch, with_oracle: bool = False) -> dict[str, list[Prediction]]:
-        """All variants' predictions for a batch, merged over task groups."""
-        from vitp.fusion import fuse_class_probs
-
-        merged: dict[str, list[Prediction]] = {}
-        for tasks in self._task_groups():
-            proposals = self.propose(batch, tasks[0])
-            probs: dict[str, torch.Tensor] = {}
-            if proposals.class_logits is not None:
-                probs["proposer"] = proposals.class_logits.float().softmax(-1)
-            if self.classifier is not None:
-                point_logits = classify_proposals(self.classifier, batch, proposals, self.hp.inference_top_k)
-                probs["vitp"] = fuse_class_probs(
-                    proposals.class_logits, point_logits, self.hp.fusion_alpha,
-                    mask_quality=proposals.objectness,
-                )
-            probs = {k: v for k, v in probs.items() if k in self.variant_names}
-            out = predict_variants(
-                batch, proposals, probs, self.is_thing, tasks, self.postprocess_config,
-                self.dataset_info.num_classes, oracle=with_oracle,
-            )
-            for name, preds in out.items():
-                if name not in merged:
-                    merged[name] = preds
-                    continue
-                for old, new in zip(merged[name], preds):
-                    for field in ("semantic", "panoptic", "instance"):
-                        if getattr(new, field) is not None:
-                            setattr(old, field, getattr(new, field))
-        return merged
+    def predict_batch(self, batch: Batch) -> dict[str, list[Prediction]]:
+        """All variants' predictions for a batch (see ``vitp.pipeline.TwoStagePipeline``)."""
+        return self.pipeline(batch, variants=(self.main_variant,)).predictions
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -198,11 +187,11 @@ class ViTPModule(L.LightningModule):
         if self.train_classifier:
             if batch.points is None:
                 raise ValueError("training the classifier needs point supervision: set data.point_sampler")
-            valid = torch.tensor(batch.valid_sizes, dtype=torch.long, device=self.device)
-            logits = self.classifier(batch.images, batch.points, valid)
-            losses["point_ce"] = F.cross_entropy(
-                logits.flatten(0, 1).float(), batch.point_labels.flatten(), ignore_index=-1
-            )
+            points, labels = batch.points, batch.point_labels
+            if self.no_object_points:
+                points, labels = self._with_proposal_points(batch)
+            logits = self.classifier(batch.images, points, batch.valid_tensor())
+            losses["point_ce"] = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-1)
         if self.train_proposer:
             proposals = self.proposer(batch.images, "panoptic", batch.targets)
             for name, value in self.proposer.loss(proposals, batch.targets).items():
@@ -216,24 +205,30 @@ class ViTPModule(L.LightningModule):
             self.log(f"train/{name}", value, batch_size=len(batch))
         return total
 
+    def _with_proposal_points(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's sampled points followed by one point per proposal of the frozen proposer
+        (labelled with its matched class or "no object", see ``proposal_point_targets``)."""
+        with torch.no_grad():
+            proposals = self.pipeline.propose(batch, "panoptic")
+            points, labels = proposal_point_targets(
+                proposals, batch, self.dataset_info.num_classes, self.no_object_iou
+            )
+        return torch.cat([batch.points, points], 1), torch.cat([batch.point_labels, labels], 1)
+
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Batch, stage: str) -> None:
-        if self.classifier is not None and batch.points is not None:
-            self._point_accuracy(batch, stage)
-        with_oracle = "oracle" in self.variant_names
-        predictions = self.predict_batch(batch, with_oracle=with_oracle)
-        for name, preds in predictions.items():
+        supervised = self.classifier is not None and batch.points is not None
+        out = self.pipeline(batch, extra_points=batch.points if supervised else None)
+        if out.extra_point_logits is not None:
+            num_classes = self.dataset_info.num_classes
+            preds = out.extra_point_logits[..., :num_classes].argmax(-1).flatten()
+            for metric in self.point_accuracy.values():
+                metric.update(preds, batch.point_labels.flatten())
+        for name, preds in out.predictions.items():
             self.metrics[name].update(preds, batch.targets)
         if stage == "test" and self._exporter is not None:
-            for pred, target in zip(predictions[self.main_variant], batch.targets):
+            for pred, target in zip(out.predictions[self.main_variant], batch.targets):
                 self._exporter.write(pred, target)
-
-    def _point_accuracy(self, batch: Batch, stage: str) -> None:
-        valid = torch.tensor(batch.valid_sizes, dtype=torch.long, device=self.device)
-        logits = self.classifier(batch.images, batch.points, valid)
-        preds, labels = logits.argmax(-1).flatten(), batch.point_labels.flatten()
-        for metric in self.point_accuracy.values():
-            metric.update(preds, labels)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -1,20 +1,31 @@
-"""The two-stage inference path: proposals -> class probabilities of each variant -> predictions.
+"""The two-stage inference path, owned here once: propose -> points -> classify -> fuse -> post-process.
 
-Variants, all computed from the same proposals in one pass:
+:class:`TwoStagePipeline` is used by validation, test and predict alike. It evaluates several
+*variants* from the same proposals in one pass:
 
 * ``proposer``: the proposer's own classes (skipped for class-agnostic proposers);
 * ``vitp``: the point classifier's classes fused with the proposer's (when a classifier is given);
 * ``oracle``: each proposal takes the class of the ground-truth segment it overlaps best
   (IoU >= 0.5, else "no object"), the upper bound of any re-classifier on these masks.
+
+The point classifier runs once per batch: the inference points of every task's proposals (and
+any extra points, e.g. the evaluation's supervision points) go through one call, so the patch
+tokens are encoded once. With one-way attention each point's logits do not depend on the others.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
+from vitp.fusion import fuse_class_probs
+from vitp.points import select_points
 from vitp.postprocess import PostProcessConfig, crop_and_resize, infer
 from vitp.structures import Batch, Prediction, Proposals, Target
+
+VARIANTS = ("vitp", "proposer", "oracle")
 
 
 def original_size_logits(proposals: Proposals, batch: Batch, index: int) -> torch.Tensor:
@@ -31,18 +42,15 @@ def original_size_logits(proposals: Proposals, batch: Batch, index: int) -> torc
     return crop_and_resize(logits, target.valid_size, target.orig_size, tuple(batch.images.shape[-2:]))
 
 
-def classify_proposals(
-    classifier: nn.Module, batch: Batch, proposals: Proposals, top_k: int = 1
-) -> torch.Tensor:
-    """Point-classifier logits ``float[B, Q, K]`` of each proposal (mean over its top-k points)."""
-    from vitp.points import select_points
+def match_segments(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best ground-truth segment of each predicted mask: ``(iou float[Q], index long[Q])``.
 
-    logits = proposals.mask_logits
-    b, q = logits.shape[:2]
-    valid = torch.tensor(batch.valid_sizes, dtype=torch.long, device=batch.images.device)
-    points = select_points(logits, valid, tuple(batch.images.shape[-2:]), top_k, proposals.valid_sizes)
-    point_logits = classifier(batch.images, points.reshape(b, q * top_k, 2), valid)
-    return point_logits.reshape(b, q, top_k, -1).mean(2)
+    ``pred bool[Q, P]`` and ``gt bool[N, P]`` are flattened masks on the same pixels (N >= 1).
+    """
+    pred, gt = pred.float(), gt.float()
+    inter = pred @ gt.T
+    union = pred.sum(1, keepdim=True) + gt.sum(1)[None] - inter
+    return (inter / union.clamp(min=1)).max(1)
 
 
 def oracle_class_probs(mask_logits: torch.Tensor, target: Target, num_classes: int) -> torch.Tensor:
@@ -57,39 +65,150 @@ def oracle_class_probs(mask_logits: torch.Tensor, target: Target, num_classes: i
     n = len(target.labels)
     if q == 0 or n == 0:
         return probs
-    pred = (mask_logits > 0).flatten(1).float()
     gt_index = target.segments.flatten()
-    gt = torch.zeros((n, gt_index.numel()), device=pred.device)
+    gt = torch.zeros((n, gt_index.numel()), dtype=torch.bool, device=mask_logits.device)
     valid = gt_index >= 0
-    gt[gt_index[valid], valid.nonzero()[:, 0]] = 1.0
-    inter = pred @ gt.T
-    union = pred.sum(1, keepdim=True) + gt.sum(1)[None] - inter
-    iou = inter / union.clamp(min=1)
-    best_iou, best = iou.max(1)
+    gt[gt_index[valid], valid.nonzero()[:, 0]] = True
+    best_iou, best = match_segments((mask_logits > 0).flatten(1), gt)
     matched = best_iou >= 0.5
     probs[matched, -1] = 0.0
     probs[matched, target.labels[best[matched]]] = 1.0
     return probs
 
 
-def predict_variants(
-    batch: Batch,
-    proposals: Proposals,
-    variant_probs: dict[str, torch.Tensor],
-    is_thing: torch.Tensor,
-    tasks: tuple[str, ...],
-    config: PostProcessConfig,
-    num_classes: int,
-    oracle: bool = False,
-) -> dict[str, list[Prediction]]:
-    """Post-process every variant for every image (masks resized once per image)."""
-    names = list(variant_probs) + (["oracle"] if oracle else [])
-    out: dict[str, list[Prediction]] = {name: [] for name in names}
-    for i, target in enumerate(batch.targets):
-        logits = original_size_logits(proposals, batch, i)
-        for name, probs in variant_probs.items():
-            out[name].append(infer(logits, probs[i], is_thing, tasks, config))
-        if oracle:
-            probs = oracle_class_probs(logits, target, num_classes)
-            out["oracle"].append(infer(logits, probs, is_thing, tasks, config))
-    return out
+@dataclass
+class PipelineOutput:
+    """What one pass over a batch yields.
+
+    predictions: variant name -> one ``Prediction`` per image (every requested task filled).
+    extra_point_logits: the classifier's logits of the ``extra_points`` passed in, or None.
+    """
+
+    predictions: dict[str, list[Prediction]] = field(default_factory=dict)
+    extra_point_logits: torch.Tensor | None = None
+
+
+class TwoStagePipeline:
+    """Proposer + optional point classifier -> post-processed predictions of each variant.
+
+    Not an ``nn.Module``: it holds references to the modules its owner registers (so checkpoint keys
+    stay ``proposer.*`` / ``classifier.*``) and the inference settings.
+
+    Args:
+        proposer: the mask proposer.
+        classifier: the point classifier, or None (proposer alone).
+        num_classes: K of the dataset.
+        is_thing: ``bool[K]``.
+        tasks: tasks to post-process.
+        variants: which of :data:`VARIANTS` to produce.
+        fusion_alpha: weight of the point classifier in the class fusion (see ``vitp.fusion``).
+        point_no_object: the classifier was trained with a no-object class (its last logit): its
+            objectness is fused with the proposer's (see ``vitp.fusion.fuse_class_probs``).
+        inference_top_k: points per proposal (logits averaged).
+        config: post-processing thresholds and the keep rule.
+    """
+
+    def __init__(
+        self,
+        proposer: nn.Module,
+        classifier: nn.Module | None,
+        num_classes: int,
+        is_thing: torch.Tensor,
+        tasks: tuple[str, ...],
+        variants: tuple[str, ...],
+        fusion_alpha: float = 0.4,
+        point_no_object: bool = False,
+        inference_top_k: int = 1,
+        config: PostProcessConfig = PostProcessConfig(),
+    ) -> None:
+        unknown = set(variants) - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown variants {sorted(unknown)}; expected some of {VARIANTS}")
+        self.proposer = proposer
+        self.classifier = classifier
+        self.num_classes = num_classes
+        self.is_thing = is_thing
+        self.tasks = tasks
+        self.variants = variants
+        self.fusion_alpha = fusion_alpha
+        self.point_no_object = point_no_object
+        self.inference_top_k = inference_top_k
+        self.config = config
+
+    def task_groups(self) -> list[tuple[str, ...]]:
+        """Tasks that share one proposer pass (each task alone for task-conditioned proposers)."""
+        if self.proposer.task_conditioned:
+            return [(task,) for task in self.tasks]
+        return [self.tasks]
+
+    def propose(self, batch: Batch, task: str) -> Proposals:
+        targets = batch.targets if self.proposer.needs_targets else None
+        return self.proposer(batch.images, task, targets)
+
+    def classify(
+        self, batch: Batch, proposals: list[Proposals], extra_points: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Point logits ``float[B, Q, C]`` per proposal set, and those of ``extra_points`` — all
+        from one classifier call (one patch pass)."""
+        b, k = len(batch), self.inference_top_k
+        frame = tuple(batch.images.shape[-2:])
+        valid = batch.valid_tensor()
+        chunks = [
+            select_points(p.mask_logits, valid, frame, k, p.valid_sizes).reshape(b, -1, 2) for p in proposals
+        ]
+        if extra_points is not None:
+            chunks.append(extra_points.to(batch.images.device, torch.float32))
+        logits = self.classifier(batch.images, torch.cat(chunks, dim=1), valid)
+        out, start = [], 0
+        for p in proposals:
+            q = p.mask_logits.shape[1]
+            out.append(logits[:, start : start + q * k].reshape(b, q, k, -1).mean(2))
+            start += q * k
+        return out, (logits[:, start:] if extra_points is not None else None)
+
+    def variant_probs(
+        self, proposals: Proposals, point_logits: torch.Tensor | None, variants: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        """Class probabilities ``float[B, Q, K + 1]`` (last column = no object) of the proposer and
+        ViT-P variants among ``variants``."""
+        probs: dict[str, torch.Tensor] = {}
+        if "proposer" in variants and proposals.class_logits is not None:
+            probs["proposer"] = proposals.class_logits.float().softmax(-1)
+        if "vitp" in variants and point_logits is not None:
+            probs["vitp"] = fuse_class_probs(
+                proposals.class_logits, point_logits, self.fusion_alpha,
+                mask_quality=proposals.objectness, point_no_object=self.point_no_object,
+            )
+        return probs
+
+    @torch.no_grad()
+    def __call__(
+        self, batch: Batch, extra_points: torch.Tensor | None = None, variants: tuple[str, ...] | None = None
+    ) -> PipelineOutput:
+        """Predictions of ``variants`` (default: all configured ones) for every image of ``batch``;
+        ``extra_points float[B, P, 2]`` are classified in the same classifier call."""
+        variants = self.variants if variants is None else tuple(v for v in variants if v in self.variants)
+        groups = self.task_groups()
+        proposals = [self.propose(batch, tasks[0]) for tasks in groups]
+        point_logits: list[torch.Tensor | None] = [None] * len(groups)
+        extra = None
+        if self.classifier is not None and ("vitp" in variants or extra_points is not None):
+            point_logits, extra = self.classify(batch, proposals, extra_points)
+        # per variant, per image: task -> result, filled group by group
+        results: dict[str, list[dict[str, object]]] = {}
+        for tasks, props, logits in zip(groups, proposals, point_logits):
+            probs = self.variant_probs(props, logits, variants)
+            for i, target in enumerate(batch.targets):
+                mask_logits = original_size_logits(props, batch, i)
+                for name in variants:
+                    if name == "oracle":
+                        p = oracle_class_probs(mask_logits, target, self.num_classes)
+                    elif name in probs:
+                        p = probs[name][i]
+                    else:
+                        continue
+                    pred = infer(mask_logits, p, self.is_thing, tasks, self.config)
+                    per_image = results.setdefault(name, [{} for _ in batch.targets])[i]
+                    per_image.update({t: getattr(pred, t) for t in tasks})
+        predictions = {name: [Prediction(**r) for r in per_image] for name, per_image in results.items()}
+        return PipelineOutput(predictions, extra)

@@ -13,11 +13,15 @@ and crowd pixels are never sampled; results are deterministic given a ``torch.Ge
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from vitp.structures import IGNORE_INDEX, Target
+
+if TYPE_CHECKING:
+    from vitp.structures import Batch, Proposals
 
 
 def pixel_to_point(rows: torch.Tensor, cols: torch.Tensor, valid_size: tuple[int, int]) -> torch.Tensor:
@@ -308,3 +312,40 @@ def select_points(
     y = (2 * (r + 0.5) / region[:, 0, None, None] - 1).clamp(-1, 1)
     x = (2 * (c + 0.5) / region[:, 1, None, None] - 1).clamp(-1, 1)
     return torch.stack([y, x], dim=-1).to(mask_logits.dtype if mask_logits.is_floating_point() else torch.float32)
+
+
+# ----------------------------------------------------------------------------- proposal points
+def proposal_point_targets(
+    proposals: "Proposals", batch: "Batch", num_classes: int, iou_threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training points from a (frozen) proposer's own proposals, with a "no object" label.
+
+    Each proposal gives its inference point (argmax of its mask logits, as at test time) labelled
+    with the class of the non-crowd ground-truth segment it matches (IoU >= ``iou_threshold``,
+    measured on the valid region of the input frame), or ``num_classes`` ("no object") when it
+    matches none. A proposal whose best match is a crowd region is ignored (label -1): it is not
+    wrong. Returns ``points float[B, Q, 2]`` and ``labels long[B, Q]``.
+    """
+    from vitp.pipeline import match_segments
+    from vitp.postprocess import crop_and_resize
+
+    frame = tuple(batch.images.shape[-2:])
+    valid = batch.valid_tensor()
+    logits = proposals.mask_logits.detach().float()
+    points = select_points(logits, valid, frame, 1, proposals.valid_sizes)[:, :, 0]
+    labels = torch.full(points.shape[:2], num_classes, dtype=torch.long, device=points.device)
+    for i, target in enumerate(batch.targets):
+        h, w = target.valid_size
+        if proposals.valid_sizes is not None:
+            pred = crop_and_resize(logits[i], tuple(proposals.valid_sizes[i].tolist()), (h, w))
+        else:
+            pred = crop_and_resize(logits[i], (h, w), (h, w), frame)
+        gt = target.masks[:, :h, :w].to(pred.device)
+        if len(gt) == 0:
+            continue
+        iou, best = match_segments((pred > 0).flatten(1), gt.flatten(1))
+        matched = iou >= iou_threshold
+        crowd = target.is_crowd.to(pred.device).bool()[best]
+        labels[i, matched] = target.labels.to(pred.device)[best[matched]]
+        labels[i, matched & crowd] = -1
+    return points, labels

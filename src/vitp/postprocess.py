@@ -9,6 +9,7 @@ padding removed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,15 +17,25 @@ import torch.nn.functional as F
 from vitp.structures import InstancePrediction, PanopticPrediction, Prediction
 
 __all__ = ["PostProcessConfig", "crop_and_resize", "panoptic_inference", "semantic_inference",
-           "instance_inference", "infer", "postprocess"]
+           "instance_inference", "infer"]
+
+KEEP_RULES = ("objectness", "reference")
 
 
 @dataclass(frozen=True)
 class PostProcessConfig:
-    """Thresholds of the Mask2Former-style post-processing.
+    """Thresholds of the Mask2Former-style post-processing and the panoptic keep rule.
 
-    object_mask_threshold: a query becomes a panoptic segment only if its top class probability
-        exceeds this.
+    Class probabilities ``p[Q, K + 1]`` factor as ``p[:, k] = objectness * p(k | object)`` and
+    ``p[:, K] = 1 - objectness``. Each panoptic segment candidate is *labelled* with its most likely
+    class and *ranked* (which query wins a pixel) by ``objectness * p(label | object)`` under both
+    rules; they differ in which candidates are *kept*:
+
+    * ``reference`` (Mask2Former, ViT-P): the top of ``p`` over all K + 1 columns is a class and
+      exceeds ``object_mask_threshold``. Keeping then depends on class confidence: fusing with a
+      less certain classifier flattens ``p`` and drops segments.
+    * ``objectness``: ``objectness > keep_threshold``, whatever the class confidence.
+
     overlap_threshold: a segment is kept only if the part it wins in the argmax is at least this
         fraction of its own (sigmoid >= 0.5) mask.
     topk_instances: number of (query, class) pairs kept for instance segmentation.
@@ -33,6 +44,12 @@ class PostProcessConfig:
     object_mask_threshold: float = 0.8
     overlap_threshold: float = 0.8
     topk_instances: int = 100
+    keep_rule: Literal["objectness", "reference"] = "reference"
+    keep_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.keep_rule not in KEEP_RULES:
+            raise ValueError(f"keep_rule must be one of {KEEP_RULES}, got {self.keep_rule!r}")
 
 
 def crop_and_resize(
@@ -80,8 +97,12 @@ def panoptic_inference(
 ) -> PanopticPrediction:
     """Mask2Former panoptic inference for one image (inputs at the output resolution)."""
     num_classes = class_probs.shape[-1] - 1
-    scores, labels = class_probs.float().max(-1)
-    keep = (labels != num_classes) & (scores > config.object_mask_threshold)
+    if config.keep_rule == "reference":
+        scores, labels = class_probs.float().max(-1)
+        keep = (labels != num_classes) & (scores > config.object_mask_threshold)
+    else:
+        scores, labels = class_probs[:, :-1].float().max(-1)
+        keep = (1.0 - class_probs[:, -1].float()) > config.keep_threshold
     scores, labels = scores[keep], labels[keep]
     masks = mask_logits[keep].float().sigmoid()
     height, width = mask_logits.shape[-2:]
@@ -163,22 +184,3 @@ def infer(
     if "instance" in tasks:
         prediction.instance = instance_inference(mask_logits, class_probs, is_thing, config)
     return prediction
-
-
-def postprocess(
-    mask_logits: torch.Tensor,
-    class_probs: torch.Tensor,
-    valid_size: tuple[int, int],
-    orig_size: tuple[int, int],
-    is_thing: torch.Tensor,
-    tasks: tuple[str, ...] = ("panoptic", "semantic", "instance"),
-    frame_size: tuple[int, int] | None = None,
-    config: PostProcessConfig = PostProcessConfig(),
-) -> Prediction:
-    """Post-process one image's proposals for the requested tasks.
-
-    mask_logits: ``float[Q, h, w]``; class_probs: ``float[Q, K + 1]`` (rows sum to 1, last column
-    = no object); valid_size / frame_size as in :func:`crop_and_resize`.
-    """
-    logits = crop_and_resize(mask_logits, valid_size, orig_size, frame_size)
-    return infer(logits, class_probs, is_thing, tasks, config)

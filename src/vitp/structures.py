@@ -116,6 +116,10 @@ class Batch:
     def valid_sizes(self) -> list[tuple[int, int]]:
         return [t.valid_size for t in self.targets]
 
+    def valid_tensor(self) -> torch.Tensor:
+        """``long[B, 2]``: each image's valid (h, w) region in the input frame, on the images' device."""
+        return torch.tensor(self.valid_sizes, dtype=torch.long, device=self.images.device)
+
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(
             images=self.images.to(device),
