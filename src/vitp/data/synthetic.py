@@ -139,6 +139,13 @@ def _stuff_brick(rng, yy, xx, h, w):
 
 STUFF_TEXTURES: tuple[Callable, ...] = (_stuff_sky, _stuff_grass, _stuff_fence, _stuff_floor, _stuff_brick)
 
+STYLES: dict[str, str] = {
+    "default": "things defined by shape and texture; stuff as Voronoi regions; aspect 0.7-1",
+    "shapes": "held-out style: a thing's class is its shape alone (texture drawn at random per instance, "
+              "random colours); stuff as texture bands; aspect 0.45-0.75",
+}
+"""Generation styles. ``shapes`` is vitp's held-out check: never tune on it."""
+
 
 # --------------------------------------------------------------------------------------------
 # things: shape masks and textures in the object's rotated frame (u, v relative to centre)
@@ -194,13 +201,14 @@ def _thing_texture(kind: int, rng: np.random.Generator, u: np.ndarray, v: np.nda
     raise ValueError(kind)
 
 
-def _render_thing(kind, rng, yy, xx, cy, cx, r, theta):
+def _render_thing(kind, rng, yy, xx, cy, cx, r, theta, texture: int | None = None):
+    """Mask and texture of one thing; ``texture`` defaults to the class's own (``kind``)."""
     dy, dx = yy - cy, xx - cx
     c, s = np.cos(theta), np.sin(theta)
     u = c * dx + s * dy
     v = -s * dx + c * dy
     mask = _shape_mask(kind, u, v, r)
-    tex = _thing_texture(kind, rng, u, v, r)
+    tex = _thing_texture(kind if texture is None else texture, rng, u, v, r)
     return mask, tex
 
 
@@ -222,13 +230,16 @@ def _bbox(mask: np.ndarray) -> list[int]:
     return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
 
 
-def generate_image(rng: np.random.Generator, image_size: int, min_area: int = 12):
+def generate_image(rng: np.random.Generator, image_size: int, min_area: int = 12, style: str = "default"):
     """One image: ``(rgb uint8[H,W,3], ids int64[H,W] (0 = void), segments list[dict])``.
 
-    ``segments`` entries: ``id``, ``category_id``, ``iscrowd``.
+    ``segments`` entries: ``id``, ``category_id``, ``iscrowd``. ``style``: see :data:`STYLES`.
     """
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; expected one of {tuple(STYLES)}")
+    shapes = style == "shapes"
     long_side = image_size
-    short_side = int(round(image_size * rng.uniform(0.7, 1.0)))
+    short_side = int(round(image_size * (rng.uniform(0.45, 0.75) if shapes else rng.uniform(0.7, 1.0))))
     h, w = (short_side, long_side) if rng.uniform() < 0.6 else (long_side, short_side)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     mind = min(h, w)
@@ -243,6 +254,12 @@ def generate_image(rng: np.random.Generator, image_size: int, min_area: int = 12
     stuff_cls = rng.choice(len(STUFF_CATEGORIES), size=k, replace=False)
     if k == 1:
         region = np.zeros((h, w), np.int64)
+    elif shapes:  # bands along a random direction with wavy borders
+        ang = rng.uniform(0, np.pi)
+        u = yy * np.cos(ang) + xx * np.sin(ang)
+        u = u + rng.uniform(0, 0.06 * mind) * np.sin((yy * np.sin(ang) - xx * np.cos(ang)) * rng.uniform(0.03, 0.1))
+        cuts = np.sort(rng.uniform(u.min(), u.max(), size=k - 1))
+        region = np.searchsorted(cuts, u)
     else:
         py = rng.uniform(0, h, size=k)
         px = rng.uniform(0, w, size=k)
@@ -283,7 +300,8 @@ def generate_image(rng: np.random.Generator, image_size: int, min_area: int = 12
                 for _ in range(int(rng.integers(5, 11))):
                     r = mind * rng.uniform(0.025, 0.05)
                     cy, cx = ccy + rng.normal(0, spread / 2), ccx + rng.normal(0, spread / 2)
-                    m, tex = _render_thing(kind, rng, yy, xx, cy, cx, r, rng.uniform(0, 2 * np.pi))
+                    texture = int(rng.integers(0, len(THING_CATEGORIES))) if shapes else None
+                    m, tex = _render_thing(kind, rng, yy, xx, cy, cx, r, rng.uniform(0, 2 * np.pi), texture)
                     img[m] = tex[m]
                     union |= m
                 counter += 1
@@ -296,7 +314,8 @@ def generate_image(rng: np.random.Generator, image_size: int, min_area: int = 12
             cid = THING_CATEGORIES[kind][0]
             r = mind * float(np.exp(rng.uniform(np.log(0.06), np.log(0.25))))
             cy, cx = rng.uniform(-0.1, 1.1) * h, rng.uniform(-0.1, 1.1) * w
-            m, tex = _render_thing(kind, rng, yy, xx, cy, cx, r, rng.uniform(0, 2 * np.pi))
+            texture = int(rng.integers(0, len(THING_CATEGORIES))) if shapes else None
+            m, tex = _render_thing(kind, rng, yy, xx, cy, cx, r, rng.uniform(0, 2 * np.pi), texture)
             if not m.any():
                 continue
             img[m] = tex[m]
@@ -334,14 +353,17 @@ def decode_ids(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
-def _params(num_train, num_val, image_size, seed) -> dict[str, Any]:
-    return {"generator": "vitp.data.synthetic", "version": GENERATOR_VERSION,
-            "num_train": int(num_train), "num_val": int(num_val),
-            "image_size": int(image_size), "seed": int(seed)}
+def _params(num_train, num_val, image_size, seed, style="default") -> dict[str, Any]:
+    params = {"generator": "vitp.data.synthetic", "version": GENERATOR_VERSION,
+              "num_train": int(num_train), "num_val": int(num_val),
+              "image_size": int(image_size), "seed": int(seed)}
+    if style != "default":  # markers of default trees written before styles existed stay valid
+        params["style"] = style
+    return params
 
 
 def _write_split(root: Path, split: str, split_code: int, num: int, image_size: int, seed: int,
-                 cats: list[dict[str, Any]]) -> None:
+                 cats: list[dict[str, Any]], style: str = "default") -> None:
     from pycocotools import mask as mask_utils
 
     img_dir = root / f"{split}2017"
@@ -353,7 +375,7 @@ def _write_split(root: Path, split: str, split_code: int, num: int, image_size: 
     ann_id = 0
     for i in range(num):
         rng = np.random.default_rng([int(seed), split_code, i])
-        rgb, ids, segs = generate_image(rng, image_size)
+        rgb, ids, segs = generate_image(rng, image_size, style=style)
         image_id = split_code * 1_000_000 + i + 1
         stem = f"{image_id:012d}"
         h, w = ids.shape
@@ -393,6 +415,7 @@ def generate_panoptic_dataset(
     num_val: int = 50,
     image_size: int = 256,
     seed: int = 0,
+    style: str = "default",
 ) -> Path:
     """Write the synthetic dataset under ``root`` (created; existing files are overwritten).
 
@@ -404,9 +427,11 @@ def generate_panoptic_dataset(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     cats = categories()
-    _write_split(root, "train", 1, num_train, image_size, seed, cats)
-    _write_split(root, "val", 2, num_val, image_size, seed, cats)
-    params = _params(num_train, num_val, image_size, seed)
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; expected one of {tuple(STYLES)}")
+    _write_split(root, "train", 1, num_train, image_size, seed, cats, style)
+    _write_split(root, "val", 2, num_val, image_size, seed, cats, style)
+    params = _params(num_train, num_val, image_size, seed, style)
     (root / MARKER_NAME).write_text(json.dumps(params, indent=1, sort_keys=True))
     return root
 
@@ -427,6 +452,7 @@ def ensure_synthetic_dataset(
     num_val: int = 50,
     image_size: int = 256,
     seed: int = 0,
+    style: str = "default",
 ) -> Path:
     """Return ``root`` holding the synthetic dataset with these parameters, generating it if needed.
 
@@ -436,7 +462,7 @@ def ensure_synthetic_dataset(
     processes (e.g. DDP ranks) never see a half-written tree.
     """
     root = Path(root)
-    want = _params(num_train, num_val, image_size, seed)
+    want = _params(num_train, num_val, image_size, seed, style)
     if read_marker(root) == want:
         return root
     if root.exists() and read_marker(root) is None and any(root.iterdir()):
@@ -447,7 +473,7 @@ def ensure_synthetic_dataset(
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp", dir=root.parent))
     try:
-        generate_panoptic_dataset(tmp, num_train, num_val, image_size, seed)
+        generate_panoptic_dataset(tmp, num_train, num_val, image_size, seed, style)
         if read_marker(root) == want:  # another process won the race
             return root
         if root.exists():
@@ -463,3 +489,24 @@ def ensure_synthetic_dataset(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m vitp.data.synthetic ROOT [--style shapes]``: write a generated dataset."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write vitp's generated panoptic dataset (COCO layout).")
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--style", choices=tuple(STYLES), default="default",
+                        help="; ".join(f"{k}: {v}" for k, v in STYLES.items()))
+    parser.add_argument("--num-train", type=int, default=300)
+    parser.add_argument("--num-val", type=int, default=50)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    root = ensure_synthetic_dataset(args.root, args.num_train, args.num_val, args.image_size, args.seed, args.style)
+    print(f"{root}: {args.style} style, {args.num_train} train / {args.num_val} val images")
+
+
+if __name__ == "__main__":
+    main()
