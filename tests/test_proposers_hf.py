@@ -9,8 +9,10 @@ import sys
 import pytest
 import torch
 
-from vitp.proposers.base import build_proposer, list_proposers
-from vitp.proposers.hf_common import HashTokenizer, global_num_masks, targets_to_hf
+import vitp.proposers
+from vitp.proposers import MaskProposer, OracleProposer
+from vitp.proposers.hf_build import HashTokenizer
+from vitp.proposers.hf_targets import global_num_masks, targets_to_hf
 from vitp.proposers.label_space import (
     LabelSpaceMapper,
     agnostic_logits,
@@ -62,10 +64,22 @@ def targets():
 
 # ------------------------------------------------------------------------------------ shapes
 @pytest.mark.parametrize("name", list(PROPOSERS))
-def test_registered(name):
-    assert list_proposers()[name] is PROPOSERS[name]
-    p = build_proposer(name, preset="tiny", num_classes=K)
-    assert isinstance(p, PROPOSERS[name]) and p.num_classes == K
+def test_public_path_and_declared_facts(name):
+    """The classes configs name, and the facts every proposer declares (see ``MaskProposer``)."""
+    cls = PROPOSERS[name]
+    assert getattr(vitp.proposers, cls.__name__) is cls
+    p = cls(preset="tiny", num_classes=K)
+    assert isinstance(p, MaskProposer) and p.num_classes == K
+    assert (p.class_agnostic, p.task_conditioned, p.needs_targets, p.trainable) == \
+        (False, name == "oneformer", False, True)
+    a = cls(preset="tiny", class_agnostic=True, freeze="all")
+    assert a.class_agnostic and a.num_classes is None and not a.trainable
+
+
+def test_oracle_declared_facts():
+    o = OracleProposer(num_classes=K, class_agnostic=True)
+    assert (o.class_agnostic, o.task_conditioned, o.needs_targets, o.trainable) == (True, False, True, False)
+    assert not OracleProposer(num_classes=K).class_agnostic
 
 
 @pytest.mark.parametrize("name", list(PROPOSERS))
@@ -207,7 +221,7 @@ def test_num_masks_single_process():
 
 _DDP_WORKER = """
 import sys, torch.distributed as dist
-from vitp.proposers.hf_common import global_num_masks
+from vitp.proposers.hf_targets import global_num_masks
 rank, port = int(sys.argv[1]), int(sys.argv[2])
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
 print(global_num_masks([3, 8][rank]).item())
@@ -216,7 +230,7 @@ dist.destroy_process_group()
 
 
 def test_num_masks_ddp_gloo():
-    """Two gloo processes (light subprocesses: torch + hf_common only)."""
+    """Two gloo processes (light subprocesses: torch + hf_targets only)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

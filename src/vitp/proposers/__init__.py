@@ -8,22 +8,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from vitp.proposers.base import MaskProposer, build_proposer, list_proposers, register_proposer
+from vitp.proposers.base import MaskProposer
 from vitp.proposers.oracle import OracleProposer
 
 _LAZY = {
     "Mask2FormerProposer": "vitp.proposers.mask2former",
     "OneFormerProposer": "vitp.proposers.oneformer",
+    "NativeProposer": "vitp.proposers.native",
 }
 
-__all__ = ["MaskProposer", "OracleProposer", "build_proposer", "list_proposers", "register_proposer",
-           "load_all_proposers", *_LAZY]
-
-
-def load_all_proposers() -> None:
-    """Import every built-in proposer module so the registry lists them all."""
-    for module in set(_LAZY.values()):
-        importlib.import_module(module)
+__all__ = ["MaskProposer", "OracleProposer", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

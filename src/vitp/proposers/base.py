@@ -1,13 +1,11 @@
-"""The ``MaskProposer`` interface and the name -> class registry.
+"""The ``MaskProposer`` interface: what a proposer declares, receives and returns.
 
-A proposer is a pure ``nn.Module`` (no Lightning) that turns a padded image batch into ``Q``
-mask proposals (see ``vitp.structures.Proposals``). Proposers that can be trained expose
-``loss(proposals, targets)``.
+A proposer is a pure ``nn.Module`` (no Lightning) that turns a padded image batch into ``Q`` mask
+proposals (``vitp.structures.Proposals``). A new proposer subclasses ``MaskProposer``, sets the
+four facts below and implements ``forward`` (and ``loss`` when it can be trained).
 """
 
 from __future__ import annotations
-
-from typing import Callable, TypeVar
 
 import torch
 from torch import nn
@@ -16,58 +14,41 @@ from vitp.structures import Proposals, Target
 
 TASKS = ("semantic", "instance", "panoptic")
 
-_REGISTRY: dict[str, type["MaskProposer"]] = {}
-P = TypeVar("P", bound=type["MaskProposer"])
-
-
-def register_proposer(name: str) -> Callable[[P], P]:
-    """Class decorator adding a proposer to the registry under ``name``."""
-
-    def wrap(cls: P) -> P:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"proposer name {name!r} is already registered to {_REGISTRY[name]}")
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def list_proposers() -> dict[str, type["MaskProposer"]]:
-    """All registered proposers, name -> class (built-in ones imported on first call)."""
-    from vitp.proposers import load_all_proposers
-
-    load_all_proposers()
-    return dict(_REGISTRY)
-
-
-def build_proposer(name: str, **kwargs) -> "MaskProposer":
-    """Instantiate a registered proposer by name."""
-    if name not in _REGISTRY:
-        list_proposers()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown proposer {name!r}; registered: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**kwargs)
-
 
 class MaskProposer(nn.Module):
     """Base class of mask proposers.
 
-    Subclasses set ``self.num_classes`` (``None`` when class-agnostic) and implement ``forward``.
-    ``needs_targets`` is True for proposers that read the ground truth (the oracle);
-    ``task_conditioned`` is True when the proposals depend on the task (OneFormer).
+    What a proposer declares (read by the pipeline and the LightningModule, never duck-typed):
 
-    The ``vitp`` CLI links the dataset's label space into every proposer, so a proposer's
+    * ``num_classes``: the dataset's K; None only when unknown and class-agnostic.
+    * ``class_agnostic``: True when ``forward`` returns ``class_logits=None`` and fills
+      ``objectness`` instead (the point classifier alone decides the classes).
+    * ``task_conditioned``: True when the proposals depend on ``task`` (OneFormer); the pipeline
+      then calls ``forward`` once per task, otherwise once for all tasks.
+    * ``needs_targets``: True when ``forward`` reads the ground truth (the oracle); only then are
+      ``targets`` passed.
+    * ``trainable``: True when ``loss`` is implemented and some parameter requires a gradient.
+
+    What it receives: the ``vitp`` CLI links the dataset's label space into every proposer, so
     ``__init__`` accepts ``num_classes: int | None``, ``class_names: list[str] | None`` and
     ``is_thing: list[bool] | None`` (it may ignore the last two).
+
+    What ``forward(images, task, targets)`` returns: ``Proposals`` with ``mask_logits`` over the
+    padded input frame; ``class_logits [B, Q, K+1]`` in the dataset's label space, or None plus
+    ``objectness [B, Q]`` when class-agnostic; ``valid_sizes`` when the masks are not the input
+    frame scaled (e.g. given at the original image size); ``tasks``, one per image. The fields
+    ``raw_class_logits``, ``layers`` and ``query_embeddings`` are for the proposer's own ``loss``.
     """
 
     num_classes: int | None = None
-    needs_targets: bool = False
+    class_agnostic: bool = False
     task_conditioned: bool = False
+    needs_targets: bool = False
 
     def forward(
         self, images: torch.Tensor, task: str = "panoptic", targets: list[Target] | None = None
     ) -> Proposals:
+        """``images float[B,3,H,W]`` (normalised, top-left padded) -> ``Proposals``."""
         raise NotImplementedError
 
     @property
@@ -83,6 +64,7 @@ class MaskProposer(nn.Module):
 
 
 def check_task(task: str) -> str:
+    """``task`` if it is one of ``TASKS`` (ValueError otherwise)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     return task

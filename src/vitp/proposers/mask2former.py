@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
 
-from vitp.proposers.base import register_proposer
-from vitp.proposers.hf_common import HFUniversalProposer, swin_backbone
+from vitp.proposers.hf_build import swin_backbone
+from vitp.proposers.hf_universal import HFUniversalProposer
 from vitp.structures import DecoderLayerOutput
 
 _COMMON = {"use_pretrained_backbone": False, "dropout": 0.0}
@@ -51,55 +49,14 @@ MASK2FORMER_PRESETS: dict[str, dict] = {
 }
 
 
-@register_proposer("mask2former")
 class Mask2FormerProposer(HFUniversalProposer):
-    """Mask2Former proposer (HF transformers), from a hub id, a local directory or a preset.
-
-    Args:
-        model: hub id (``facebook/mask2former-swin-large-coco-panoptic``) or a directory written by
-            ``save_pretrained``; takes precedence over ``preset``.
-        num_classes: number of dataset classes K (defaults to the proposer's own).
-        preset: random-init architecture (``tiny``/``small`` for CPU, ``swin-tiny`` full size).
-        config_overrides: ``Mask2FormerConfig`` fields (``backbone_config`` given as a dict is merged
-            into the preset's); for ``model`` they are passed to ``from_pretrained``.
-        class_agnostic: one "object" class; ``class_logits`` is then None and
-            ``aux["objectness"]`` holds ``1 - p(no object)`` per query.
-        label_map: explicit proposer -> dataset class map (names or indices; null drops a class).
-        class_names: the dataset's class names (matched by name to the proposer's ``id2label``).
-        match_by_name: match class names automatically (``label_map`` entries take precedence).
-        unmapped: proposer classes without a dataset class are dropped before the softmax
-            (``drop``) or folded into the no-object column (``void``).
-        reinit_head: with ``model``, replace the class head by a fresh one for ``num_classes``.
-        freeze: ``none``, ``backbone`` or ``all``.
-        is_thing: per dataset class, used to build ``instance``-task targets (things only).
-    """
+    """Mask2Former proposer (HF ``Mask2FormerForUniversalSegmentation``); one forward serves all
+    tasks. Arguments: see ``HFUniversalProposer``."""
 
     hf_model_class = Mask2FormerForUniversalSegmentation
     hf_config_class = Mask2FormerConfig
     presets = MASK2FORMER_PRESETS
     proposer_name = "mask2former"
-    task_conditioned = False  # one forward serves all tasks
-
-    def __init__(
-        self,
-        model: str | None = None,
-        num_classes: int | None = None,
-        preset: Literal["tiny", "small", "swin-tiny"] | None = None,
-        config_overrides: dict | None = None,
-        class_agnostic: bool = False,
-        label_map: dict[str, str | None] | dict[int, int | None] | None = None,
-        class_names: list[str] | None = None,
-        match_by_name: bool = True,
-        unmapped: Literal["drop", "void"] = "drop",
-        reinit_head: bool = False,
-        freeze: Literal["none", "backbone", "all"] = "none",
-        is_thing: list[bool] | None = None,
-    ) -> None:
-        super().__init__()
-        self._setup(
-            model, num_classes, preset, config_overrides, class_agnostic, label_map, class_names,
-            match_by_name, unmapped, reinit_head, freeze, is_thing,
-        )
 
     def _run(self, images, tasks):
         out = self.hf(

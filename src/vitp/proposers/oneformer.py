@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import OneFormerConfig, OneFormerForUniversalSegmentation
 
-from vitp.proposers.base import TASKS, check_task, register_proposer
-from vitp.proposers.hf_common import HashTokenizer, HFTextTokenizer, HFUniversalProposer, swin_backbone
+from vitp.proposers.base import TASKS, check_task
+from vitp.proposers.hf_build import HFTextTokenizer, load_task_tokenizer, swin_backbone
+from vitp.proposers.hf_universal import HFUniversalProposer
 from vitp.structures import DecoderLayerOutput
 
 
@@ -85,11 +86,10 @@ ONEFORMER_PRESETS: dict[str, dict] = {
 }
 
 
-@register_proposer("oneformer")
 class OneFormerProposer(HFUniversalProposer):
     """OneFormer proposer (HF transformers): one model, conditioned on the task token.
 
-    Args: as ``Mask2FormerProposer``, plus
+    Args: those of ``HFUniversalProposer``, plus
         tokenizer: a tokenizer directory / hub id (defaults to ``model``'s own); ignored for presets
             unless given.
         train_task: ``random`` samples the task per image in training mode (as OneFormer trains),
@@ -102,30 +102,18 @@ class OneFormerProposer(HFUniversalProposer):
     presets = ONEFORMER_PRESETS
     proposer_name = "oneformer"
     task_conditioned = True  # outputs depend on ``task``: run once per task
+    contrastive: bool = True
+    """Whether ``loss`` adds the contrastive term (set in ``__init__``; True while the base class
+    builds the model, so nothing is frozen as unused before it is known)."""
 
     def __init__(
         self,
-        model: str | None = None,
-        num_classes: int | None = None,
-        preset: Literal["tiny", "small", "swin-tiny"] | None = None,
-        config_overrides: dict | None = None,
-        class_agnostic: bool = False,
-        label_map: dict[str, str | None] | dict[int, int | None] | None = None,
-        class_names: list[str] | None = None,
-        match_by_name: bool = True,
-        unmapped: Literal["drop", "void"] = "drop",
-        reinit_head: bool = False,
-        freeze: Literal["none", "backbone", "all"] = "none",
-        is_thing: list[bool] | None = None,
         tokenizer: str | None = None,
         train_task: Literal["random", "given"] = "random",
         contrastive: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self._setup(
-            model, num_classes, preset, config_overrides, class_agnostic, label_map, class_names,
-            match_by_name, unmapped, reinit_head, freeze, is_thing,
-        )
+        super().__init__(**kwargs)
         if train_task not in ("random", "given"):
             raise ValueError(f"train_task must be 'random' or 'given', got {train_task!r}")
         self.train_task = train_task
@@ -134,41 +122,21 @@ class OneFormerProposer(HFUniversalProposer):
         self.contrastive = bool(contrastive) and self.has_text_encoder and cfg.contrastive_temperature is not None
         # never let HF's forward run the text mapper (it would require texts at inference too)
         self.hf.model.is_training = False
-        self.tokenizer = self._load_tokenizer(model, tokenizer)
+        texts = [f"the task is {t}" for t in TASKS]
+        self.tokenizer = load_task_tokenizer(
+            self.source, tokenizer, self._loaded_pretrained, texts, int(cfg.task_seq_len),
+            int(cfg.text_encoder_vocab_size),
+        )
         # task token ids, precomputed: [3, task_seq_len]
-        task_ids = self.tokenizer.encode([f"the task is {t}" for t in TASKS], cfg.task_seq_len)
-        self.register_buffer("task_token_ids", task_ids, persistent=False)
+        self.register_buffer("task_token_ids", self.tokenizer.encode(texts, cfg.task_seq_len), persistent=False)
         self.apply_freeze(self.freeze)
 
     def _unused_parameters(self) -> list[torch.nn.Parameter]:
-        if getattr(self, "contrastive", True):
+        if self.contrastive:
             return []
-        params = [p for n, p in self.hf.criterion.named_parameters()]
+        params = list(self.hf.criterion.parameters())
         text_mapper = getattr(self.hf.model, "text_mapper", None)
         return params + (list(text_mapper.parameters()) if text_mapper is not None else [])
-
-    # ----------------------------------------------------------------------------- tokenizer
-    def _load_tokenizer(self, model: str | None, tokenizer: str | None):
-        meta = self.read_meta(model)
-        source = tokenizer or model
-        if source is not None and not (tokenizer is None and meta.get("tokenizer") == "hash"):
-            try:
-                from transformers import AutoTokenizer
-
-                tok = HFTextTokenizer(AutoTokenizer.from_pretrained(source))
-                if _usable(tok, int(self.hf.config.task_seq_len)):
-                    return tok
-                err = "it has no usable vocabulary"
-            except Exception as e:  # noqa: BLE001 - any failure to load means "no tokenizer here"
-                err = e
-        else:
-            err = None
-        if self._loaded_pretrained and meta.get("tokenizer") != "hash":
-            raise RuntimeError(
-                f"OneFormerProposer: no tokenizer could be loaded from {source!r} ({err}); a pretrained "
-                "OneFormer needs its CLIP tokenizer for the task token (pass tokenizer=<dir or hub id>)"
-            )
-        return HashTokenizer(int(self.hf.config.text_encoder_vocab_size))
 
     def _extra_meta(self, directory: Path) -> dict:
         if isinstance(self.tokenizer, HFTextTokenizer):
@@ -176,7 +144,7 @@ class OneFormerProposer(HFUniversalProposer):
         return {"tokenizer": self.tokenizer.kind}
 
     # ----------------------------------------------------------------------------- forward
-    def _tasks_for(self, images, task, targets):
+    def _tasks_for(self, images, task):
         check_task(task)
         b = images.shape[0]
         if self.training and self.train_task == "random" and self.trainable:
@@ -221,7 +189,7 @@ class OneFormerProposer(HFUniversalProposer):
             return names[int(src[0])] if len(src) else f"class {label}"
         return names[label] if label < len(names) else f"class {label}"
 
-    def _extra_losses(self, proposals, targets, tasks, mask_labels, class_labels) -> dict:
+    def _extra_losses(self, proposals, tasks, class_labels) -> dict:
         if not self.contrastive:
             return {}
         cfg = self.hf.config
@@ -232,17 +200,3 @@ class OneFormerProposer(HFUniversalProposer):
         loss = self.hf.criterion.loss_contrastive(proposals.query_embeddings, text_queries)
         return {"loss_contrastive": loss["loss_contrastive"] * cfg.contrastive_weight}
 
-
-def _usable(tok: HFTextTokenizer, length: int) -> bool:
-    """True when the tokenizer tells the three task texts apart without unknown tokens
-    (transformers may build an empty tokenizer from a directory that has none)."""
-    try:
-        ids = tok.encode([f"the task is {t}" for t in TASKS], length)
-    except Exception:  # noqa: BLE001
-        return False
-    unk = getattr(tok.tokenizer, "unk_token_id", None)
-    special = set(getattr(tok.tokenizer, "all_special_ids", []) or [])
-    words = [set(row.tolist()) - {0} - special for row in ids]
-    if unk is not None and any(unk in w for w in words):
-        return False
-    return len({tuple(r.tolist()) for r in ids}) == len(TASKS) and all(len(w) >= 2 for w in words)

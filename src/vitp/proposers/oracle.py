@@ -6,13 +6,12 @@ import zlib
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from vitp.proposers.base import MaskProposer, check_task, register_proposer
+from vitp.points import erode
+from vitp.proposers.base import MaskProposer, check_task
 from vitp.structures import Proposals, Target
 
 
-@register_proposer("oracle")
 class OracleProposer(MaskProposer):
     """Turns each ground-truth segment into one proposal.
 
@@ -90,7 +89,7 @@ class OracleProposer(MaskProposer):
             labels = torch.where(flip, (labels + shift) % self.num_classes, labels)
         if self.jitter and len(labels):
             radius = torch.randint(-self.jitter, self.jitter + 1, (len(labels),), generator=gen)
-            masks = torch.stack([_morph(m, int(r)) for m, r in zip(masks, radius)])
+            masks = torch.stack([_morph(m, int(r)) for m, r in zip(masks, radius.tolist())])
         return masks, labels
 
     def forward(
@@ -141,11 +140,8 @@ def _interior_bonus(masks: torch.Tensor) -> torch.Tensor:
 
 
 def _morph(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Dilate (radius > 0) or erode (radius < 0) a bool mask with a square window."""
-    if radius == 0:
-        return mask
-    size = 2 * abs(radius) + 1
-    x = mask[None, None].float()
-    if radius > 0:
-        return F.max_pool2d(x, size, stride=1, padding=abs(radius))[0, 0] > 0
-    return -F.max_pool2d(-x, size, stride=1, padding=abs(radius))[0, 0] > 0
+    """Dilate (radius > 0) or erode (radius < 0) a bool mask with a square window (the image
+    border neither erodes nor dilates)."""
+    if radius >= 0:
+        return ~erode(~mask[None], radius)[0]
+    return erode(mask[None], -radius)[0]
