@@ -135,6 +135,8 @@ class NativeProposer(MaskProposer):
             if num_classes is not None and num_classes != saved_k:
                 raise ValueError(f"{model} was trained for {saved_k} classes, the dataset has {num_classes}")
             num_classes = saved_k
+            class_names = meta.get("class_names") if class_names is None else class_names
+            is_thing = meta.get("is_thing") if is_thing is None else is_thing
         else:
             if preset is not None and preset not in NATIVE_PRESETS:
                 raise ValueError(f"unknown preset {preset!r}; choose from {sorted(NATIVE_PRESETS)}")
