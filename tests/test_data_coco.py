@@ -10,14 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vitp.data.coco import (
-    CocoPanopticDataModule,
-    CocoPanopticDataset,
-    DatasetError,
-    DatasetFileNotFoundError,
-)
+from vitp.data import CocoPanopticDataModule, CocoPanopticDataset, DatasetError, DatasetFileNotFoundError
 from vitp.data.collate import PanopticCollate
-from vitp.data.synthetic import decode_ids, encode_ids
+from vitp.data.io import id2rgb, rgb2id
 from vitp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vitp.points import PointSampler, pixel_to_point
 from vitp.structures import Batch, Target
@@ -90,7 +85,7 @@ def test_eval_batches_match_png(tiny_coco_root):
         _check_target_contract(batch)
         for t in batch.targets:
             ann = anns[t.image_id]
-            ids = decode_ids(np.array(Image.open(
+            ids = rgb2id(np.array(Image.open(
                 tiny_coco_root / "annotations" / "panoptic_val2017" / ann["file_name"])))
             assert tuple(ids.shape) == t.orig_size
             assert len(ann["segments_info"]) == len(t.labels)
@@ -249,7 +244,7 @@ def test_image_without_segments(tree):
     image_id = 424242
     rgb = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tree / "val2017" / "empty.jpg")
-    Image.fromarray(encode_ids(np.zeros((h, w), np.int64))).save(
+    Image.fromarray(id2rgb(np.zeros((h, w), np.int64))).save(
         tree / "annotations" / "panoptic_val2017" / "empty.png")
     pan["images"].insert(0, {"id": image_id, "file_name": "empty.jpg", "height": h, "width": w})
     pan["annotations"].insert(0, {"image_id": image_id, "file_name": "empty.png", "segments_info": []})
@@ -406,7 +401,7 @@ def test_real_coco_sample(coco_sample_root):
     _check_target_contract(batch)
     for t in batch.targets:
         ann = anns[t.image_id]
-        ids = decode_ids(np.array(Image.open(
+        ids = rgb2id(np.array(Image.open(
             coco_sample_root / "annotations" / "panoptic_val2017" / ann["file_name"])))
         assert tuple(ids.shape) == t.orig_size
         for k, s in enumerate(ann["segments_info"]):

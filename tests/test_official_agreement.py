@@ -16,7 +16,7 @@ from pycocotools.cocoeval import COCOeval
 from test_cli import run_vitp
 from test_metrics import new_pq_stat, ref_pq_single, ref_results
 from vitp.data.coco import read_dataset_info
-from vitp.export import rgb2id
+from vitp.data.io import rgb2id
 
 
 def test_exported_predictions_score_the_same_with_reference_evaluators(tiny_coco_root: Path, tmp_path: Path):

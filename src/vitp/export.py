@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vitp.data.io import id2rgb
 from vitp.metrics.instance import encode_masks
+from vitp.points import mask_boxes
 from vitp.structures import DatasetInfo, PanopticPrediction, Prediction, Target
 
 _PARTS = ".parts"
@@ -43,46 +45,26 @@ def _json_id(image_id: Any) -> Any:
     return image_id
 
 
-def id2rgb(ids: np.ndarray) -> np.ndarray:
-    """``int[H, W]`` segment ids -> ``uint8[H, W, 3]`` (panopticapi encoding)."""
-    ids = ids.astype(np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], -1).astype(np.uint8)
-
-
-def rgb2id(rgb: np.ndarray) -> np.ndarray:
-    """``uint8[H, W, 3]`` -> ``int64[H, W]`` segment ids (panopticapi encoding)."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-
-
 def panoptic_segments_info(
     pan: PanopticPrediction, category_ids: Sequence[int]
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Id map (segment ``i`` -> id ``i + 1``, void -> 0) and COCO ``segments_info`` of the
     non-empty segments of a panoptic prediction."""
     seg = pan.segments.detach().long()
-    h, w = seg.shape
     s = int(pan.labels.numel())
-    flat = seg.reshape(-1) + 1  # 0 = void
-    area = torch.bincount(flat, minlength=s + 1)[1:]
-    ys = torch.arange(h, device=seg.device).repeat_interleave(w)
-    xs = torch.arange(w, device=seg.device).repeat(h)
-    big = torch.full((s + 1,), h + w, dtype=torch.long, device=seg.device)
-    small = torch.full((s + 1,), -1, dtype=torch.long, device=seg.device)
-    y0 = big.scatter_reduce(0, flat, ys, "amin")[1:].tolist()
-    x0 = big.scatter_reduce(0, flat, xs, "amin")[1:].tolist()
-    y1 = small.scatter_reduce(0, flat, ys, "amax")[1:].tolist()
-    x1 = small.scatter_reduce(0, flat, xs, "amax")[1:].tolist()
+    masks = seg[None] == torch.arange(s, device=seg.device)[:, None, None]
+    area = masks.flatten(1).sum(1)
+    boxes = mask_boxes(masks).tolist()  # (y0, x0, y1, x1) per segment
     labels = pan.labels.detach().long().tolist()
     info = []
-    for i, a in enumerate(area.tolist()):
+    for i, (a, (y0, x0, y1, x1)) in enumerate(zip(area.tolist(), boxes)):
         if a == 0:
             continue
         info.append({
             "id": i + 1, "category_id": int(category_ids[labels[i]]), "iscrowd": 0, "area": int(a),
-            "bbox": [x0[i], y0[i], x1[i] - x0[i] + 1, y1[i] - y0[i] + 1],
+            "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1],
         })  # fmt: skip
-    return flat.view(h, w).cpu().numpy(), info
+    return (seg + 1).cpu().numpy(), info
 
 
 class PredictionExporter:
@@ -166,11 +148,6 @@ class PredictionExporter:
                     "segmentation": {"size": [int(x) for x in rle["size"]], "counts": rle["counts"].decode("ascii")},
                     "score": float(s),
                 })  # fmt: skip
-
-    def write_batch(self, preds: Sequence[Prediction], targets: Sequence[Target]) -> None:
-        """``write`` for each (prediction, target) pair."""
-        for p, t in zip(preds, targets):
-            self.write(p, t)
 
     # ---------------------------------------------------------------------------------- merging
 

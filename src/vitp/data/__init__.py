@@ -1,14 +1,10 @@
 """Data modules and datasets (files, augmentation, collation; nothing about models)."""
 
-from vitp.data.coco import (
-    CocoPanopticDataModule,
-    CocoPanopticDataset,
-    DatasetError,
-    DatasetFileNotFoundError,
-    ImageFolderDataset,
-    read_dataset_info,
-)
+from vitp.data.coco import CocoPanopticDataModule, CocoPanopticDataset, read_dataset_info
 from vitp.data.collate import PanopticCollate, Sample
+from vitp.data.datamodule import SegmentationDataModule
+from vitp.data.folder import ImageFolderDataset
+from vitp.data.io import DatasetError, DatasetFileNotFoundError
 from vitp.data.synthetic import ensure_synthetic_dataset, generate_panoptic_dataset
 
 __all__ = [
@@ -19,6 +15,7 @@ __all__ = [
     "ImageFolderDataset",
     "PanopticCollate",
     "Sample",
+    "SegmentationDataModule",
     "ensure_synthetic_dataset",
     "generate_panoptic_dataset",
     "read_dataset_info",

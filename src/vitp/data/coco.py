@@ -1,4 +1,4 @@
-"""COCO 2017 panoptic: dataset and LightningDataModule.
+"""COCO 2017 panoptic: dataset, label space and data module.
 
 Reads the official layout unchanged::
 
@@ -9,96 +9,30 @@ Reads the official layout unchanged::
 With ``root=None`` the data module uses vitp's generated synthetic dataset (same layout) under
 ``data/generated/synthetic_coco`` relative to the working directory, generating it when missing.
 
-Images are read with PIL and converted to RGB (grayscale, CMYK, palette ...). EXIF orientation is
-deliberately NOT applied: COCO annotations (sizes in the JSON and the panoptic PNGs) refer to the
-stored pixel array, ignoring the EXIF orientation tag, so transposing would misalign them.
-Truncated or corrupt files raise (PIL's ``LOAD_TRUNCATED_IMAGES`` is never set).
-
-Any inconsistency in the data raises :class:`DatasetError` naming the file and the problem;
-no target is ever silently patched.
+Any inconsistency in the data raises :class:`vitp.data.io.DatasetError` naming the file and the
+problem; no target is ever silently patched (file reading: ``vitp.data.io``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from vitp.data.samplers import UnpaddedDistributedSampler
-from vitp.data.collate import PanopticCollate, Sample
-from vitp.data.synthetic import decode_ids, ensure_synthetic_dataset
+from vitp.data.collate import Sample
+from vitp.data.datamodule import SegmentationDataModule, Stage
+from vitp.data.io import DatasetError, DatasetFileNotFoundError, load_json, load_panoptic_png, load_rgb
+from vitp.data.synthetic import ensure_synthetic_dataset
 from vitp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
-from vitp.points import PointSampler
-from vitp.structures import Batch, DatasetInfo
+from vitp.structures import DatasetInfo
 
 DEFAULT_SYNTHETIC_ROOT = Path("data") / "generated" / "synthetic_coco"
 """Where the default generated dataset lives, relative to the working directory."""
-
-
-class DatasetError(ValueError):
-    """A dataset file is missing, unreadable or inconsistent (the message names the file)."""
-
-
-class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
-    """A file the dataset needs does not exist (the message names the expected path)."""
-
-
-# ------------------------------------------------------------------------------------------ io
-
-
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as RGB ``uint8[H, W, 3]`` without EXIF transposition (see module doc)."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            return np.asarray(im, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise DatasetFileNotFoundError(f"{path}: image file not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"{path}: cannot read image (corrupt or truncated?): {e}") from e
-
-
-def load_panoptic_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a panopticapi PNG as segment ids ``int64[H, W]`` (0 = void)."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode == "RGBA":
-                im = im.convert("RGB")
-            if im.mode != "RGB":
-                raise DatasetError(f"{path}: panoptic PNG must be RGB-encoded, got mode {im.mode!r}")
-            return decode_ids(np.asarray(im))
-    except FileNotFoundError:
-        raise DatasetFileNotFoundError(f"{path}: panoptic PNG not found") from None
-    except DatasetError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"{path}: cannot read panoptic PNG (corrupt or truncated?): {e}") from e
-
-
-def _load_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DatasetFileNotFoundError(f"{path}: annotation file not found")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot parse annotation JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path}: annotation JSON must be an object")
-    return data
 
 
 def dataset_info_from_categories(categories: list[dict[str, Any]], source: str = "") -> DatasetInfo:
@@ -124,7 +58,7 @@ def panoptic_json_path(root: str | os.PathLike, split: str) -> Path:
 def read_dataset_info(root: str | os.PathLike, split: str = "val") -> DatasetInfo:
     """Read only the categories of ``root/annotations/panoptic_{split}2017.json``."""
     path = panoptic_json_path(root, split)
-    data = _load_json(path)
+    data = load_json(path)
     if "categories" not in data:
         raise DatasetError(f"{path}: missing 'categories'")
     return dataset_info_from_categories(data["categories"], str(path))
@@ -170,7 +104,7 @@ class CocoPanopticDataset(Dataset):
         self.json_path = panoptic_json_path(self.root, split)
         self.image_dir = self.root / f"{split}2017"
         self.png_dir = self.root / "annotations" / f"panoptic_{split}2017"
-        data = _load_json(self.json_path)
+        data = load_json(self.json_path)
         for key in ("images", "annotations", "categories"):
             if key not in data:
                 raise DatasetError(f"{self.json_path}: missing {key!r}")
@@ -282,71 +216,19 @@ class CocoPanopticDataset(Dataset):
         )
 
 
-class ImageFolderDataset(Dataset):
-    """The user's own images (any extension PIL reads) for prediction; targets are empty
-    (no masks, ``segments`` all -1), ``image_id`` is the file stem."""
-
-    def __init__(
-        self,
-        directory: str | os.PathLike,
-        image_size: int = 512,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-    ) -> None:
-        self.directory = Path(directory)
-        if not self.directory.is_dir():
-            raise DatasetFileNotFoundError(f"{self.directory}: prediction image directory not found")
-        exts = {e.lower() for e in Image.registered_extensions()}
-        self.files = sorted(p for p in self.directory.iterdir()
-                            if p.is_file() and p.suffix.lower() in exts)
-        if not self.files:
-            raise DatasetError(f"{self.directory}: no image files found")
-        self.transform = EvalTransform(image_size, mean, std)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> Sample:
-        path = self.files[index]
-        image = load_rgb(path)
-        h0, w0 = image.shape[:2]
-        img, _ = self.transform(image, None)
-        h, w = img.shape[-2:]
-        return Sample(
-            image=img, masks=torch.zeros((0, h, w), dtype=torch.bool),
-            labels=torch.zeros(0, dtype=torch.long), is_crowd=torch.zeros(0, dtype=torch.bool),
-            segments=torch.full((h0, w0), -1, dtype=torch.long), image_id=path.stem,
-            file_name=path.name, orig_size=(h0, w0), image_path=str(path),
-        )
-
-
 # ---------------------------------------------------------------------------------- datamodule
 
 
-class CocoPanopticDataModule(L.LightningDataModule):
+class CocoPanopticDataModule(SegmentationDataModule):
     """COCO 2017 panoptic (or vitp's generated synthetic dataset in the same layout).
 
-    Args:
+    Args: those of ``SegmentationDataModule`` (loaders, augmentation, points, ``predict_dir``), plus
         root: dataset root with ``{split}2017/`` and ``annotations/``; None uses the generated
             synthetic dataset under ``data/generated/synthetic_coco`` (relative to the working
             directory), created when missing or when its parameters differ.
         train_split: split used by ``fit`` for training.
         val_split: split used for validation.
         test_split: split used by ``test`` (and ``predict`` when ``predict_dir`` is None).
-        predict_dir: a folder of your own images (any format PIL reads) for ``predict``.
-        batch_size: training batch size.
-        eval_batch_size: batch size of val/test/predict loaders (None: ``batch_size``).
-        num_workers: DataLoader worker processes.
-        image_size: eval: long side resized to this (aspect ratio kept); train: crop size.
-        size_divisor: padded frame height/width are rounded up to a multiple of this.
-        pad_to_square: pad every image to ``image_size x image_size`` (rounded up to
-            ``size_divisor``) so all batches share one shape; False pads per batch.
-        scale_range: training scale jitter range around ``image_size``.
-        hflip_prob: training horizontal flip probability.
-        mean: normalisation mean (RGB, 0..1 units; ImageNet by default).
-        std: normalisation std (RGB, 0..1 units; ImageNet by default).
-        point_sampler: training point sampler; fills ``Batch.points`` / ``point_labels``.
-        val_points: also sample points on the validation loader (fixed seed per batch).
         max_train_samples: use only the first n training images.
         max_eval_samples: use only the first n val/test images.
         synthetic_num_train: generated dataset: number of training images (root=None only).
@@ -361,131 +243,42 @@ class CocoPanopticDataModule(L.LightningDataModule):
         train_split: str = "train",
         val_split: str = "val",
         test_split: str = "val",
-        predict_dir: str | None = None,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
-        image_size: int = 256,
-        size_divisor: int = 32,
-        pad_to_square: bool = True,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        hflip_prob: float = 0.5,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-        point_sampler: PointSampler | None = None,
-        val_points: bool = False,
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         synthetic_num_train: int = 300,
         synthetic_num_val: int = 50,
         synthetic_image_size: int = 256,
         synthetic_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["point_sampler"])
+        super().__init__(**kwargs)
         self.synthetic = root is None
         self.root = (Path.cwd() / DEFAULT_SYNTHETIC_ROOT) if root is None else Path(root)
-        self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
-        self.predict_dir = predict_dir
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size if eval_batch_size is not None else batch_size
-        self.num_workers = num_workers
-        self.image_size = image_size
-        self.size_divisor = size_divisor
-        self.pad_to_square = pad_to_square
-        self.scale_range = tuple(scale_range)
-        self.hflip_prob = hflip_prob
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.point_sampler = point_sampler
-        self.val_points = val_points
+        self.splits: dict[str, str] = {"train": train_split, "val": val_split, "test": test_split}
         self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
         self._synthetic_params = dict(num_train=synthetic_num_train, num_val=synthetic_num_val,
                                       image_size=synthetic_image_size, seed=synthetic_seed)
-        self.train_dataset: Dataset | None = None
-        self.val_dataset: Dataset | None = None
-        self.test_dataset: Dataset | None = None
-        self.predict_dataset: Dataset | None = None
 
-    # -- metadata
-    def _ensure_data(self) -> None:
+    def prepare_data(self) -> None:
         if self.synthetic:
             ensure_synthetic_dataset(self.root, **self._synthetic_params)
 
     @cached_property
     def dataset_info(self) -> DatasetInfo:
         """Classes of the dataset (categories of the val split's JSON, else the train split's)."""
-        self._ensure_data()
-        for split in (self.val_split, self.train_split, self.test_split):
+        self.prepare_data()
+        order = [self.splits[s] for s in ("val", "train", "test")]
+        for split in order:
             if panoptic_json_path(self.root, split).is_file():
                 return read_dataset_info(self.root, split)
         raise DatasetFileNotFoundError(
-            f"{panoptic_json_path(self.root, self.val_split)}: annotation file not found "
-            f"(nor for splits {self.train_split!r}, {self.test_split!r})")
+            f"{panoptic_json_path(self.root, order[0])}: annotation file not found "
+            f"(nor for splits {order[1]!r}, {order[2]!r})")
 
-    @property
-    def num_classes(self) -> int:
-        return self.dataset_info.num_classes
-
-    # -- lightning hooks
-    def prepare_data(self) -> None:
-        self._ensure_data()
-
-    def _dataset(self, split: str, train: bool) -> CocoPanopticDataset:
+    def build_dataset(self, stage: Stage) -> CocoPanopticDataset:
+        train = stage == "train"
         return CocoPanopticDataset(
-            self.root, split, train=train, image_size=self.image_size, scale_range=self.scale_range,
-            hflip_prob=self.hflip_prob, mean=self.mean, std=self.std,
+            self.root, self.splits[stage], train=train, image_size=self.image_size,
+            scale_range=self.scale_range, hflip_prob=self.hflip_prob, mean=self.mean, std=self.std,
             max_samples=self.max_train_samples if train else self.max_eval_samples,
         )
-
-    def setup(self, stage: str | None = None) -> None:
-        self._ensure_data()
-        if stage in (None, "fit"):
-            self.train_dataset = self._dataset(self.train_split, train=True)
-        if stage in (None, "fit", "validate"):
-            self.val_dataset = self._dataset(self.val_split, train=False)
-        if stage in (None, "test"):
-            self.test_dataset = self._dataset(self.test_split, train=False)
-        if stage in (None, "predict"):
-            self.predict_dataset = (
-                ImageFolderDataset(self.predict_dir, self.image_size, self.mean, self.std)
-                if self.predict_dir is not None else self._dataset(self.test_split, train=False)
-            )
-
-    def collate(self, point_sampler: PointSampler | None = None, seed: int | None = None) -> PanopticCollate:
-        return PanopticCollate(
-            size_divisor=self.size_divisor,
-            fixed_size=self.image_size if self.pad_to_square else None,
-            point_sampler=point_sampler, seed=seed,
-        )
-
-    def _loader(self, ds: Dataset | None, name: str, batch_size: int, shuffle: bool,
-                collate: PanopticCollate) -> DataLoader:
-        if ds is None:
-            raise RuntimeError(f"{name} dataset is not set up; call setup() first")
-        sampler = None
-        if not shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
-            sampler = UnpaddedDistributedSampler(ds)  # Lightning keeps a DistributedSampler it is given
-        return DataLoader(
-            ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=self.num_workers,
-            collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=False,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, "train", self.batch_size, True,
-                            self.collate(self.point_sampler))
-
-    def val_dataloader(self) -> DataLoader:
-        sampler = self.point_sampler if self.val_points else None
-        return self._loader(self.val_dataset, "val", self.eval_batch_size, False,
-                            self.collate(sampler, seed=0))
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, "test", self.eval_batch_size, False, self.collate())
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_dataset, "predict", self.eval_batch_size, False, self.collate())
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        if isinstance(batch, Batch):
-            return batch.to(device)
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)

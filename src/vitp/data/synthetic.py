@@ -20,6 +20,8 @@ pixels (thin unlabelled borders between stuff regions, unlabelled noise patches,
 small to keep) and a few images with a single stuff region only.
 
 Generation is deterministic: the same parameters give byte-identical files (numpy + PIL only).
+The module is long because it is one self-contained generator (textures, shapes, layout, writing,
+reuse of an existing tree) that nothing else in vitp uses piecemeal.
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from PIL import Image
+
+from vitp.data.io import id2rgb
+from vitp.points import mask_boxes
 
 MARKER_NAME = ".vitp_synthetic.json"
 GENERATOR_VERSION = 1
@@ -224,12 +230,6 @@ def _boundary(lab: np.ndarray) -> np.ndarray:
     return b
 
 
-def _bbox(mask: np.ndarray) -> list[int]:
-    rows = np.flatnonzero(mask.any(1))
-    cols = np.flatnonzero(mask.any(0))
-    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
-
-
 def generate_image(rng: np.random.Generator, image_size: int, min_area: int = 12, style: str = "default"):
     """One image: ``(rgb uint8[H,W,3], ids int64[H,W] (0 = void), segments list[dict])``.
 
@@ -341,16 +341,10 @@ def generate_image(rng: np.random.Generator, image_size: int, min_area: int = 12
     return rgb, ids, kept
 
 
-def encode_ids(ids: np.ndarray) -> np.ndarray:
-    """Segment ids ``int[H, W]`` -> panopticapi RGB ``uint8[H, W, 3]``."""
-    ids = ids.astype(np.int64)
-    return np.stack([ids % 256, (ids // 256) % 256, ids // (256 * 256)], axis=-1).astype(np.uint8)
-
-
-def decode_ids(rgb: np.ndarray) -> np.ndarray:
-    """panopticapi RGB ``uint8[H, W, 3]`` -> segment ids ``int64[H, W]``."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+def _xywh(mask: np.ndarray) -> list[int]:
+    """COCO ``[x, y, w, h]`` box of a non-empty bool mask."""
+    y0, x0, y1, x1 = mask_boxes(torch.from_numpy(mask)[None])[0].tolist()
+    return [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
 
 
 def _params(num_train, num_val, image_size, seed, style="default") -> dict[str, Any]:
@@ -380,13 +374,13 @@ def _write_split(root: Path, split: str, split_code: int, num: int, image_size: 
         stem = f"{image_id:012d}"
         h, w = ids.shape
         Image.fromarray(rgb).save(img_dir / f"{stem}.jpg", quality=92)
-        Image.fromarray(encode_ids(ids)).save(png_dir / f"{stem}.png")
+        Image.fromarray(id2rgb(ids)).save(png_dir / f"{stem}.png")
         images.append({"id": image_id, "file_name": f"{stem}.jpg", "height": h, "width": w})
         infos = []
         for s in segs:
             m = ids == s["id"]
             info = {"id": s["id"], "category_id": s["category_id"], "iscrowd": s["iscrowd"],
-                    "bbox": _bbox(m), "area": int(m.sum())}
+                    "bbox": _xywh(m), "area": int(m.sum())}
             infos.append(info)
             if s["category_id"] in thing_ids:
                 rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))

@@ -1,0 +1,151 @@
+"""``SegmentationDataModule``: the dataset-agnostic part of every vitp data module.
+
+It owns loaders, collation (padding, point sampling), distributed evaluation samplers,
+augmentation settings, ``predict`` on a folder of images and device transfer. A dataset's data
+module subclasses it and implements ``dataset_info`` and ``build_dataset`` (see
+``vitp.data.coco.CocoPanopticDataModule``); ``prepare_data`` when files must be made first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vitp.data.collate import PanopticCollate
+from vitp.data.folder import ImageFolderDataset
+from vitp.data.samplers import UnpaddedDistributedSampler
+from vitp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vitp.points import PointSampler
+from vitp.structures import Batch, DatasetInfo
+
+Stage = Literal["train", "val", "test"]
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Base data module: a subclass says which dataset serves ``train`` / ``val`` / ``test``.
+
+    Datasets yield ``vitp.data.collate.Sample``s; batches are ``vitp.structures.Batch``.
+
+    Args:
+        predict_dir: a folder of your own images (any format PIL reads) for ``predict``; None
+            predicts on the test dataset.
+        batch_size: training batch size.
+        eval_batch_size: batch size of val/test/predict loaders (None: ``batch_size``).
+        num_workers: DataLoader worker processes.
+        image_size: eval: long side resized to this (aspect ratio kept); train: crop size.
+        size_divisor: padded frame height/width are rounded up to a multiple of this.
+        pad_to_square: pad every image to ``image_size x image_size`` (rounded up to
+            ``size_divisor``) so all batches share one shape; False pads per batch.
+        scale_range: training scale jitter range around ``image_size``.
+        hflip_prob: training horizontal flip probability.
+        mean: normalisation mean (RGB, 0..1 units; ImageNet by default).
+        std: normalisation std (RGB, 0..1 units; ImageNet by default).
+        point_sampler: training point sampler; fills ``Batch.points`` / ``point_labels``.
+        val_points: also sample points on the validation loader (fixed seed per batch).
+    """
+
+    def __init__(
+        self,
+        predict_dir: str | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        image_size: int = 256,
+        size_divisor: int = 32,
+        pad_to_square: bool = True,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        hflip_prob: float = 0.5,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        point_sampler: PointSampler | None = None,
+        val_points: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["point_sampler"])  # with the subclass's arguments
+        self.predict_dir = predict_dir
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size if eval_batch_size is not None else batch_size
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.size_divisor = size_divisor
+        self.pad_to_square = pad_to_square
+        self.scale_range = tuple(scale_range)
+        self.hflip_prob = hflip_prob
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.point_sampler = point_sampler
+        self.val_points = val_points
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
+        self.predict_dataset: Dataset | None = None
+
+    # -- what a dataset's data module provides
+    @property
+    def dataset_info(self) -> DatasetInfo:
+        """The dataset's label space (linked into the model by the ``vitp`` CLI)."""
+        raise NotImplementedError
+
+    def build_dataset(self, stage: Stage) -> Dataset:
+        """The dataset of a stage; ``train`` with augmentation, the others without."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset_info.num_classes
+
+    # -- lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()
+        if stage in (None, "fit"):
+            self.train_dataset = self.build_dataset("train")
+        if stage in (None, "fit", "validate"):
+            self.val_dataset = self.build_dataset("val")
+        if stage in (None, "test"):
+            self.test_dataset = self.build_dataset("test")
+        if stage in (None, "predict"):
+            self.predict_dataset = (
+                ImageFolderDataset(self.predict_dir, self.image_size, self.mean, self.std)
+                if self.predict_dir is not None else self.build_dataset("test")
+            )
+
+    def collate(self, point_sampler: PointSampler | None = None, seed: int | None = None) -> PanopticCollate:
+        return PanopticCollate(
+            size_divisor=self.size_divisor,
+            fixed_size=self.image_size if self.pad_to_square else None,
+            point_sampler=point_sampler, seed=seed,
+        )
+
+    def _loader(self, ds: Dataset | None, name: str, batch_size: int, shuffle: bool,
+                collate: PanopticCollate) -> DataLoader:
+        if ds is None:
+            raise RuntimeError(f"{name} dataset is not set up; call setup() first")
+        sampler = None
+        if not shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
+            sampler = UnpaddedDistributedSampler(ds)  # Lightning keeps a DistributedSampler it is given
+        return DataLoader(
+            ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=self.num_workers,
+            collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, "train", self.batch_size, True,
+                            self.collate(self.point_sampler))
+
+    def val_dataloader(self) -> DataLoader:
+        sampler = self.point_sampler if self.val_points else None
+        return self._loader(self.val_dataset, "val", self.eval_batch_size, False,
+                            self.collate(sampler, seed=0))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, "test", self.eval_batch_size, False, self.collate())
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_dataset, "predict", self.eval_batch_size, False, self.collate())
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, Batch):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
