@@ -4,7 +4,7 @@
 
 For each image size and number of points P, every variant runs side by side in one process, the
 repetitions interleaved (rep 1 of every variant, then rep 2, ...) so load changes hit all alike;
-times are medians. Printed as ratios to the plain timm forward (``timm``: ``model(x)``, num_classes=0):
+times are medians of CPU time (and of wall time, in brackets). Printed as ratios to the plain timm forward (``timm``: ``model(x)``, num_classes=0):
 
 * ``one_way kK``: ``PointViT`` with fast one-way attention, points joining at block K
   (``point_start_block``); K = 0 is the paper's setting (points run every block).
@@ -60,19 +60,32 @@ def machine_line(device: str) -> str:
             f"{torch.get_num_threads()} threads{gpu}; load average {load} at start")
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, sync: Callable[[], None]) -> dict[str, float]:
-    """Median seconds per variant; one warm-up each, then repetitions interleaved across variants."""
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], reps: int, sync: Callable[[], None]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per variant as ``(cpu, wall)``: one warm-up each, then repetitions interleaved
+    across variants. ``cpu`` is the process's CPU time (``time.process_time``), which other jobs
+    on a loaded machine disturb far less than wall time; on CUDA both are wall time."""
     for fn in fns.values():
         fn()
     sync()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    cuda = sync is not _no_sync
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(reps):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            c, w = time.process_time(), time.perf_counter()
             fn()
             sync()
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+            w = time.perf_counter() - w
+            wall[name].append(w)
+            cpu[name].append(w if cuda else time.process_time() - c)
+    med = statistics.median
+    return {k: med(v) for k, v in cpu.items()}, {k: med(v) for k, v in wall.items()}
+
+
+def _no_sync() -> None:
+    pass
 
 
 def _status_kb(field: str) -> int:
@@ -136,7 +149,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = args.device
-    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+    sync = torch.cuda.synchronize if dev.startswith("cuda") else _no_sync
     torch.manual_seed(0)
     import timm
 
@@ -156,6 +169,7 @@ def main() -> None:
     print(f"`{' '.join(['python', *sys.argv])}`")
     print(f"{args.model}, {len(ref.backbone.blocks)} blocks, device {dev}; {machine_line(dev)}\n")
     names = ["timm"] + (["masked k0"] if not args.no_masked else []) + list(models)
+    print("Each cell: CPU-time ratio (wall-time ratio in brackets); timm column: CPU / wall ms.\n")
     print("| size | P | timm (ms) | " + " | ".join(f"{n} / timm" for n in names[1:]) + " |")
     print("|---|---:|---:|" + "---:|" * (len(names) - 1))
     with torch.inference_mode():
@@ -171,9 +185,9 @@ def main() -> None:
                     fns["masked k0"] = lambda m=k0: masked_classify(m, m.encode_patches(image, valid), points)
                 for name, m in models.items():
                     fns[name] = lambda m=m: m(image, points, valid)
-                t = interleaved_medians(fns, args.reps, sync)
-                ratios = " | ".join(f"{t[n] / t['timm']:.2f}" for n in names[1:])
-                print(f"| {H}x{W} | {p} | {t['timm'] * 1000:.0f} | {ratios} |", flush=True)
+                t, w = interleaved_medians(fns, args.reps, sync)
+                ratios = " | ".join(f"{t[n] / t['timm']:.2f} ({w[n] / w['timm']:.2f})" for n in names[1:])
+                print(f"| {H}x{W} | {p} | {t['timm'] * 1000:.0f} / {w['timm'] * 1000:.0f} | {ratios} |", flush=True)
         if args.memory_points:
             H, W = (int(s) for s in args.sizes[0].split("x"))
             image = torch.randn(1, 3, H, W, device=dev)

@@ -1,5 +1,5 @@
 """Training step time of PointViT against the plain timm ViT classification step, same backbone,
-batch and image size, measured side by side in one process (repetitions interleaved, medians).
+batch and image size, measured side by side in one process (repetitions interleaved, medians of CPU and wall time).
 
     python scripts/bench_point_vit_train.py --model vit_small_patch14_dinov2 --size 518 --batch 2 --points 200
 
@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_point_vit import interleaved_medians, machine_line, peak_memory_mb, reexec_with_malloc_env  # noqa: E402
+from bench_point_vit import (  # noqa: E402
+    _no_sync,
+    interleaved_medians,
+    machine_line,
+    peak_memory_mb,
+    reexec_with_malloc_env,
+)
 
 from vitp.classifiers import PointViT  # noqa: E402
 
@@ -47,7 +53,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = args.device
-    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+    sync = torch.cuda.synchronize if dev.startswith("cuda") else _no_sync
     import timm
 
     torch.manual_seed(0)
@@ -80,13 +86,14 @@ def main() -> None:
         fns[name] = step_fn(m, lambda m=m: F.cross_entropy(m(images, points, valid).flatten(0, 1), point_labels.flatten()))
     print(f"`{' '.join(['python', *sys.argv])}`")
     print(f"{args.model}, batch {B} x {H}x{W}, {P} points per image, device {dev}; {machine_line(dev)}\n")
-    t = interleaved_medians(fns, args.reps, sync)
+    t, w = interleaved_medians(fns, args.reps, sync)
     mem = {n: peak_memory_mb(fn, dev) for n, fn in fns.items()}
     names = list(fns)
     print("| | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
-    print("| step time (ms) | " + " | ".join(f"{t[n] * 1000:.0f}" for n in names) + " |")
-    print("| step time / timm | " + " | ".join(f"{t[n] / t['timm']:.2f}" for n in names) + " |")
+    print("| step CPU time (ms) | " + " | ".join(f"{t[n] * 1000:.0f}" for n in names) + " |")
+    print("| step CPU time / timm | " + " | ".join(f"{t[n] / t['timm']:.2f}" for n in names) + " |")
+    print("| step wall time / timm | " + " | ".join(f"{w[n] / w['timm']:.2f}" for n in names) + " |")
     print("| peak memory increase (MiB) | " + " | ".join("n/m" if mem[n] is None else f"{mem[n]:.0f}" for n in names) + " |")
     print(f"\nload average at end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
