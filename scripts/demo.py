@@ -6,7 +6,9 @@
    and print one table (also written to outputs/synthetic/demo_results.md).
 
 Each stage is a plain `vitp` command (printed before it runs), so any stage can be re-run alone.
-Pass `--quick` for a smoke run of a few batches.
+Pass `--quick` for a smoke run of a few batches, `--seed N` for another training seed (both stages),
+`--data-root DIR` for another dataset in the COCO panoptic layout (e.g. the held-out generated style:
+`python -m vitp.data.synthetic DIR --style shapes`) and `--workdir DIR` to keep runs apart.
 """
 
 from __future__ import annotations
@@ -52,17 +54,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few batches per stage (smoke test)")
     parser.add_argument("--workdir", type=Path, default=ROOT,
                         help="where data/generated and outputs/ are written (default: the repository)")
+    parser.add_argument("--seed", type=int, default=None, help="training seed of both stages (default: the configs')")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="a COCO-panoptic tree to use instead of the generated default dataset")
     args = parser.parse_args()
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     quick = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
              "--trainer.max_epochs", "1"] if args.quick else []
+    if args.seed is not None:
+        quick += ["--seed_everything", str(args.seed)]
+    data = [] if args.data_root is None else ["--data.init_args.root", str(args.data_root.resolve())]
     proposer_cfg, vitp_cfg = str(ROOT / PROPOSER_CFG), str(ROOT / VITP_CFG)
     export = OUT / "demo_predictions"
     start = time.time()
-    vitp(workdir, "fit", "--config", proposer_cfg, *quick)
-    vitp(workdir, "fit", "--config", vitp_cfg, *quick)
-    vitp(workdir, "test", "--config", vitp_cfg, *(["--trainer.limit_test_batches", "1"] if args.quick else []),
+    vitp(workdir, "fit", "--config", proposer_cfg, *data, *quick)
+    vitp(workdir, "fit", "--config", vitp_cfg, *data, *quick)
+    vitp(workdir, "test", "--config", vitp_cfg, *data, *(["--trainer.limit_test_batches", "1"] if args.quick else []),
          "--model.init_args.export_dir", str(export), "--ckpt_path", str(CHECKPOINT))
     metrics = json.loads((workdir / export / "metrics.json").read_text())
     result = table(metrics)

@@ -59,5 +59,6 @@ def test_bf16_mixed_fit_and_validate_on_cpu(tiny_coco_root: Path, tmp_path: Path
              "--trainer.check_val_every_n_epoch", "1", "--trainer.log_every_n_steps", "1", cwd=tmp_path)
     logs = sorted(tmp_path.glob("outputs/synthetic/vitp_tiny_oracle_masks/lightning_logs/*/metrics.csv"))
     header = logs[-1].read_text().splitlines()[0]
-    for key in ("val/point_acc", "val/point_acc_macro", "val/pq", "val/miou", "train/point_ce"):
+    for key in ("val/point_acc", "val/point_acc_macro", "val/point_acc_thing", "val/point_acc_stuff", "val/pq",
+                "val/miou", "train/point_ce"):
         assert key in header, header

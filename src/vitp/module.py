@@ -135,10 +135,11 @@ class ViTPModule(L.LightningModule):
         if classifier is not None and not train_classifier:
             classifier.requires_grad_(False)
         self.metrics = nn.ModuleDict({name: self._new_metrics() for name in self.variant_names})
-        # point accuracy in percent: micro (all points) and macro (mean over classes)
+        # point accuracy in percent: micro (all points), and per class for the macro means over all,
+        # thing and stuff classes
         self.point_accuracy = nn.ModuleDict({
             average: MulticlassAccuracy(dataset_info.num_classes, average=average, ignore_index=-1)
-            for average in ("micro", "macro")
+            for average in ("micro", "none")
         })
         self.pipeline = TwoStagePipeline(
             proposer, classifier, dataset_info.num_classes, dataset_info.thing_mask(), self.tasks,
@@ -238,11 +239,17 @@ class ViTPModule(L.LightningModule):
 
     def _log_metrics(self, stage: str) -> dict[str, float]:
         results: dict[str, float] = {}
-        for average, metric in self.point_accuracy.items():
-            if metric.update_called:
-                key = "point_acc" if average == "micro" else f"point_acc_{average}"
-                results[key] = 100.0 * float(metric.compute())
-                self.log(f"{stage}/{key}", results[key], prog_bar=average == "micro")
+        if self.point_accuracy["micro"].update_called:
+            results["point_acc"] = 100.0 * float(self.point_accuracy["micro"].compute())
+            per_class = 100.0 * self.point_accuracy["none"].compute().cpu()
+            seen = self.point_accuracy["none"].tp.cpu() + self.point_accuracy["none"].fn.cpu() > 0
+            thing = self.dataset_info.thing_mask()
+            for key, select in (("macro", seen), ("thing", seen & thing), ("stuff", seen & ~thing)):
+                if select.any():
+                    results[f"point_acc_{key}"] = float(per_class[select].mean())
+            for key in [k for k in results if k.startswith("point_acc")]:
+                self.log(f"{stage}/{key}", results[key], prog_bar=key == "point_acc")
+            for metric in self.point_accuracy.values():
                 metric.reset()
         for name in self.variant_names:
             values = self.metrics[name].compute()

@@ -1,0 +1,119 @@
+"""The two-stage inference path (one classifier call per batch) and no-object point training."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vitp.classifiers import PointViT
+from vitp.module import ViTPModule
+from vitp.pipeline import TwoStagePipeline
+from vitp.points import proposal_point_targets
+from vitp.postprocess import PostProcessConfig
+from vitp.proposers import OracleProposer
+from vitp.structures import Batch, DatasetInfo, Proposals, Target
+
+INFO = DatasetInfo(("a", "b", "c"), (1, 5, 9), (True, True, False))
+TASKS = ("semantic", "instance", "panoptic")
+
+
+def make_batch() -> Batch:
+    """Two 16x16 images in a 16x20 frame: a stuff background, a thing square, a crowd square."""
+    targets = []
+    for i in range(2):
+        masks = torch.zeros(3, 16, 20, dtype=torch.bool)
+        masks[0, :, :16] = True
+        masks[1, 2:8, 2:8] = True
+        masks[2, 10:14, 10:14] = True
+        masks[0] &= ~(masks[1] | masks[2])
+        segments = torch.full((16, 16), -1)
+        for k in range(3):
+            segments[masks[k, :, :16]] = k
+        targets.append(Target(masks=masks, labels=torch.tensor([2, i, 0]), is_crowd=torch.tensor([False, False, True]),
+                              segments=segments, image_id=i, file_name=f"{i}.jpg", orig_size=(16, 16),
+                              valid_size=(16, 16)))
+    return Batch(images=torch.randn(2, 3, 16, 20), targets=targets)
+
+
+def tiny_classifier(num_classes: int = 3) -> PointViT:
+    torch.manual_seed(0)
+    return PointViT(num_classes, model_name="vit_tiny_patch16_224", image_size=32, point_encoding="sample_pos_embed",
+                    model_kwargs={"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32}).eval()
+
+
+class CountingClassifier(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, *args):
+        self.calls += 1
+        return self.inner(*args)
+
+
+class TaskConditionedOracle(OracleProposer):
+    task_conditioned = True
+
+
+def test_one_classifier_call_per_batch_for_every_task_and_the_extra_points():
+    batch = make_batch()
+    clf = CountingClassifier(tiny_classifier())
+    pipe = TwoStagePipeline(TaskConditionedOracle(num_classes=3), clf, 3, INFO.thing_mask(), TASKS,
+                            ("vitp", "proposer", "oracle"))
+    extra = torch.rand(2, 7, 2) * 2 - 1
+    out = pipe(batch, extra_points=extra)
+    assert clf.calls == 1  # three task groups, the extra points: one patch pass
+    assert set(out.predictions) == {"vitp", "proposer", "oracle"}
+    for preds in out.predictions.values():
+        assert all(p.semantic is not None and p.panoptic is not None and p.instance is not None for p in preds)
+    # one-way attention: the extra points' logits do not depend on the proposals' points
+    alone = clf.inner(batch.images, extra, batch.valid_tensor())
+    torch.testing.assert_close(out.extra_point_logits, alone, rtol=1e-4, atol=1e-5)
+    # the oracle masks with their own classes reproduce the ground truth
+    assert out.predictions["proposer"][0].panoptic.labels.sort().values.tolist() == [0, 0, 2]  # crowd too
+
+
+def test_variants_can_be_restricted_per_call():
+    pipe = TwoStagePipeline(OracleProposer(num_classes=3), tiny_classifier(), 3, INFO.thing_mask(), TASKS,
+                            ("vitp", "proposer", "oracle"))
+    out = pipe(make_batch(), variants=("vitp",))
+    assert set(out.predictions) == {"vitp"} and out.extra_point_logits is None
+
+
+def test_proposal_point_targets_label_matches_no_object_and_crowd():
+    batch = make_batch()
+    logits = torch.full((2, 4, 8, 10), -10.0)  # proposals at half resolution of the 16x20 frame
+    logits[:, 0, 1:4, 1:4] = 10.0   # the thing square (IoU 1 at this resolution)
+    logits[:, 1, 5:7, 5:7] = 10.0   # the crowd square
+    logits[:, 2, 0:2, 6:8] = 10.0   # a small piece of background: no match
+    logits[:, 3, 0:8, 0:2] = 10.0   # padding columns only partly: a strip of background, no match
+    logits[:, 0, 2, 2] = 12.0       # the inference point is the peak
+    points, labels = proposal_point_targets(Proposals(mask_logits=logits), batch, num_classes=3)
+    assert points.shape == (2, 4, 2)
+    assert labels[:, 0].tolist() == [0, 1]          # each image's thing class
+    assert labels[:, 1].tolist() == [-1, -1]        # crowd: ignored
+    assert labels[:, 2].tolist() == [3, 3] and labels[:, 3].tolist() == [3, 3]  # no object
+    # the peak cell (2, 2) of an 8x8-cell valid region: centre at 2.5 / 8 of the image
+    torch.testing.assert_close(points[0, 0], torch.tensor([2 * 2.5 / 8 - 1, 2 * 2.5 / 8 - 1]))
+
+
+def test_no_object_training_adds_a_class_and_proposal_points():
+    module = ViTPModule(OracleProposer(num_classes=3, label_noise=0.0), tiny_classifier(None).train(),
+                        dataset_info=INFO, no_object_points=True, keep_rule="objectness")
+    assert module.classifier.num_classes == 4
+    batch = make_batch()
+    batch.points = torch.zeros(2, 5, 2)
+    batch.point_labels = torch.tensor([[2, 2, 0, -1, -1], [1, 2, -1, -1, -1]])
+    points, labels = module._with_proposal_points(batch)
+    assert points.shape[1] == 5 + 3  # oracle masks match themselves; the crowd segment is ignored
+    assert [sorted(row) for row in labels[:, 5:].tolist()] == [[-1, 0, 2], [-1, 1, 2]]
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert module.classifier.head.weight.grad is not None
+
+
+def test_objectness_keep_rule_reaches_postprocessing():
+    module = ViTPModule(OracleProposer(num_classes=3), tiny_classifier(None), dataset_info=INFO,
+                        keep_rule="objectness", keep_threshold=0.3)
+    assert module.pipeline.config == PostProcessConfig(keep_rule="objectness", keep_threshold=0.3)
