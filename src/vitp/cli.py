@@ -32,19 +32,26 @@ def _is_thing(info: DatasetInfo) -> list[bool]:
     return list(info.is_thing)
 
 
-def main(args: list[str] | None = None) -> None:
-    """Console entry point (``args`` defaults to the command line)."""
+def cli(args: list[str] | None = None, run: bool = True) -> VitpCLI:
+    """The ``vitp`` LightningCLI (``args`` defaults to the command line; ``run=False``: parse and
+    instantiate without a subcommand, e.g. to build a configured model and data module in-process)."""
     import lightning as L
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    VitpCLI(
+    return VitpCLI(
         ViTPModule,
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point (``args`` defaults to the command line)."""
+    cli(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -222,7 +222,9 @@ class CocoPanopticDataset(Dataset):
 class CocoPanopticDataModule(SegmentationDataModule):
     """COCO 2017 panoptic (or vitp's generated synthetic dataset in the same layout).
 
-    Args: those of ``SegmentationDataModule`` (loaders, augmentation, points, ``predict_dir``), plus
+    Loaders, augmentation, points and ``predict_dir``: the arguments of ``SegmentationDataModule``.
+
+    Args:
         root: dataset root with ``{split}2017/`` and ``annotations/``; None uses the generated
             synthetic dataset under ``data/generated/synthetic_coco`` (relative to the working
             directory), created when missing or when its parameters differ.

@@ -89,7 +89,9 @@ ONEFORMER_PRESETS: dict[str, dict] = {
 class OneFormerProposer(HFUniversalProposer):
     """OneFormer proposer (HF transformers): one model, conditioned on the task token.
 
-    Args: those of ``HFUniversalProposer``, plus
+    The model, label space and freezing: the arguments of ``HFUniversalProposer``.
+
+    Args:
         tokenizer: a tokenizer directory / hub id (defaults to ``model``'s own); ignored for presets
             unless given.
         train_task: ``random`` samples the task per image in training mode (as OneFormer trains),
