@@ -161,3 +161,7 @@ def test_config_fit_and_test_one_batch(tiny_coco_root: Path, tmp_path: Path, mon
     saved = tmp_path / "outputs" / "synthetic" / "proposer_native" / "model"
     assert (saved / "native_proposer.json").is_file(), "SaveProposer did not write the trained proposer"
     main(["test", *common, "--model.init_args.proposer.init_args.model", str(saved), "--trainer.callbacks", "[]"])
+    # ViT-P over the frozen native proposer (configs/synthetic/vitp/tiny_native.yaml), one batch
+    vitp_config = PROJECT_ROOT / "configs" / "synthetic" / "vitp" / "tiny_native.yaml"
+    main(["fit", "--config", str(vitp_config), *common[2:], "--model.init_args.proposer.init_args.model", str(saved),
+          "--model.init_args.classifier.init_args.image_size", "64", "--trainer.callbacks", "[]"])
