@@ -188,7 +188,7 @@ def test_autocast_cuda_matches_fp32(dtype: torch.dtype) -> None:
 @pytest.mark.slow
 def test_torch_compile_matches_eager() -> None:
     m = make(point_start_block=1)
-    mc = make(point_start_block=1, compile=True)
+    mc = make(point_start_block=1, compile_blocks=True)
     images, points, valid = batch(torch.Generator().manual_seed(13), p=17)
     start = time.perf_counter()
     try:

@@ -102,11 +102,14 @@ class PointViT(nn.Module):
             point side's memory; the patch cache is shared). None = all points in one pass.
         point_start_block: k; the patch tokens run blocks 0..k-1 alone and the point tokens join at
             block k (0 = every block, the paper's setting). Must be below the depth.
-        compile: wrap the per-block functions in ``torch.compile`` (lazily, on first use; parameters
-            and checkpoint keys unchanged).
+        compile_blocks: wrap the per-block functions in ``torch.compile`` (lazily, on first use;
+            parameters and checkpoint keys unchanged).
         pos_embed_init: ``"timm"`` keeps timm's initialisation (or the loaded weights);
             ``"sincos"`` initialises the patch position embedding with a 2-D sine-cosine table
             (still learnable) — distinct positions from step 0 help a ViT trained from scratch.
+        stem: ``"patch"`` (the ViT's strided ``p x p`` patch embedding) or ``"conv"`` (3x3 stride-2
+            convolutions to the same stride, see ``vitp.classifiers.stems``: learns local texture
+            and shape faster when trained from scratch; not for pretrained checkpoints).
         model_kwargs: extra ``timm.create_model`` kwargs (e.g. a tiny architecture for tests).
     """
 
@@ -125,7 +128,8 @@ class PointViT(nn.Module):
         model_kwargs: dict[str, Any] | None = None,
         pos_embed_init: Literal["timm", "sincos"] = "timm",
         point_start_block: int = 0,
-        compile: bool = False,
+        stem: Literal["patch", "conv"] = "patch",
+        compile_blocks: bool = False,
     ) -> None:
         super().__init__()
         if attention not in ("one_way", "full"):
@@ -153,10 +157,16 @@ class PointViT(nn.Module):
         if not 0 <= int(point_start_block) < depth:
             raise ValueError(f"point_start_block must be in [0, {depth - 1}] for {depth} blocks, got {point_start_block}")
         self.point_start_block = int(point_start_block)
-        self.compile = bool(compile)
+        self.compile_blocks = bool(compile_blocks)
         self._compiled: dict[str, Any] = {}
         self.embed_dim = int(be.embed_dim)
         self.patch_size = tuple(int(p) for p in be.patch_embed.patch_size)
+        if stem == "conv":  # same output shape and weight names outside patch_embed.proj
+            from vitp.classifiers.stems import conv_stem
+
+            be.patch_embed.proj = conv_stem(self.patch_size[0], self.embed_dim)
+        elif stem != "patch":
+            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
         self.point_embed = nn.Linear(2, self.embed_dim, bias=False) if point_encoding == "linear" else None
         self.head: nn.Linear | None = None
         if pos_embed_init == "sincos":
@@ -277,7 +287,7 @@ class PointViT(nn.Module):
         be = self.backbone
         B, P, _ = points.shape
         D = self.embed_dim
-        points = points.to(be.patch_embed.proj.weight.dtype)
+        points = points.to(be.pos_embed.dtype)
         if self.point_encoding == "linear":
             tok = self.point_embed(points)
             base = self._cls_pos()
@@ -310,17 +320,21 @@ class PointViT(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _op(self, name: str):
-        """``block_forward`` / ``block_query``, wrapped in ``torch.compile`` when ``compile`` is set."""
+        """``block_forward`` / ``block_query``, wrapped in ``torch.compile`` when ``compile_blocks`` is set."""
         fn = {"block_forward": block_forward, "block_query": block_query}[name]
-        if not self.compile:
+        if not self.compile_blocks:
             return fn
         if name not in self._compiled:
             self._compiled[name] = torch.compile(fn, dynamic=True)
         return self._compiled[name]
 
-    def _patch_blocks(self, seq: torch.Tensor, key_mask: torch.Tensor, stop: int) -> torch.Tensor:
+    @staticmethod
+    def _patch_mask(key_mask: torch.Tensor) -> torch.Tensor | None:
+        """Attention mask of the patch tokens; None without padding (SDPA's mask-free kernels)."""
+        return None if bool(key_mask.all()) else key_mask[:, None, None, :]
+
+    def _patch_blocks(self, seq: torch.Tensor, mask: torch.Tensor | None, stop: int) -> torch.Tensor:
         """Run the patch tokens alone through blocks ``0..stop-1``."""
-        mask = None if bool(key_mask.all()) else key_mask[:, None, None, :]
         fwd = self._op("block_forward")
         for blk in self.backbone.blocks[:stop]:
             seq, _ = fwd(blk, seq, mask)
@@ -333,9 +347,9 @@ class PointViT(nn.Module):
             raise RuntimeError("encode_patches / classify_points need attention='one_way'")
         seq, key_mask, grid, grids, vs, pos_grids = self._embed_patches(images, valid_sizes)
         k0 = self.point_start_block
-        seq = self._patch_blocks(seq, key_mask, k0)
+        mask = self._patch_mask(key_mask)
+        seq = self._patch_blocks(seq, mask, k0)
         blocks = self.backbone.blocks
-        mask = None if bool(key_mask.all()) else key_mask[:, None, None, :]
         fwd = self._op("block_forward")
         kv = []
         for i in range(k0, len(blocks)):
@@ -345,7 +359,8 @@ class PointViT(nn.Module):
             seq, blk_kv = fwd(blocks[i], seq, mask, return_kv=True)
             kv.append(self_slot_kv(*blk_kv))
         return PatchCache(kv=kv, key_mask=key_mask, grid=grid, image_grids=grids, valid_sizes=vs,
-                          pos_grids=pos_grids, slot_mask=self_slot_mask(key_mask), start_block=k0)
+                          pos_grids=pos_grids, slot_mask=None if mask is None else self_slot_mask(key_mask),
+                          start_block=k0)
 
     def classify_points(self, cache: PatchCache, points: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, P, K]`` of ``points [B, P, 2]`` from a ``PatchCache`` (chunked over P when
@@ -382,7 +397,7 @@ class PointViT(nn.Module):
             return self.classify_points(self.encode_patches(images, valid_sizes), points)
         B, P, _ = points.shape
         seq, key_mask, _, grids, vs, pos_grids = self._embed_patches(images, valid_sizes)
-        seq = self._patch_blocks(seq, key_mask, self.point_start_block)
+        seq = self._patch_blocks(seq, self._patch_mask(key_mask), self.point_start_block)
         pts = self._embed_points(points, vs, grids, pos_grids)
         pmask = torch.ones(B, P, dtype=torch.bool, device=seq.device) if point_mask is None else point_mask.bool()
         x = torch.cat([pts, seq], dim=1)
