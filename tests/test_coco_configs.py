@@ -12,18 +12,19 @@ import timm
 import torch
 
 from conftest import PROJECT_ROOT
-from test_cli import run_vitp
+from test_cli import vitp_in_process
 
 CONFIGS = ["vitp_b14_mask2former_swinl", "vitp_b14_oneformer_swinl"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_coco_vitp_config_offline(name: str, coco_sample_root: Path, tmp_path: Path):
-    from vitp.data.coco import read_dataset_info
-    from vitp.proposers import list_proposers
+def test_coco_vitp_config_offline(name: str, coco_sample_root: Path, tmp_path: Path, monkeypatch):
+    import vitp.proposers
+    from vitp.data import read_dataset_info
 
+    monkeypatch.chdir(tmp_path)
     info = read_dataset_info(coco_sample_root, "val")
-    proposer_cls = list_proposers()["oneformer" if "oneformer" in name else "mask2former"]
+    proposer_cls = vitp.proposers.OneFormerProposer if "oneformer" in name else vitp.proposers.Mask2FormerProposer
     proposer_dir = tmp_path / "proposer"
     proposer_cls(preset="tiny", class_names=list(info.class_names)).save_pretrained(proposer_dir)
 
@@ -34,7 +35,7 @@ def test_coco_vitp_config_offline(name: str, coco_sample_root: Path, tmp_path: P
 
     config = PROJECT_ROOT / "configs" / "coco" / "panoptic" / f"{name}.yaml"
     export = tmp_path / "export"
-    run_vitp(
+    vitp_in_process(
         "test", "--config", str(config), "--data.init_args.root", str(coco_sample_root),
         "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.logger", "false",
         "--data.init_args.image_size", "256", "--data.init_args.num_workers", "0",
@@ -45,7 +46,6 @@ def test_coco_vitp_config_offline(name: str, coco_sample_root: Path, tmp_path: P
         "--model.init_args.classifier.init_args.image_size", "126",
         "--model.init_args.classifier.init_args.model_kwargs", json.dumps(vit_kwargs),
         "--model.init_args.export_dir", str(export),
-        cwd=tmp_path,
     )
     metrics = json.loads((export / "metrics.json").read_text())
     for key in ("pq", "pq_proposer", "pq_oracle", "miou", "map"):

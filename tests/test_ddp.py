@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import run_vitp
+from conftest import PROJECT_ROOT
+from test_cli import run_vitp, vitp_in_process
 from vitp.data.samplers import UnpaddedDistributedSampler
 
 
@@ -18,20 +19,22 @@ def test_unpadded_sampler_covers_each_index_once(n: int, world: int):
     assert sum(len(UnpaddedDistributedSampler(range(n), world, r)) for r in range(world)) == n
 
 
-def test_ddp_test_equals_single_process(tiny_coco_root: Path, tmp_path: Path):
+def test_ddp_test_equals_single_process(tiny_coco_root: Path, tmp_path: Path, monkeypatch):
     """5 val images on 2 CPU processes (a padding sampler would count one image twice): the noisy
-    oracle's metrics and exported predictions equal those of a single-process run."""
+    oracle's metrics and exported predictions equal those of a single-process run (that one runs
+    in-process; the DDP run launches its processes from a `vitp` subprocess)."""
+    monkeypatch.chdir(tmp_path)
     common = [
-        "test", "--config", "configs/coco/panoptic/oracle.yaml", "--data.init_args.root", str(tiny_coco_root),
+        "test", "--config", str(PROJECT_ROOT / "configs/coco/panoptic/oracle.yaml"), "--data.init_args.root", str(tiny_coco_root),
         "--data.init_args.num_workers", "0", "--data.init_args.max_eval_samples", "5",
         "--data.init_args.eval_batch_size", "1", "--trainer.accelerator", "cpu",
         "--model.init_args.proposer.init_args.label_noise", "0.3",
         "--model.init_args.proposer.init_args.drop", "0.2",
     ]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    run_vitp(*common, "--trainer.devices", "1", "--model.init_args.export_dir", str(single))
+    vitp_in_process(*common, "--trainer.devices", "1", "--model.init_args.export_dir", str(single))
     run_vitp(*common, "--trainer.devices", "2", "--trainer.strategy", "ddp",
-             "--model.init_args.export_dir", str(ddp))
+             "--model.init_args.export_dir", str(ddp), cwd=tmp_path)
     m1 = json.loads((single / "metrics.json").read_text())
     m2 = json.loads((ddp / "metrics.json").read_text())
     assert m1["pq"] < 100.0  # the noise makes double counting visible

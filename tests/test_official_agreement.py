@@ -13,16 +13,20 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from test_cli import run_vitp
+from test_cli import vitp_in_process
+from conftest import PROJECT_ROOT
 from test_metrics import new_pq_stat, ref_pq_single, ref_results
-from vitp.data.coco import read_dataset_info
+from vitp.data import read_dataset_info
 from vitp.data.io import rgb2id
 
 
-def test_exported_predictions_score_the_same_with_reference_evaluators(tiny_coco_root: Path, tmp_path: Path):
+def test_exported_predictions_score_the_same_with_reference_evaluators(tiny_coco_root: Path, tmp_path: Path,
+                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
     export = tmp_path / "export"
-    run_vitp(
-        "test", "--config", "configs/coco/panoptic/oracle.yaml", "--data.init_args.root", str(tiny_coco_root),
+    vitp_in_process(
+        "test", "--config", str(PROJECT_ROOT / "configs/coco/panoptic/oracle.yaml"),
+        "--data.init_args.root", str(tiny_coco_root),
         "--data.init_args.num_workers", "0",
         "--model.init_args.proposer.init_args.label_noise", "0.3",
         "--model.init_args.proposer.init_args.drop", "0.2",

@@ -1,5 +1,6 @@
-"""One-batch fit/test (`fast_dev_run`) of every trainable YAML, and the default run's three stages
-chained through files exactly as `scripts/demo.py` chains them."""
+"""One-batch fit/test (`fast_dev_run`) of every trainable YAML and `predict` on an image folder
+(the `vitp` CLI in-process), and the default run's three stages chained through files exactly as
+`scripts/demo.py` chains them (`vitp` subprocesses, end to end)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PROJECT_ROOT
-from test_cli import run_vitp
+from test_cli import run_vitp, vitp_in_process
 
 SMALL = ["--data.init_args.image_size", "128", "--data.init_args.num_workers", "0",
          "--data.init_args.batch_size", "2", "--data.init_args.eval_batch_size", "2"]
@@ -19,22 +20,23 @@ TINY_CLASSIFIER = ["--model.init_args.classifier.init_args.image_size", "128"]
 
 
 @pytest.mark.parametrize("name", ["mask2former_small", "oneformer_small"])
-def test_proposer_config_fast_dev_run(name: str, tiny_coco_root: Path, tmp_path: Path):
+def test_proposer_config_fast_dev_run(name: str, tiny_coco_root: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     config = PROJECT_ROOT / "configs" / "synthetic" / "proposer" / f"{name}.yaml"
-    run_vitp("fit", "--config", str(config), "--data.init_args.root", str(tiny_coco_root), *SMALL,
-             "--model.init_args.proposer.init_args.preset", "tiny", "--trainer.fast_dev_run", "1",
-             cwd=tmp_path)
+    vitp_in_process("fit", "--config", str(config), "--data.init_args.root", str(tiny_coco_root), *SMALL,
+                    "--model.init_args.proposer.init_args.preset", "tiny", "--trainer.fast_dev_run", "1")
     saved = tmp_path / "outputs" / "synthetic" / f"proposer_{name.split('_')[0]}" / "hf_model"
     assert (saved / "config.json").is_file(), "SaveProposer did not write the trained proposer"
-    run_vitp("test", "--config", str(config), "--data.init_args.root", str(tiny_coco_root), *SMALL,
-             "--model.init_args.proposer.init_args.model", str(saved), "--trainer.fast_dev_run", "1",
-             "--trainer.callbacks", "[]", cwd=tmp_path)
+    vitp_in_process("test", "--config", str(config), "--data.init_args.root", str(tiny_coco_root), *SMALL,
+                    "--model.init_args.proposer.init_args.model", str(saved), "--trainer.fast_dev_run", "1",
+                    "--trainer.callbacks", "[]")
 
 
-def test_vitp_oracle_masks_config_fast_dev_run(tiny_coco_root: Path, tmp_path: Path):
+def test_vitp_oracle_masks_config_fast_dev_run(tiny_coco_root: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     config = PROJECT_ROOT / "configs" / "synthetic" / "vitp" / "tiny_oracle_masks.yaml"
-    run_vitp("fit", "--config", str(config), "--data.init_args.root", str(tiny_coco_root), *SMALL,
-             *TINY_CLASSIFIER, "--trainer.fast_dev_run", "1", cwd=tmp_path)
+    vitp_in_process("fit", "--config", str(config), "--data.init_args.root", str(tiny_coco_root), *SMALL,
+                    *TINY_CLASSIFIER, "--trainer.fast_dev_run", "1")
 
 
 def test_default_run_stages_chain_through_files(tiny_coco_root: Path, tmp_path: Path):
@@ -67,18 +69,18 @@ def test_demo_quick(tmp_path: Path):
     assert "proposer + ViT-P" in proc.stdout
 
 
-def test_predict_on_image_folder_writes_pngs_json_and_overlays(tiny_coco_root: Path, tmp_path: Path):
+def test_predict_on_image_folder_writes_pngs_json_and_overlays(tiny_coco_root: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     images = tmp_path / "my_images"
     images.mkdir()
     for src in sorted((tiny_coco_root / "val2017").glob("*.jpg"))[:3]:
         (images / src.name).write_bytes(src.read_bytes())
     out = tmp_path / "pred"
     config = PROJECT_ROOT / "configs" / "synthetic" / "proposer" / "mask2former_small.yaml"
-    run_vitp("predict", "--config", str(config), "--data.init_args.root", str(tiny_coco_root), *SMALL,
-             "--model.init_args.proposer.init_args.preset", "tiny",
-             "--model.init_args.object_mask_threshold", "0.0", "--model.init_args.overlap_threshold", "0.0",
-             "--data.init_args.predict_dir", str(images), "--model.init_args.export_dir", str(out),
-             cwd=tmp_path)
+    vitp_in_process("predict", "--config", str(config), "--data.init_args.root", str(tiny_coco_root), *SMALL,
+                    "--model.init_args.proposer.init_args.preset", "tiny",
+                    "--model.init_args.object_mask_threshold", "0.0", "--model.init_args.overlap_threshold", "0.0",
+                    "--data.init_args.predict_dir", str(images), "--model.init_args.export_dir", str(out))
     panoptic = json.loads((out / "panoptic.json").read_text())
     assert len(panoptic["annotations"]) == 3
     for name in ("panoptic", "semantic", "overlays/panoptic", "overlays/semantic"):
