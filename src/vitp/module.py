@@ -52,6 +52,9 @@ class ViTPModule(L.LightningModule):
             matches (IoU >= ``no_object_iou``) or "no object". The classifier gets a K+1-th
             "no object" output whose probability is fused with the proposer's objectness.
         no_object_iou: IoU with a ground-truth segment for a proposal to count as that segment.
+        no_object_images: the proposer runs on the first this many images of each training batch
+            (None = all): bounds the extra cost of ``no_object_points``; the other images
+            contribute only their sampled points.
         overlap_threshold: see ``vitp.postprocess.PostProcessConfig``.
         topk_instances: see ``vitp.postprocess.PostProcessConfig``.
         optimizer: ``adamw`` (with layer-wise lr decay) or ``sgd`` (the reference recipe).
@@ -77,6 +80,7 @@ class ViTPModule(L.LightningModule):
         keep_threshold: float = 0.5,
         no_object_points: bool = False,
         no_object_iou: float = 0.5,
+        no_object_images: int | None = 4,
         train_proposer: bool = False,
         train_classifier: bool = True,
         evaluate_variants: bool = True,
@@ -114,6 +118,7 @@ class ViTPModule(L.LightningModule):
             raise ValueError("no_object_points=True needs a classifier")
         self.no_object_points = no_object_points
         self.no_object_iou = no_object_iou
+        self.no_object_images = no_object_images
         if classifier is not None and hasattr(classifier, "set_num_classes"):
             classifier.set_num_classes(dataset_info.num_classes + int(no_object_points))
         self.tasks = tuple(tasks or TASKS)
@@ -207,13 +212,17 @@ class ViTPModule(L.LightningModule):
         return total
 
     def _with_proposal_points(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's sampled points followed by one point per proposal of the frozen proposer
-        (labelled with its matched class or "no object", see ``proposal_point_targets``)."""
+        """The batch's sampled points followed by one point per proposal of the frozen proposer on
+        the first ``no_object_images`` images (labelled with the matched class or "no object", see
+        ``proposal_point_targets``); the other images get padding (label -1) there."""
+        n = len(batch) if self.no_object_images is None else min(len(batch), self.no_object_images)
+        sub = Batch(batch.images[:n], batch.targets[:n])
         with torch.no_grad():
-            proposals = self.pipeline.propose(batch, "panoptic")
-            points, labels = proposal_point_targets(
-                proposals, batch, self.dataset_info.num_classes, self.no_object_iou
-            )
+            proposals = self.pipeline.propose(sub, "panoptic")
+            points, labels = proposal_point_targets(proposals, sub, self.dataset_info.num_classes, self.no_object_iou)
+        pad = len(batch) - n
+        points = torch.cat([points, points.new_zeros((pad, *points.shape[1:]))])
+        labels = torch.cat([labels, labels.new_full((pad, labels.shape[1]), -1)])
         return torch.cat([batch.points, points], 1), torch.cat([batch.point_labels, labels], 1)
 
     # ------------------------------------------------------------------ evaluation
