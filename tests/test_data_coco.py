@@ -12,7 +12,7 @@ from PIL import Image
 
 from vitp.data import CocoPanopticDataModule, CocoPanopticDataset, DatasetError, DatasetFileNotFoundError
 from vitp.data.collate import PanopticCollate
-from vitp.data.io import id2rgb, rgb2id
+from vitp.data.io import id2rgb, load_panoptic_png
 from vitp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vitp.points import PointSampler, pixel_to_point
 from vitp.structures import Batch, Target
@@ -85,8 +85,7 @@ def test_eval_batches_match_png(tiny_coco_root):
         _check_target_contract(batch)
         for t in batch.targets:
             ann = anns[t.image_id]
-            ids = rgb2id(np.array(Image.open(
-                tiny_coco_root / "annotations" / "panoptic_val2017" / ann["file_name"])))
+            ids = load_panoptic_png(tiny_coco_root / "annotations" / "panoptic_val2017" / ann["file_name"])
             assert tuple(ids.shape) == t.orig_size
             assert len(ann["segments_info"]) == len(t.labels)
             seg = t.segments.numpy()
@@ -401,8 +400,7 @@ def test_real_coco_sample(coco_sample_root):
     _check_target_contract(batch)
     for t in batch.targets:
         ann = anns[t.image_id]
-        ids = rgb2id(np.array(Image.open(
-            coco_sample_root / "annotations" / "panoptic_val2017" / ann["file_name"])))
+        ids = load_panoptic_png(coco_sample_root / "annotations" / "panoptic_val2017" / ann["file_name"])
         assert tuple(ids.shape) == t.orig_size
         for k, s in enumerate(ann["segments_info"]):
             assert info.category_ids[int(t.labels[k])] == s["category_id"]
