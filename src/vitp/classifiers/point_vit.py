@@ -94,8 +94,11 @@ class PointViT(nn.Module):
             kept); None = use the input resolution.
         attention: ``"one_way"`` (points read patches only) or ``"full"`` (reference).
         point_encoding: ``"linear"`` (reference: ``Linear(2 -> D)`` of (y, x) + CLS position
-            embedding) or ``"sample_pos_embed"`` (CLS token + patch position embedding sampled at the
-            point).
+            embedding), ``"sample_pos_embed"`` (CLS token + patch position embedding sampled at the
+            point) or ``"sample_patch"`` (the input patch token itself — patch embedding + position
+            embedding — sampled bilinearly at the point, plus a learned zero-initialised offset:
+            the point starts as a virtual patch at a sub-patch location, so it knows its local
+            content from the first block and attends to the rest for context and shape).
         reinit_head: re-initialise the head when the checkpoint's head has another size.
         drop_path_rate: stochastic depth of the backbone.
         point_chunk_size: in ``one_way`` mode, classify at most this many points at once (bounds the
@@ -121,7 +124,7 @@ class PointViT(nn.Module):
         checkpoint_path: str | None = None,
         image_size: int | None = 518,
         attention: Literal["one_way", "full"] = "one_way",
-        point_encoding: Literal["linear", "sample_pos_embed"] = "linear",
+        point_encoding: Literal["linear", "sample_pos_embed", "sample_patch"] = "linear",
         reinit_head: bool = False,
         drop_path_rate: float = 0.0,
         point_chunk_size: int | None = 1024,
@@ -134,8 +137,10 @@ class PointViT(nn.Module):
         super().__init__()
         if attention not in ("one_way", "full"):
             raise ValueError(f"attention must be 'one_way' or 'full', got {attention!r}")
-        if point_encoding not in ("linear", "sample_pos_embed"):
-            raise ValueError(f"point_encoding must be 'linear' or 'sample_pos_embed', got {point_encoding!r}")
+        if point_encoding not in ("linear", "sample_pos_embed", "sample_patch"):
+            raise ValueError(
+                f"point_encoding must be 'linear', 'sample_pos_embed' or 'sample_patch', got {point_encoding!r}"
+            )
         kwargs = dict(model_kwargs or {})
         kwargs.update(num_classes=0, dynamic_img_size=True, drop_path_rate=drop_path_rate)
         self.backbone = timm.create_model(model_name, pretrained=pretrained, **kwargs)
@@ -168,6 +173,7 @@ class PointViT(nn.Module):
         elif stem != "patch":
             raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
         self.point_embed = nn.Linear(2, self.embed_dim, bias=False) if point_encoding == "linear" else None
+        self.point_offset = nn.Parameter(torch.zeros(self.embed_dim)) if point_encoding == "sample_patch" else None
         self.head: nn.Linear | None = None
         if pos_embed_init == "sincos":
             self._init_sincos_pos_embed()
@@ -262,9 +268,10 @@ class PointViT(nn.Module):
             g = cache[(gh, gw)]
             if g is not None:
                 pos[b, :gh, :gw] = g.to(pos.dtype)
-                pos_grids.append(g)
             else:
-                pos_grids.append(tok.new_zeros(gh, gw, tok.shape[-1]))
+                g = tok.new_zeros(gh, gw, tok.shape[-1])
+            # what a point samples: the position embedding, or the whole input patch token
+            pos_grids.append(tok[b, :gh, :gw] + g.to(tok.dtype) if self.point_encoding == "sample_patch" else g)
         rows = torch.arange(Gh, device=x.device)
         cols = torch.arange(Gw, device=x.device)
         patch_mask = (rows[None, :, None] < grids[:, 0, None, None]) & (cols[None, None, :] < grids[:, 1, None, None])
@@ -305,7 +312,10 @@ class PointViT(nn.Module):
                                   align_corners=False)
                 toks.append(s[0, :, 0].t())
             tok = torch.stack(toks) if toks else points.new_zeros(B, P, D)
-            base = be.cls_token[0, 0] if be.cls_token is not None else None
+            if self.point_offset is not None:
+                base = self.point_offset
+            else:
+                base = be.cls_token[0, 0] if be.cls_token is not None else None
         if base is not None:
             tok = tok + base
         return be.norm_pre(be.pos_drop(tok))
