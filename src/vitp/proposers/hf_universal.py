@@ -156,10 +156,6 @@ class HFUniversalProposer(MaskProposer):
 
     # ----------------------------------------------------------------------------- properties
     @property
-    def config(self):
-        return self.hf.config
-
-    @property
     def num_queries(self) -> int:
         return int(self.hf.config.num_queries)
 
