@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--workdir", type=Path, default=ROOT / "outputs" / "bench_point_start_block")
     parser.add_argument("--extra", default="", help="extra vitp arguments for every run (quoted)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="skip the fit of a value whose last.ckpt exists (train time then from the files)")
     args = parser.parse_args()
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -36,12 +38,20 @@ def main() -> None:
         overrides = [f"{CLF}point_start_block", str(k)]
         run_dir = workdir / f"start_{k}"
         start = time.time()
-        vitp(workdir, "fit", "--config", str(CONFIG), *overrides, *extra, "--trainer.max_epochs", str(args.epochs),
-             "--trainer.check_val_every_n_epoch", str(args.epochs), "--trainer.enable_progress_bar", "false",
-             "--trainer.default_root_dir", str(run_dir),
-             "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-             f"--trainer.callbacks.dirpath={run_dir / 'ckpt'}", "--trainer.callbacks.save_last=true")
-        train_s = time.time() - start
+        last = run_dir / "ckpt" / "last.ckpt"
+        if args.reuse and last.is_file():
+            logs = sorted(run_dir.glob("lightning_logs/version_*"), key=lambda p: p.stat().st_mtime)
+            start = logs[-1].stat().st_ctime if logs else float("nan")
+            train_s = last.stat().st_mtime - start
+        else:
+            train_s = None
+        if train_s is None:
+            vitp(workdir, "fit", "--config", str(CONFIG), *overrides, *extra, "--trainer.max_epochs", str(args.epochs),
+                 "--trainer.check_val_every_n_epoch", str(args.epochs), "--trainer.enable_progress_bar", "false",
+                 "--trainer.default_root_dir", str(run_dir),
+                 "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                 f"--trainer.callbacks.dirpath={run_dir / 'ckpt'}", "--trainer.callbacks.save_last=true")
+            train_s = time.time() - start
         export = run_dir / "test"
         vitp(workdir, "test", "--config", str(CONFIG), *overrides, *extra, "--ckpt_path",
              str(run_dir / "ckpt" / "last.ckpt"), "--model.init_args.export_dir", str(export),
