@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from vitp.classifiers.locality import PointLocalityBias
 from vitp.classifiers.loading import LoadReport, load_into
 from vitp.classifiers.vit_ops import (
     block_forward,
@@ -113,6 +114,9 @@ class PointViT(nn.Module):
         stem: ``"patch"`` (the ViT's strided ``p x p`` patch embedding) or ``"conv"`` (3x3 stride-2
             convolutions to the same stride, see ``vitp.classifiers.stems``: learns local texture
             and shape faster when trained from scratch; not for pretrained checkpoints).
+        point_locality_radius: R; with ``one_way`` attention, add a learned relative-position bias
+            to the points' attention over patches within R patches of the point (Gaussian priors
+            of several widths per head; see ``vitp.classifiers.locality``). None = off (the paper).
         model_kwargs: extra ``timm.create_model`` kwargs (e.g. a tiny architecture for tests).
     """
 
@@ -132,6 +136,7 @@ class PointViT(nn.Module):
         pos_embed_init: Literal["timm", "sincos"] = "timm",
         point_start_block: int = 0,
         stem: Literal["patch", "conv"] = "patch",
+        point_locality_radius: int | None = None,
         compile_blocks: bool = False,
     ) -> None:
         super().__init__()
@@ -174,6 +179,11 @@ class PointViT(nn.Module):
             raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
         self.point_embed = nn.Linear(2, self.embed_dim, bias=False) if point_encoding == "linear" else None
         self.point_offset = nn.Parameter(torch.zeros(self.embed_dim)) if point_encoding == "sample_patch" else None
+        self.point_locality: PointLocalityBias | None = None
+        if point_locality_radius is not None:
+            if attention != "one_way":
+                raise ValueError("point_locality_radius needs attention='one_way'")
+            self.point_locality = PointLocalityBias(depth, int(be.blocks[0].attn.num_heads), point_locality_radius)
         self.head: nn.Linear | None = None
         if pos_embed_init == "sincos":
             self._init_sincos_pos_embed()
@@ -382,10 +392,17 @@ class PointViT(nn.Module):
         query = self._op("block_query")
         blocks = self.backbone.blocks[cache.start_block:]
         out = []
+        locality = self.point_locality
+        n_prefix = cache.key_mask.shape[1] - cache.grid[0] * cache.grid[1]
         for s in range(0, P, chunk):
-            x = self._embed_points(points[:, s : s + chunk], cache.valid_sizes, cache.image_grids, cache.pos_grids)
-            for blk, kv in zip(blocks, cache.kv):
-                x = query(blk, x, kv, cache.slot_mask)
+            pts = points[:, s : s + chunk]
+            x = self._embed_points(pts, cache.valid_sizes, cache.image_grids, cache.pos_grids)
+            index = None if locality is None else locality.offset_index(
+                pts.float(), cache.valid_sizes, self.patch_size, cache.grid)
+            for j, (blk, kv) in enumerate(zip(blocks, cache.kv)):
+                mask = cache.slot_mask if index is None else locality.attention_bias(
+                    cache.start_block + j, index, cache.key_mask, n_prefix)
+                x = query(blk, x, kv, mask)
             out.append(self._head(x))
         return torch.cat(out, dim=1)
 

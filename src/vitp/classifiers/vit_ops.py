@@ -155,6 +155,8 @@ def one_way_attention(
     own = (q * k_self.to(q.dtype)).sum(-1, keepdim=True)
     q = torch.cat([q, own, q.new_zeros(B, H, P, e - d - 1)], dim=-1)
     scale = d ** -0.5 if scale is None else scale
+    if slot_mask is not None and slot_mask.is_floating_point():  # an additive bias (e.g. locality)
+        slot_mask = slot_mask.to(q.dtype)
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=slot_mask, dropout_p=dropout_p, scale=scale)
     return o[..., :d] + o[..., d : d + 1] * v_self.to(o.dtype)
 
