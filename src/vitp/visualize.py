@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vitp.data.io import load_rgb
 from vitp.structures import DatasetInfo, Prediction, Target
 
 
@@ -48,7 +49,7 @@ class OverlayWriter:
     def write(self, pred: Prediction, target: Target) -> list[Path]:
         if target.image_path is None:
             return []
-        image = np.asarray(Image.open(target.image_path).convert("RGB"))
+        image = load_rgb(target.image_path)  # the pixels the annotations refer to (no EXIF transpose)
         layers = []
         if pred.panoptic is not None:
             layers.append(("panoptic", pred.panoptic.segments, pred.panoptic.labels.cpu().numpy(), self.is_thing))
