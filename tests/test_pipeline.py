@@ -117,3 +117,18 @@ def test_objectness_keep_rule_reaches_postprocessing():
     module = ViTPModule(OracleProposer(num_classes=3), tiny_classifier(None), dataset_info=INFO,
                         keep_rule="objectness", keep_threshold=0.3)
     assert module.pipeline.config == PostProcessConfig(keep_rule="objectness", keep_threshold=0.3)
+
+
+def test_fuse_objectness_switch_keeps_the_proposer_objectness():
+    clf = tiny_classifier(4)  # K + 1 outputs, as after no-object training
+    batch = make_batch()
+    proposer = OracleProposer(num_classes=3, label_noise=0.5, seed=3, logit_scale=0.5)  # unsure proposer
+    common = (proposer, clf, 3, INFO.thing_mask(), ("semantic",), ("vitp", "proposer"), 0.4, True)
+    fused = TwoStagePipeline(*common)
+    kept = TwoStagePipeline(*common, fuse_objectness=False)
+    proposals = fused.propose(batch, "semantic")
+    logits, _ = fused.classify(batch, [proposals])
+    p_kept = kept.variant_probs(proposals, logits[0], ("vitp", "proposer"))
+    torch.testing.assert_close(p_kept["vitp"][..., -1], p_kept["proposer"][..., -1])
+    p_fused = fused.variant_probs(proposals, logits[0], ("vitp",))
+    assert not torch.allclose(p_fused["vitp"][..., -1], p_kept["proposer"][..., -1])

@@ -52,6 +52,8 @@ class ViTPModule(L.LightningModule):
             matches (IoU >= ``no_object_iou``) or "no object". The classifier gets a K+1-th
             "no object" output whose probability is fused with the proposer's objectness.
         no_object_iou: IoU with a ground-truth segment for a proposal to count as that segment.
+        fuse_objectness: with ``no_object_points``, fuse the classifier's objectness with the
+            proposer's (False: keep the proposer's, the reference fusion; an ablation switch).
         no_object_images: the proposer runs on the first this many images of each training batch
             (None = all): bounds the extra cost of ``no_object_points``; the other images
             contribute only their sampled points.
@@ -81,6 +83,7 @@ class ViTPModule(L.LightningModule):
         no_object_points: bool = False,
         no_object_iou: float = 0.5,
         no_object_images: int | None = 4,
+        fuse_objectness: bool = True,
         train_proposer: bool = False,
         train_classifier: bool = True,
         evaluate_variants: bool = True,
@@ -149,7 +152,7 @@ class ViTPModule(L.LightningModule):
         self.pipeline = TwoStagePipeline(
             proposer, classifier, dataset_info.num_classes, dataset_info.thing_mask(), self.tasks,
             tuple(self.variant_names), fusion_alpha, no_object_points, inference_top_k,
-            self.postprocess_config,
+            self.postprocess_config, fuse_objectness,
         )
         self._exporter: Any = None
         self._overlays: Any = None

@@ -102,8 +102,10 @@ class TwoStagePipeline:
         tasks: tasks to post-process.
         variants: which of :data:`VARIANTS` to produce.
         fusion_alpha: weight of the point classifier in the class fusion (see ``vitp.fusion``).
-        point_no_object: the classifier was trained with a no-object class (its last logit): its
-            objectness is fused with the proposer's (see ``vitp.fusion.fuse_class_probs``).
+        point_no_object: the classifier was trained with a no-object class (its last logit).
+        fuse_objectness: with ``point_no_object``, fuse the classifier's objectness with the
+            proposer's (see ``vitp.fusion.fuse_class_probs``); False drops the no-object logit and
+            keeps the proposer's, as the reference fusion does.
         inference_top_k: points per proposal (logits averaged).
         config: post-processing thresholds and the keep rule.
     """
@@ -120,6 +122,7 @@ class TwoStagePipeline:
         point_no_object: bool = False,
         inference_top_k: int = 1,
         config: PostProcessConfig = PostProcessConfig(),
+        fuse_objectness: bool = True,
     ) -> None:
         unknown = set(variants) - set(VARIANTS)
         if unknown:
@@ -132,6 +135,7 @@ class TwoStagePipeline:
         self.variants = variants
         self.fusion_alpha = fusion_alpha
         self.point_no_object = point_no_object
+        self.fuse_objectness = fuse_objectness
         self.inference_top_k = inference_top_k
         self.config = config
 
@@ -175,9 +179,12 @@ class TwoStagePipeline:
         if "proposer" in variants and proposals.class_logits is not None:
             probs["proposer"] = proposals.class_logits.float().softmax(-1)
         if "vitp" in variants and point_logits is not None:
+            fuse_objectness = self.point_no_object and self.fuse_objectness
+            if self.point_no_object and not fuse_objectness:
+                point_logits = point_logits[..., : self.num_classes]
             probs["vitp"] = fuse_class_probs(
                 proposals.class_logits, point_logits, self.fusion_alpha,
-                mask_quality=proposals.objectness, point_no_object=self.point_no_object,
+                mask_quality=proposals.objectness, point_no_object=fuse_objectness,
             )
         return probs
 
