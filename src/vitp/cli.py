@@ -11,7 +11,14 @@ from vitp.structures import DatasetInfo
 
 
 class VitpCLI(LightningCLI):
-    """LightningCLI that links the data module's label space into the model once."""
+    """LightningCLI that links the data module's label space into the model once, and logs to
+    TensorBoard and CSV side by side unless the config names its own ``trainer.logger``."""
+
+    def instantiate_trainer(self, **kwargs):  # noqa: ANN003, ANN201
+        config = self._get(self.config_init, "trainer", default={}) or {}
+        if "logger" not in kwargs and config.get("logger") in (None, True):
+            kwargs["logger"] = default_loggers(config.get("default_root_dir") or os.getcwd())
+        return super().instantiate_trainer(**kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (LightningArgumentParser)
         parser.link_arguments("data.dataset_info", "model.init_args.dataset_info", apply_on="instantiate")
@@ -22,6 +29,19 @@ class VitpCLI(LightningCLI):
                               apply_on="instantiate")
         parser.link_arguments("data.dataset_info", f"{proposer}.is_thing", compute_fn=_is_thing,
                               apply_on="instantiate")
+
+
+def default_loggers(root: str | os.PathLike) -> list:
+    """``[TensorBoardLogger, CSVLogger]`` writing to the same ``ROOT/lightning_logs/version_N``
+    (TensorBoard only when ``tensorboard`` is installed; CSV always)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.fabric.loggers.tensorboard import _TENSORBOARD_AVAILABLE, _TENSORBOARDX_AVAILABLE
+
+    csv = CSVLogger(root, name="lightning_logs")
+    if not (_TENSORBOARD_AVAILABLE or _TENSORBOARDX_AVAILABLE):
+        return [csv]
+    # one version directory for both (the CSV logger's next free version, computed once)
+    return [TensorBoardLogger(root, name="lightning_logs", version=csv.version, default_hp_metric=False), csv]
 
 
 def _class_names(info: DatasetInfo) -> list[str]:
