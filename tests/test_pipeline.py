@@ -8,7 +8,7 @@ from torch import nn
 from vitp.classifiers import PointViT
 from vitp.module import ViTPModule
 from vitp.pipeline import TwoStagePipeline
-from vitp.points import proposal_point_targets
+from vitp.proposal_points import proposal_point_targets
 from vitp.postprocess import PostProcessConfig
 from vitp.proposers import OracleProposer
 from vitp.structures import Batch, DatasetInfo, Proposals, Target

@@ -13,8 +13,8 @@ from vitp.points import (
     MixedSampler,
     mask_boxes,
     pixel_to_point,
-    select_points,
 )
+from vitp.proposal_points import select_points
 from vitp.structures import Target
 
 

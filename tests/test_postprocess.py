@@ -109,7 +109,7 @@ def test_infer_runs_requested_tasks_only():
 
 
 def test_oracle_proposals_reproduce_ground_truth_and_peak_inside():
-    from vitp.points import select_points
+    from vitp.proposal_points import select_points
     from vitp.proposers import OracleProposer
     from vitp.structures import Target
 

@@ -13,7 +13,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from vitp.pipeline import TwoStagePipeline
-from vitp.points import proposal_point_targets
+from vitp.proposal_points import proposal_point_targets
 from vitp.postprocess import PostProcessConfig
 from vitp.proposers.base import TASKS, MaskProposer
 from vitp.structures import Batch, DatasetInfo, Prediction

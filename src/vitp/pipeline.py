@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from vitp.fusion import fuse_class_probs
-from vitp.points import select_points
+from vitp.proposal_points import match_segments, select_points
 from vitp.postprocess import PostProcessConfig, crop_and_resize, infer
 from vitp.structures import Batch, Prediction, Proposals, Target
 
@@ -40,17 +40,6 @@ def original_size_logits(proposals: Proposals, batch: Batch, index: int) -> torc
     if proposals.valid_sizes is not None:
         return crop_and_resize(logits, tuple(proposals.valid_sizes[index].tolist()), target.orig_size)
     return crop_and_resize(logits, target.valid_size, target.orig_size, tuple(batch.images.shape[-2:]))
-
-
-def match_segments(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best ground-truth segment of each predicted mask: ``(iou float[Q], index long[Q])``.
-
-    ``pred bool[Q, P]`` and ``gt bool[N, P]`` are flattened masks on the same pixels (N >= 1).
-    """
-    pred, gt = pred.float(), gt.float()
-    inter = pred @ gt.T
-    union = pred.sum(1, keepdim=True) + gt.sum(1)[None] - inter
-    return (inter / union.clamp(min=1)).max(1)
 
 
 def oracle_class_probs(mask_logits: torch.Tensor, target: Target, num_classes: int) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""Choosing points: training samplers (target -> points + labels) and inference selection.
+"""Training point samplers: ground-truth target -> points + labels (fine masks, coarse masks, boxes).
+
+Points of a proposer's proposals (inference points, no-object training) live in
+``vitp.proposal_points``.
 
 Coordinates are (y, x) in [-1, 1] relative to the *valid* image region of the input frame:
 -1 / +1 are the region's top-left / bottom-right edges
@@ -12,16 +15,10 @@ and crowd pixels are never sampled; results are deterministic given a ``torch.Ge
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
 from vitp.structures import IGNORE_INDEX, Target
-
-if TYPE_CHECKING:
-    from vitp.structures import Batch, Proposals
 
 
 def pixel_to_point(rows: torch.Tensor, cols: torch.Tensor, valid_size: tuple[int, int]) -> torch.Tensor:
@@ -274,78 +271,3 @@ class MixedSampler(PointSampler):
     def __call__(self, target: Target, generator: torch.Generator | None = None):
         i = int(torch.multinomial(torch.tensor(self.weights, dtype=torch.float64), 1, generator=generator))
         return self.samplers[i](target, generator)
-
-
-# ----------------------------------------------------------------------------- inference
-def select_points(
-    mask_logits: torch.Tensor,
-    valid_sizes: torch.Tensor | Sequence[Sequence[int]],
-    frame_size: tuple[int, int],
-    top_k: int = 1,
-    mask_valid_sizes: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The most confident location(s) of each proposal: ``float[B, Q, top_k, 2]`` (y, x).
-
-    ``mask_logits float[B, Q, h, w]`` cover the whole padded frame of size ``frame_size`` (H, W);
-    only mask cells whose centre lies inside the image's valid region (``valid_sizes long[B, 2]`` in
-    frame pixels, or ``mask_valid_sizes`` directly in mask cells) are candidates. Points are cell
-    centres in the valid-region convention of this module, ordered by decreasing logit.
-    """
-    B, Q, h, w = mask_logits.shape
-    dev = mask_logits.device
-    if mask_valid_sizes is not None:
-        region = torch.as_tensor(mask_valid_sizes, device=dev).double()
-    else:
-        vs = torch.as_tensor(valid_sizes, device=dev).double()
-        H, W = frame_size
-        region = vs * torch.tensor([h / H, w / W], device=dev, dtype=torch.float64)
-    n_rows = (region[:, 0] - 0.5).ceil().clamp(1, h).long()  # cells with centre < region
-    n_cols = (region[:, 1] - 0.5).ceil().clamp(1, w).long()
-    ok = (torch.arange(h, device=dev)[None, :, None] < n_rows[:, None, None]) & (
-        torch.arange(w, device=dev)[None, None, :] < n_cols[:, None, None]
-    )
-    if top_k > int((n_rows * n_cols).min()):
-        raise ValueError(f"top_k={top_k} exceeds the number of valid mask cells")
-    logits = mask_logits.masked_fill(~ok[:, None], float("-inf"))
-    idx = logits.flatten(2).topk(top_k, dim=-1).indices  # [B, Q, k]
-    r, c = (idx // w).double(), (idx % w).double()
-    y = (2 * (r + 0.5) / region[:, 0, None, None] - 1).clamp(-1, 1)
-    x = (2 * (c + 0.5) / region[:, 1, None, None] - 1).clamp(-1, 1)
-    return torch.stack([y, x], dim=-1).to(mask_logits.dtype if mask_logits.is_floating_point() else torch.float32)
-
-
-# ----------------------------------------------------------------------------- proposal points
-def proposal_point_targets(
-    proposals: "Proposals", batch: "Batch", num_classes: int, iou_threshold: float = 0.5
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training points from a (frozen) proposer's own proposals, with a "no object" label.
-
-    Each proposal gives its inference point (argmax of its mask logits, as at test time) labelled
-    with the class of the non-crowd ground-truth segment it matches (IoU >= ``iou_threshold``,
-    measured on the valid region of the input frame), or ``num_classes`` ("no object") when it
-    matches none. A proposal whose best match is a crowd region is ignored (label -1): it is not
-    wrong. Returns ``points float[B, Q, 2]`` and ``labels long[B, Q]``.
-    """
-    from vitp.pipeline import match_segments
-    from vitp.postprocess import crop_and_resize
-
-    frame = tuple(batch.images.shape[-2:])
-    valid = batch.valid_tensor()
-    logits = proposals.mask_logits.detach().float()
-    points = select_points(logits, valid, frame, 1, proposals.valid_sizes)[:, :, 0]
-    labels = torch.full(points.shape[:2], num_classes, dtype=torch.long, device=points.device)
-    for i, target in enumerate(batch.targets):
-        h, w = target.valid_size
-        if proposals.valid_sizes is not None:
-            pred = crop_and_resize(logits[i], tuple(proposals.valid_sizes[i].tolist()), (h, w))
-        else:
-            pred = crop_and_resize(logits[i], (h, w), (h, w), frame)
-        gt = target.masks[:, :h, :w].to(pred.device)
-        if len(gt) == 0:
-            continue
-        iou, best = match_segments((pred > 0).flatten(1), gt.flatten(1))
-        matched = iou >= iou_threshold
-        crowd = target.is_crowd.to(pred.device).bool()[best]
-        labels[i, matched] = target.labels.to(pred.device)[best[matched]]
-        labels[i, matched & crowd] = -1
-    return points, labels
