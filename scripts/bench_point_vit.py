@@ -132,7 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_small_patch14_dinov2")
     parser.add_argument("--sizes", nargs="+", default=["518x518", "518x1036"], help="HxW")
-    parser.add_argument("--points", type=int, nargs="+", default=[1, 100, 250, 1000])
+    parser.add_argument("--points", type=int, nargs="*", default=[1, 100, 250, 1000], help="P values of the time table (none: memory table only)")
     parser.add_argument("--starts", type=int, nargs="+", default=[0, 8, 11], help="point_start_block values")
     parser.add_argument("--no-masked", action="store_true", help="skip the previous masked implementation")
     parser.add_argument("--no-full", action="store_true", help="skip full attention")
