@@ -11,6 +11,10 @@ Layout written under ``out_dir``::
                          uint16; pixels without a class get ``semantic_unlabeled`` (default 255 for
                          uint8, 65535 for uint16)
     metrics.json         the metrics passed to ``finalize`` (percent; NaN written as null)
+    segments/<stem>.json with ``per_image_json`` (``vitp predict``): one image's results, readable
+                         alone (:func:`image_record`): panoptic segments (id as in the PNG, class
+                         name, score, area, bbox), instances (class name, score, area, bbox, RLE)
+                         and the semantic map's classes with their areas
 
 ``<stem>`` is the stem of ``Target.file_name``. PNGs are written as soon as ``write`` is called and
 JSON entries go to per-rank JSON-lines part files, so memory stays flat; rank 0 merges the parts
@@ -67,6 +71,51 @@ def panoptic_segments_info(
     return (seg + 1).cpu().numpy(), info
 
 
+def image_record(pred: Prediction, info: DatasetInfo) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """One image's predictions as plain data: the panoptic id map (``int64[H, W]``, 0 = void, the
+    ids of the exported panoptic PNG; None without a panoptic prediction) and a JSON-ready dict::
+
+        {"panoptic":  [{"id", "category_id", "label", "isthing", "score", "area", "bbox"}, ...],
+         "instances": [{"category_id", "label", "score", "area", "bbox", "segmentation"}, ...],
+         "semantic":  [{"category_id", "label", "area"}, ...]}
+
+    ``label`` is the class name, ``category_id`` the dataset's original id, ``bbox`` ``[x, y, w, h]``,
+    ``segmentation`` a COCO RLE (counts as str). Keys of tasks that were not run are absent.
+    ``vitp predict`` (``segments/<stem>.json``) and ``vitp.Segmenter`` both use it.
+    """
+    names, cat_ids, thing = info.class_names, info.category_ids, info.is_thing
+    record: dict[str, Any] = {}
+    ids = None
+    if pred.panoptic is not None:
+        ids, segments_info = panoptic_segments_info(pred.panoptic, cat_ids)
+        scores = pred.panoptic.scores.detach().to("cpu").double().tolist()
+        labels = pred.panoptic.labels.detach().to("cpu").long().tolist()
+        record["panoptic"] = [{
+            "id": s["id"], "category_id": s["category_id"], "label": names[labels[s["id"] - 1]],
+            "isthing": bool(thing[labels[s["id"] - 1]]), "score": float(scores[s["id"] - 1]),
+            "area": s["area"], "bbox": s["bbox"],
+        } for s in segments_info]  # fmt: skip
+    if pred.instance is not None:
+        inst = pred.instance
+        rles = encode_masks(inst.masks)
+        labels = inst.labels.detach().to("cpu").long().tolist()
+        scores = inst.scores.detach().to("cpu").double().tolist()
+        masks = inst.masks.detach().bool()
+        areas = masks.flatten(1).sum(1).tolist()
+        boxes = mask_boxes(masks).tolist() if len(labels) else []
+        record["instances"] = [{
+            "category_id": int(cat_ids[c]), "label": names[c], "score": float(sc), "area": int(a),
+            "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1] if a else [0, 0, 0, 0],
+            "segmentation": {"size": [int(x) for x in rle["size"]], "counts": rle["counts"].decode("ascii")},
+        } for rle, c, sc, a, (y0, x0, y1, x1) in zip(rles, labels, scores, areas, boxes)]  # fmt: skip
+    if pred.semantic is not None:
+        sem = pred.semantic.detach().to("cpu").long().flatten()
+        counts = torch.bincount(sem[(sem >= 0) & (sem < len(names))], minlength=len(names)).tolist()
+        record["semantic"] = [{"category_id": int(cat_ids[k]), "label": names[k], "area": int(n)}
+                              for k, n in enumerate(counts) if n]
+    return ids, record
+
+
 class PredictionExporter:
     """Writes predictions image by image to ``out_dir`` in standard formats (see module doc).
 
@@ -82,6 +131,7 @@ class PredictionExporter:
         rank: int | None = None,
         world_size: int | None = None,
         semantic_unlabeled: int | None = None,
+        per_image_json: bool = False,
     ) -> None:
         dist = torch.distributed
         ddp = dist.is_available() and dist.is_initialized()
@@ -96,6 +146,7 @@ class PredictionExporter:
         self._parts_dir = self.out_dir / _PARTS
         self._parts_dir.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, Any] = {}
+        self.per_image_json = per_image_json
 
     # ---------------------------------------------------------------------------------- writing
 
@@ -121,6 +172,12 @@ class PredictionExporter:
         stem = self._stem(target)
         h, w = (int(s) for s in target.orig_size)
         self._emit("images", {"id": image_id, "file_name": target.file_name, "height": h, "width": w})
+        if self.per_image_json:
+            _, record = image_record(pred, self.info)
+            json_dir = self.out_dir / "segments"
+            json_dir.mkdir(exist_ok=True)
+            header = {"image_id": image_id, "file_name": target.file_name, "height": h, "width": w}
+            (json_dir / f"{stem}.json").write_text(json.dumps({**header, **record}) + "\n")
         if pred.panoptic is not None:
             ids, segments_info = panoptic_segments_info(pan=pred.panoptic, category_ids=self.info.category_ids)
             png_dir = self.out_dir / "panoptic"

@@ -66,8 +66,10 @@ class ViTPModule(L.LightningModule):
         point_embed_lr: learning rate of the point-position embedding (reference: 1e-2).
         layer_decay: layer-wise lr decay of the classifier's ViT blocks (1 = none).
         warmup_steps: linear warm-up steps before the cosine decay.
-        export_dir: write predictions (and metrics) here during test and predict.
-        export_overlays: with ``export_dir``, ``predict`` also writes overlays on the images.
+        export_dir: write predictions (and metrics) here during test and predict (``predict`` also
+            writes one JSON per image, ``segments/<stem>.json``; see ``vitp.export``).
+        export_overlays: with ``export_dir``, ``predict`` also writes overlays on the images
+            (coloured segments, outlines, class names).
     """
 
     def __init__(
@@ -285,27 +287,39 @@ class ViTPModule(L.LightningModule):
             self._exporter.finalize(results)
             self._exporter = None
 
-    def _make_exporter(self) -> Any:
+    def _make_exporter(self, per_image_json: bool = False) -> Any:
         if not self.hp.export_dir:
             return None
         from vitp.export import PredictionExporter
 
-        return PredictionExporter(self.hp.export_dir, self.dataset_info)
+        return PredictionExporter(self.hp.export_dir, self.dataset_info, per_image_json=per_image_json)
+
+    def _predict_image_reader(self) -> Any:
+        """The predict dataset's image reader (``read_image``: your own images are read with their
+        EXIF orientation applied), so overlays show the pixels the predictions refer to."""
+        loaders = getattr(self.trainer, "predict_dataloaders", None) if self._trainer is not None else None
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            reader = getattr(getattr(loader, "dataset", None), "read_image", None)
+            if reader is not None:
+                return reader
+        return None
 
     def on_predict_epoch_start(self) -> None:
-        self._exporter = self._make_exporter()
+        self._exporter = self._make_exporter(per_image_json=True)
         if self._exporter is not None and self.hp.export_overlays:
             from vitp.visualize import OverlayWriter
 
-            self._overlays = OverlayWriter(self.hp.export_dir, self.dataset_info)
+            self._overlays = OverlayWriter(self.hp.export_dir, self.dataset_info, self._predict_image_reader())
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> list[Prediction]:
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[Prediction] | None:
+        """The main variant's predictions; with ``export_dir`` they are written there (PNGs, JSON,
+        overlays) and None is returned, so a large folder does not pile up in memory."""
         predictions = self.predict_batch(batch)[self.main_variant]
         for writer in (self._exporter, self._overlays):
             if writer is not None:
                 for pred, target in zip(predictions, batch.targets):
                     writer.write(pred, target)
-        return predictions
+        return None if self._exporter is not None else predictions
 
     def on_predict_epoch_end(self) -> None:
         if self._exporter is not None:

@@ -222,7 +222,7 @@ class CocoPanopticDataset(Dataset):
 class CocoPanopticDataModule(SegmentationDataModule):
     """COCO 2017 panoptic (or vitp's generated synthetic dataset in the same layout).
 
-    Loaders, augmentation, points and ``predict_dir``: the arguments of ``SegmentationDataModule``.
+    Loaders, augmentation, points and ``path`` (predict images): the arguments of ``SegmentationDataModule``.
 
     Args:
         root: dataset root with ``{split}2017/`` and ``annotations/``; None uses the generated
@@ -230,7 +230,7 @@ class CocoPanopticDataModule(SegmentationDataModule):
             directory), created when missing or when its parameters differ.
         train_split: split used by ``fit`` for training.
         val_split: split used for validation.
-        test_split: split used by ``test`` (and ``predict`` when ``predict_dir`` is None).
+        test_split: split used by ``test`` (and ``predict`` when ``path`` is None).
         max_train_samples: use only the first n training images.
         max_eval_samples: use only the first n val/test images.
         synthetic_num_train: generated dataset: number of training images (root=None only).

@@ -1,13 +1,14 @@
 """``SegmentationDataModule``: the dataset-agnostic part of every vitp data module.
 
 It owns loaders, collation (padding, point sampling), distributed evaluation samplers,
-augmentation settings, ``predict`` on a folder of images and device transfer. A dataset's data
+augmentation settings, ``predict`` on your own images and device transfer. A dataset's data
 module subclasses it and implements ``dataset_info`` and ``build_dataset`` (see
 ``vitp.data.coco.CocoPanopticDataModule``); ``prepare_data`` when files must be made first.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import lightning as L
@@ -30,8 +31,10 @@ class SegmentationDataModule(L.LightningDataModule):
     Datasets yield ``vitp.data.collate.Sample``s; batches are ``vitp.structures.Batch``.
 
     Args:
-        predict_dir: a folder of your own images (any format PIL reads) for ``predict``; None
-            predicts on the test dataset.
+        path: your own images for ``predict``: one image file or a folder of them (any format PIL
+            reads; EXIF orientation applied, see ``vitp.data.folder``); None predicts on the test
+            dataset.
+        predict_dir: deprecated alias of ``path``.
         batch_size: training batch size.
         eval_batch_size: batch size of val/test/predict loaders (None: ``batch_size``).
         num_workers: DataLoader worker processes.
@@ -49,6 +52,7 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def __init__(
         self,
+        path: str | None = None,
         predict_dir: str | None = None,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
@@ -65,7 +69,13 @@ class SegmentationDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["point_sampler"])  # with the subclass's arguments
-        self.predict_dir = predict_dir
+        if predict_dir is not None:
+            if path is not None and str(path) != str(predict_dir):
+                raise ValueError(f"data: both path={path!r} and its deprecated alias predict_dir={predict_dir!r} are set")
+            warnings.warn("data.init_args.predict_dir is deprecated: use data.init_args.path (an image file or a "
+                          "folder)", FutureWarning, stacklevel=2)
+            path = predict_dir
+        self.path = path
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size if eval_batch_size is not None else batch_size
         self.num_workers = num_workers
@@ -107,8 +117,8 @@ class SegmentationDataModule(L.LightningDataModule):
             self.test_dataset = self.build_dataset("test")
         if stage in (None, "predict"):
             self.predict_dataset = (
-                ImageFolderDataset(self.predict_dir, self.image_size, self.mean, self.std)
-                if self.predict_dir is not None else self.build_dataset("test")
+                ImageFolderDataset(self.path, self.image_size, self.mean, self.std)
+                if self.path is not None else self.build_dataset("test")
             )
 
     def collate(self, point_sampler: PointSampler | None = None, seed: int | None = None) -> PanopticCollate:

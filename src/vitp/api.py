@@ -1,0 +1,204 @@
+"""``vitp.Segmenter``: segment images from Python, the way ``vitp predict`` does.
+
+    from vitp import Segmenter
+    seg = Segmenter.from_checkpoint("outputs/synthetic/vitp_tiny_mask2former/checkpoints/last.ckpt",
+                                    config="configs/synthetic/vitp/tiny_mask2former.yaml")
+    result = seg("photo.jpg")            # a path, PIL image, numpy array or tensor; or a list of them
+    result.segments                      # [{"id", "label", "score", "area", "bbox", ...}] (panoptic)
+    result.panoptic                      # int64[H, W] segment ids (0 = void), as in the exported PNG
+    result.semantic                      # int64[H, W] class indices (names: seg.class_names)
+    result.instances                     # [{"label", "score", "mask": bool[H, W], ...}]
+    result.overlay()                     # PIL image: coloured segments, outlines, class names
+
+There is one inference path: images become samples exactly as ``vitp predict`` makes them
+(``vitp.data.folder.user_sample``: EXIF orientation, colour modes, resize), the data module's
+collate pads them, and ``ViTPModule.predict_batch`` runs the ``TwoStagePipeline`` and its
+post-processing; the per-image records are the JSON that ``vitp predict`` writes
+(``vitp.export.image_record``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitp.data.folder import load_user_image, to_rgb_array, user_sample
+from vitp.data.transforms import EvalTransform
+from vitp.structures import DatasetInfo, Prediction
+
+
+@dataclass
+class SegmentationResult:
+    """One image's result (at the image's own size, EXIF orientation applied).
+
+    image: the RGB input ``uint8[H, W, 3]``.
+    semantic: ``int64[H, W]`` contiguous class indices (None if the task was not run).
+    panoptic: ``int64[H, W]`` segment ids, 0 = void (None if the task was not run).
+    segments: the panoptic segments: ``id`` (as in ``panoptic``), ``label`` (class name),
+        ``category_id``, ``isthing``, ``score``, ``area``, ``bbox`` ``[x, y, w, h]``.
+    instances: ``label``, ``category_id``, ``score``, ``area``, ``bbox``, ``segmentation`` (COCO
+        RLE) and ``mask`` (``bool[H, W]``).
+    record: the JSON that ``vitp predict`` writes for this image (``segments/<stem>.json``).
+    prediction: the raw ``vitp.structures.Prediction``.
+    """
+
+    image: np.ndarray
+    semantic: np.ndarray | None
+    panoptic: np.ndarray | None
+    segments: list[dict[str, Any]]
+    instances: list[dict[str, Any]]
+    record: dict[str, Any]
+    prediction: Prediction
+    dataset_info: DatasetInfo = field(repr=False)
+
+    def overlay(self, kind: str = "panoptic", scores: bool = False) -> Image.Image:
+        """The prediction drawn on the image (``panoptic`` or ``semantic``), as ``vitp predict``
+        writes it under ``overlays/``."""
+        from vitp.visualize import render_prediction
+
+        return Image.fromarray(render_prediction(self.image, self.prediction, self.dataset_info, kind,
+                                                 scores=scores))
+
+
+class Segmenter:
+    """A trained ViT-P model (``ViTPModule``) wrapped for plain images.
+
+    Build it with :meth:`from_checkpoint` (a training YAML config + its checkpoint, as for
+    ``vitp predict``) or :meth:`from_cli` / directly from a module. Call it with one image or a
+    list (paths, PIL images, numpy arrays ``[H, W(, C)]``, tensors ``[C, H, W]``); one image gives
+    one :class:`SegmentationResult`, a list gives a list.
+
+    Args:
+        module: a ``vitp.module.ViTPModule`` (put in eval mode here).
+        image_size, mean, std: the data module's evaluation transform (long side resized).
+        collate: the data module's collate (``SegmentationDataModule.collate()``): same padding.
+        batch_size: images per forward pass.
+        device: where the model runs (default: the module's device).
+    """
+
+    def __init__(self, module: Any, image_size: int, mean: Sequence[float], std: Sequence[float],
+                 collate: Any, batch_size: int = 4, device: str | torch.device | None = None) -> None:
+        self.module = module.eval()
+        if device is not None:
+            self.module.to(device)
+        self.transform = EvalTransform(image_size, tuple(mean), tuple(std))
+        self.collate = collate
+        self.batch_size = batch_size
+        self.dataset_info: DatasetInfo = module.dataset_info
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.module.parameters())).device
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.dataset_info.class_names
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_datamodule(cls, module: Any, datamodule: Any, **kwargs: Any) -> "Segmenter":
+        """A segmenter with ``datamodule``'s evaluation transform and collate."""
+        kwargs.setdefault("batch_size", getattr(datamodule, "eval_batch_size", 4))
+        return cls(module, datamodule.image_size, datamodule.mean, datamodule.std, datamodule.collate(), **kwargs)
+
+    @classmethod
+    def from_cli(cls, cli: Any, **kwargs: Any) -> "Segmenter":
+        """From a ``vitp.cli.cli(args, run=False)`` (its model and data module)."""
+        return cls.from_datamodule(cli.model, cli.datamodule, **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt_path: str | os.PathLike, config: str | os.PathLike | Sequence[str],
+                        overrides: Sequence[str] = (), device: str | torch.device = "cpu",
+                        **kwargs: Any) -> "Segmenter":
+        """The model that ``vitp predict --config CONFIG --ckpt_path CKPT`` runs.
+
+        ``config``: the training YAML (or several, applied in order); it says how to build the
+        proposer (e.g. where its saved weights are, relative to the working directory) and the
+        classifier, and its data section gives the label space and the evaluation transform.
+        ``overrides``: more ``vitp`` arguments (``["--data.init_args.root", "/data/coco"]``).
+        The checkpoint's ``state_dict`` is then loaded strictly.
+        """
+        from vitp.cli import cli as build_cli
+
+        configs = [config] if isinstance(config, (str, os.PathLike)) else list(config)
+        args: list[str] = []
+        for c in configs:
+            args += ["--config", str(c)]
+        args += ["--trainer.logger", "false", "--trainer.accelerator", "cpu", *overrides]
+        built = build_cli(args, run=False)
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = checkpoint.get("state_dict", checkpoint)
+        built.model.load_state_dict(state, strict=True)
+        return cls.from_cli(built, device=device, **kwargs)
+
+    # ------------------------------------------------------------------ inference
+    @staticmethod
+    def _read(images: Sequence[Any]) -> list[tuple[np.ndarray, str, str | None]]:
+        """``(RGB array, file name, path)`` of each input (files read as ``vitp predict`` reads them)."""
+        out = []
+        for i, image in enumerate(images):
+            if isinstance(image, (str, os.PathLike)):
+                path = Path(image)
+                out.append((load_user_image(path), path.name, str(path)))
+            else:
+                out.append((to_rgb_array(image), f"image_{i}.png", None))
+        return out
+
+    def predict(self, images: Sequence[Any], variants: Sequence[str] | None = None) -> list[dict[str, Prediction]]:
+        """Raw predictions per image: variant name -> ``Prediction`` (default: the main variant;
+        ``("vitp", "proposer")`` also gives the proposer alone, from the same proposals)."""
+        return [p for _, p in self._run(self._read(images), variants)]
+
+    def _run(self, inputs: list[tuple[np.ndarray, str, str | None]], variants: Sequence[str] | None = None
+             ) -> list[tuple[np.ndarray, dict[str, Prediction]]]:
+        variants = tuple(variants or (self.module.main_variant,))
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(inputs), self.batch_size):
+                chunk = inputs[start:start + self.batch_size]
+                batch = self.collate([user_sample(a, self.transform, name, path) for a, name, path in chunk])
+                batch = batch.to(self.device)
+                if variants == (self.module.main_variant,):
+                    preds = self.module.predict_batch(batch)
+                else:
+                    preds = self.module.pipeline(batch, variants=variants).predictions
+                out += [(a, {name: _cpu(p[i]) for name, p in preds.items()}) for i, (a, _, _) in enumerate(chunk)]
+        return out
+
+    def __call__(self, images: Any) -> SegmentationResult | list[SegmentationResult]:
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        results = [self._result(a, p[self.module.main_variant]) for a, p in self._run(self._read(items))]
+        return results[0] if single else results
+
+    def _result(self, image: np.ndarray, pred: Prediction) -> SegmentationResult:
+        from vitp.export import image_record
+
+        ids, record = image_record(pred, self.dataset_info)
+        instances = [dict(r) for r in record.get("instances", [])]
+        if pred.instance is not None:
+            for r, mask in zip(instances, pred.instance.masks.bool().numpy()):
+                r["mask"] = mask
+        return SegmentationResult(
+            image=image,
+            semantic=None if pred.semantic is None else pred.semantic.long().numpy(),
+            panoptic=ids, segments=record.get("panoptic", []), instances=instances, record=record,
+            prediction=pred, dataset_info=self.dataset_info,
+        )
+
+
+def _cpu(pred: Prediction) -> Prediction:
+    from vitp.structures import InstancePrediction, PanopticPrediction
+
+    pan, inst = pred.panoptic, pred.instance
+    return Prediction(
+        semantic=None if pred.semantic is None else pred.semantic.cpu(),
+        panoptic=None if pan is None else PanopticPrediction(pan.segments.cpu(), pan.labels.cpu(), pan.scores.cpu()),
+        instance=None if inst is None else InstancePrediction(inst.masks.cpu(), inst.labels.cpu(), inst.scores.cpu()),
+    )

@@ -1,0 +1,193 @@
+"""Predict on your own images (`vitp predict --data.init_args.path`), the Python API
+(`vitp.Segmenter`), overlays and `scripts/make_figure.py`, on a tiny random ViT-P (tiny Mask2Former
+proposer saved like stage 1 of the default run + tiny PointViT) and a folder of images in mixed
+modes (RGB, L, RGBA, EXIF-rotated JPEG, 16-bit PNG)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import PROJECT_ROOT
+from test_cli import vitp_in_process
+
+CONFIG = PROJECT_ROOT / "configs" / "synthetic" / "vitp" / "tiny_mask2former.yaml"
+PROPOSER_DIR = Path("outputs/synthetic/proposer_mask2former/hf_model")  # where the config looks
+
+
+def _args(root: Path) -> list[str]:
+    """Overrides shared by the CLI predict and the Segmenter (small sizes; keep every segment)."""
+    return ["--data.init_args.root", str(root), "--data.init_args.image_size", "96",
+            "--data.init_args.num_workers", "0", "--data.init_args.eval_batch_size", "2",
+            "--model.init_args.classifier.init_args.image_size", "96",
+            "--model.init_args.keep_threshold", "0.0", "--model.init_args.overlap_threshold", "0.0"]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_coco_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A working directory with a saved tiny proposer and a ViT-P checkpoint of the default config."""
+    from vitp.cli import cli
+    from vitp.data.coco import read_dataset_info
+    from vitp.proposers import Mask2FormerProposer
+
+    workdir = tmp_path_factory.mktemp("predict_run")
+    old = os.getcwd()
+    os.chdir(workdir)
+    try:
+        torch.manual_seed(0)
+        info = read_dataset_info(tiny_coco_root, "val")
+        proposer = Mask2FormerProposer(preset="tiny", num_classes=info.num_classes,
+                                       class_names=list(info.class_names), is_thing=list(info.is_thing))
+        proposer.save_pretrained(PROPOSER_DIR)
+        built = cli(["--config", str(CONFIG), *_args(tiny_coco_root), "--trainer.logger", "false"], run=False)
+        ckpt = workdir / "vitp.ckpt"
+        torch.save({"state_dict": built.model.state_dict(), "pytorch-lightning_version": L.__version__,
+                    "epoch": 0, "global_step": 0}, ckpt)
+        yield {"workdir": workdir, "ckpt": ckpt, "root": tiny_coco_root, "info": info}
+    finally:
+        os.chdir(old)
+
+
+def _write_images(folder: Path, src: Path) -> dict[str, tuple[int, int]]:
+    """Images in mixed modes; returns stem -> upright (H, W)."""
+    folder.mkdir()
+    rgb = np.asarray(Image.open(src).convert("RGB"))[:, :90]  # non-square
+    h, w = rgb.shape[:2]
+    Image.fromarray(rgb).save(folder / "a_rgb.jpg")
+    Image.fromarray(rgb).convert("L").save(folder / "b_gray.png")
+    rgba = np.concatenate([rgb, np.full((h, w, 1), 128, np.uint8)], -1)
+    Image.fromarray(rgba, "RGBA").save(folder / "c_rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(rgb).save(folder / "d_exif.jpg", exif=exif.tobytes())
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(folder / "e_16bit.png")
+    return {"a_rgb": (h, w), "b_gray": (h, w), "c_rgba": (h, w), "d_exif": (w, h), "e_16bit": (h, w)}
+
+
+def test_user_images_modes_and_exif(tmp_path: Path):
+    from vitp.data.folder import image_files, load_user_image, to_rgb_array
+
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    sizes = _write_images(tmp_path / "imgs", _save(tmp_path / "src.png", rgb))
+    for path in image_files(tmp_path / "imgs"):
+        image = load_user_image(path)
+        assert image.dtype == np.uint8 and image.shape == (*sizes[path.stem], 3), path
+    assert load_user_image(tmp_path / "imgs" / "e_16bit.png")[..., 0].tolist() == rgb[..., 0].tolist()
+    # EXIF orientation 6: the stored image rotated 90 degrees clockwise
+    upright = load_user_image(tmp_path / "imgs" / "d_exif.jpg")
+    stored = np.asarray(Image.open(tmp_path / "imgs" / "d_exif.jpg").convert("RGB"))
+    assert np.abs(upright.astype(int) - np.rot90(stored, -1).astype(int)).max() == 0
+    # arrays and tensors
+    assert to_rgb_array(torch.from_numpy(rgb).permute(2, 0, 1)).tolist() == rgb.tolist()
+    assert to_rgb_array(rgb.astype(np.float32) / 255).tolist() == rgb.tolist()
+    assert to_rgb_array(rgb[..., 0]).shape == (20, 30, 3)
+    with pytest.raises(ValueError, match="same stem"):
+        (tmp_path / "imgs" / "a_rgb.png").write_bytes((tmp_path / "imgs" / "b_gray.png").read_bytes())
+        image_files(tmp_path / "imgs")
+
+
+def _save(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _predict(run, images: Path, out: Path) -> None:
+    os.chdir(run["workdir"])
+    vitp_in_process("predict", "--config", str(CONFIG), *_args(run["root"]), "--ckpt_path", str(run["ckpt"]),
+                    "--data.init_args.path", str(images), "--model.init_args.export_dir", str(out))
+
+
+def test_predict_folder_of_mixed_images_and_python_api(run, tmp_path: Path):
+    from pycocotools import mask as mask_utils
+
+    from vitp import Segmenter
+    from vitp.data.io import load_panoptic_png
+
+    src = sorted((run["root"] / "val2017").glob("*.jpg"))[0]
+    sizes = _write_images(tmp_path / "my_images", src)
+    out = tmp_path / "pred"
+    _predict(run, tmp_path / "my_images", out)
+    info = run["info"]
+    cat_names = dict(zip(info.category_ids, info.class_names))
+    panoptic = json.loads((out / "panoptic.json").read_text())
+    assert sorted(a["file_name"] for a in panoptic["annotations"]) == sorted(f"{s}.png" for s in sizes)
+    instances = json.loads((out / "instances.json").read_text())
+    records = {}
+    for stem, size in sizes.items():
+        ids = load_panoptic_png(out / "panoptic" / f"{stem}.png")
+        assert ids.shape == size, stem
+        record = json.loads((out / "segments" / f"{stem}.json").read_text())
+        records[stem] = record
+        assert (record["height"], record["width"]) == size and record["image_id"] == stem
+        assert record["panoptic"], f"{stem}: no segment kept"
+        assert sorted(s["id"] for s in record["panoptic"]) == sorted(set(np.unique(ids).tolist()) - {0})
+        for s in record["panoptic"]:
+            assert s["area"] == int((ids == s["id"]).sum())
+            assert s["label"] == cat_names[s["category_id"]] and 0.0 <= s["score"] <= 1.0
+        sem = np.asarray(Image.open(out / "semantic" / f"{stem}.png"))
+        assert sem.shape == size and set(np.unique(sem).tolist()) <= set(info.category_ids) | {255}
+        assert sum(r["area"] for r in record["semantic"]) == int((sem != 255).sum())
+        for r in record["instances"]:
+            assert tuple(mask_utils.decode(r["segmentation"]).shape) == size
+            assert r["label"] == cat_names[r["category_id"]]
+        assert len(record["instances"]) == sum(r["image_id"] == stem for r in instances)
+        for kind in ("panoptic", "semantic"):
+            assert Image.open(out / "overlays" / kind / f"{stem}.jpg").size == size[::-1]
+
+    # the Python API: same model, same pipeline -> the same segments as `vitp predict`
+    seg = Segmenter.from_checkpoint(run["ckpt"], config=CONFIG, overrides=_args(run["root"]))
+    paths = [tmp_path / "my_images" / name for name in sorted(os.listdir(tmp_path / "my_images"))]
+    results = seg(paths)
+    assert len(results) == len(sizes)
+    for path, result in zip(paths, results):
+        header = ("image_id", "file_name", "height", "width")
+        assert result.record == {k: v for k, v in records[path.stem].items() if k not in header}, path.name
+        assert np.array_equal(result.panoptic, load_panoptic_png(out / "panoptic" / f"{path.stem}.png"))
+        assert result.semantic.shape == sizes[path.stem]
+        assert all(r["mask"].shape == sizes[path.stem] for r in result.instances)
+    # one PIL image (EXIF applied), a numpy array and a tensor give the same result as the file (a
+    # batch of one instead of two: scores equal up to float rounding)
+    exif = results[paths.index(tmp_path / "my_images" / "d_exif.jpg")]
+    one = seg(Image.open(tmp_path / "my_images" / "d_exif.jpg"))
+    for other in (one, seg(exif.image), seg(torch.from_numpy(exif.image).permute(2, 0, 1))):
+        assert np.array_equal(other.panoptic, exif.panoptic)
+        assert [{**s, "score": round(s["score"], 5)} for s in other.segments] == \
+            [{**s, "score": round(s["score"], 5)} for s in exif.segments]
+    assert one.overlay().size == sizes["d_exif"][::-1]
+
+
+def test_predict_dir_alias_still_works_with_a_warning(tmp_path: Path, tiny_coco_root: Path):
+    from vitp.data import CocoPanopticDataModule
+
+    (tmp_path / "imgs").mkdir()
+    src = sorted((tiny_coco_root / "val2017").glob("*.jpg"))[0]
+    (tmp_path / "imgs" / src.name).write_bytes(src.read_bytes())
+    with pytest.warns(FutureWarning, match="data.init_args.path"):
+        dm = CocoPanopticDataModule(root=str(tiny_coco_root), predict_dir=str(tmp_path / "imgs"), num_workers=0)
+    dm.setup("predict")
+    assert len(dm.predict_dataset) == 1
+    one = CocoPanopticDataModule(root=str(tiny_coco_root), path=str(tmp_path / "imgs" / src.name), num_workers=0)
+    one.setup("predict")
+    assert len(one.predict_dataset) == 1
+
+
+def test_make_figure_script(run, tmp_path: Path):
+    """scripts/make_figure.py renders image | proposer | proposer + ViT-P | ground truth."""
+    out = tmp_path / "figure.png"
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "scripts" / "make_figure.py"), "--workdir", str(run["workdir"]),
+         "--config", str(CONFIG), "--ckpt", str(run["ckpt"]), "--out", str(out), "--images", "2",
+         "--", *_args(run["root"])],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    image = Image.open(out)
+    assert image.size[0] > 4 * 96 and image.size[1] > 2 * 96  # 4 panels per row, 2 rows
