@@ -91,6 +91,7 @@ class Segmenter:
         self.collate = collate
         self.batch_size = batch_size
         self.dataset_info: DatasetInfo = module.dataset_info
+        self.datamodule: Any = None  # set by from_datamodule / from_cli / from_checkpoint
 
     @property
     def device(self) -> torch.device:
@@ -105,7 +106,9 @@ class Segmenter:
     def from_datamodule(cls, module: Any, datamodule: Any, **kwargs: Any) -> "Segmenter":
         """A segmenter with ``datamodule``'s evaluation transform and collate."""
         kwargs.setdefault("batch_size", getattr(datamodule, "eval_batch_size", 4))
-        return cls(module, datamodule.image_size, datamodule.mean, datamodule.std, datamodule.collate(), **kwargs)
+        seg = cls(module, datamodule.image_size, datamodule.mean, datamodule.std, datamodule.collate(), **kwargs)
+        seg.datamodule = datamodule
+        return seg
 
     @classmethod
     def from_cli(cls, cli: Any, **kwargs: Any) -> "Segmenter":
