@@ -189,3 +189,20 @@ def test_make_figure_script(run, tmp_path: Path):
                        "--out", str(tmp_path / "figure.png"), "--images", "2", "--", *_args(run["root"])])
     image = Image.open(out)
     assert image.size[0] > 4 * 90 and image.size[1] > 2 * 90  # 4 panels per row, 2 rows
+
+
+def test_vitp_export_onnx_matches_pytorch(run, tmp_path: Path):
+    """`vitp-export` writes the point classifier (default config: one_way attention, sample_patch
+    points, locality bias) and onnxruntime gives PyTorch's logits, for point counts other than the
+    exported one."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from vitp.onnx_export import main
+
+    os.chdir(run["workdir"])
+    result = main(["--config", str(CONFIG), "--ckpt_path", str(run["ckpt"]), "--out", str(tmp_path / "onnx"),
+                   "--", *_args(run["root"])])
+    assert result["max_abs_diff"] < 1e-4
+    meta = json.loads((tmp_path / "onnx" / "point_classifier.json").read_text())
+    assert meta["image_size"] == 96 and meta["class_names"] == list(run["info"].class_names)
+    assert meta["num_outputs"] == run["info"].num_classes + 1  # the default config trains a no-object output

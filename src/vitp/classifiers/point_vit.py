@@ -20,9 +20,10 @@ Points are ``(y, x)`` in [-1, 1] relative to each image's valid region (see ``vi
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import timm
 import torch
@@ -245,8 +246,23 @@ class PointViT(nn.Module):
             return None
         return be.pos_embed[0, 0]
 
+    @contextmanager
+    def fixed_pos_grid(self, gh: int, gw: int) -> Iterator[None]:
+        """Use the position grid for ``gh x gw`` patches as a constant inside the block (ONNX export:
+        the antialiased bicubic resampling has no ONNX operator; values are identical)."""
+        self._fixed_pos = None
+        grid = self._pos_grid(gh, gw)
+        self._fixed_pos = None if grid is None else grid.detach()
+        try:
+            yield
+        finally:
+            self._fixed_pos = None
+
     def _pos_grid(self, gh: int, gw: int) -> torch.Tensor | None:
         be = self.backbone
+        fixed = getattr(self, "_fixed_pos", None)
+        if fixed is not None and tuple(fixed.shape[:2]) == (gh, gw):
+            return fixed
         if be.pos_embed is None:
             return None
         pe = resample_abs_pos_embed(
