@@ -21,7 +21,8 @@ import yaml
 
 from conftest import PROJECT_ROOT
 
-CONFIGS = sorted((PROJECT_ROOT / "configs").rglob("*.yaml"))
+FRAGMENTS = sorted((PROJECT_ROOT / "configs" / "loggers").glob("*.yaml"))  # added after a main config
+CONFIGS = sorted(p for p in (PROJECT_ROOT / "configs").rglob("*.yaml") if p not in FRAGMENTS)
 
 
 def run_vitp(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -72,6 +73,15 @@ def test_config_prints(config: Path, tiny_coco_root: Path):
     parsed = yaml.safe_load(printed)
     assert parsed["model"]["class_path"] and parsed["data"]["class_path"]
     assert str(tiny_coco_root) in printed
+
+
+@pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: p.name)
+def test_logger_fragment_adds_to_a_main_config(fragment: Path, tiny_coco_root: Path):
+    main = PROJECT_ROOT / "configs/synthetic/vitp/tiny_oracle_masks.yaml"
+    printed = vitp_in_process("fit", "--config", str(main), "--config", str(fragment),
+                              "--data.init_args.root", str(tiny_coco_root), "--print_config")
+    loggers = [entry["class_path"] for entry in yaml.safe_load(printed)["trainer"]["logger"]]
+    assert "lightning.pytorch.loggers.CSVLogger" in loggers and len(loggers) >= 2
 
 
 @pytest.mark.parametrize("class_path", _class_paths("model"))

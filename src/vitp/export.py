@@ -19,6 +19,9 @@ Layout written under ``out_dir``::
 ``<stem>`` is the stem of ``Target.file_name``. PNGs are written as soon as ``write`` is called and
 JSON entries go to per-rank JSON-lines part files, so memory stays flat; rank 0 merges the parts
 in ``finalize`` (keeping the first entry of an image id seen twice, e.g. DistributedSampler padding).
+
+About 320 lines: one writer per format plus the per-image record that ``vitp predict`` and
+``vitp.Segmenter`` share; they live together so the formats stay consistent with each other.
 """
 
 from __future__ import annotations

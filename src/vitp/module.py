@@ -1,4 +1,9 @@
-"""The LightningModule: wiring, losses, optimisation, evaluation and logging."""
+"""The LightningModule: wiring, losses, optimisation, evaluation and logging.
+
+About 350 lines because its ``__init__`` is the documented, typed surface of every run's ``model:``
+section (LightningCLI builds ``--help`` from it); inference lives in ``pipeline.py``, proposal
+targets in ``proposal_points.py``, post-processing in ``postprocess.py``, files in ``export.py``.
+"""
 
 from __future__ import annotations
 

@@ -16,6 +16,11 @@ Two attention modes:
 (and vitp's previous) behaviour; larger k makes every point cheaper (EoMT-style late queries).
 
 Points are ``(y, x)`` in [-1, 1] relative to each image's valid region (see ``vitp.points``).
+
+Why one file of ~450 lines: like timm's ``vision_transformer.py`` it is one model whose parts share
+state (patch / point embedding, the patch cache, late-joining points, both attention modes); what
+stands alone lives beside it (attention kernels and image preparation in ``vit_ops.py``, the
+conv stem in ``stems.py``, the locality bias in ``locality.py``, checkpoint loading in ``loading.py``).
 """
 
 from __future__ import annotations
