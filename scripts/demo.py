@@ -8,7 +8,7 @@
 Each stage is a plain `vitp` command (printed before it runs), so any stage can be re-run alone.
 Pass `--quick` for a smoke run of a few batches, `--seed N` for another training seed (both stages),
 `--data-root DIR` for another dataset in the COCO panoptic layout (e.g. the held-out generated style:
-`python -m vitp.data.synthetic DIR --style shapes`) and `--workdir DIR` to keep runs apart.
+`vitp-generate DIR --style shapes`) and `--workdir DIR` to keep runs apart.
 """
 
 from __future__ import annotations

@@ -105,3 +105,15 @@ def test_ensure_reuses_and_refuses(tmp_path):
     (other / "keep.txt").write_text("x")
     with pytest.raises(ValueError, match="marker"):
         ensure_synthetic_dataset(other, num_train=1, num_val=1, image_size=48)
+
+
+def test_vitp_generate_writes_the_held_out_style(tmp_path, capsys):
+    """``vitp-generate ROOT --style shapes`` (the entry point's function): the held-out style, its
+    marker, non-square images."""
+    from vitp.data.synthetic import main
+
+    main([str(tmp_path / "shapes"), "--style", "shapes", "--num-train", "2", "--num-val", "2", "--image-size", "64"])
+    assert read_marker(tmp_path / "shapes")["style"] == "shapes"
+    sizes = {Image.open(p).size for p in (tmp_path / "shapes" / "val2017").glob("*.jpg")}
+    assert len(sizes) >= 1 and all(w != h for w, h in sizes)
+    assert "shapes style" in capsys.readouterr().out

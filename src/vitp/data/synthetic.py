@@ -486,7 +486,7 @@ def ensure_synthetic_dataset(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m vitp.data.synthetic ROOT [--style shapes]``: write a generated dataset."""
+    """``vitp-generate ROOT [--style shapes]``: write a generated dataset."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Write vitp's generated panoptic dataset (COCO layout).")
