@@ -8,6 +8,7 @@ targets in ``proposal_points.py``, post-processing in ``postprocess.py``, files 
 from __future__ import annotations
 
 import math
+import warnings
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from vitp.nonfinite import NonFiniteLossError, check_skip_supported, nonfinite_message
 from vitp.pipeline import TwoStagePipeline
 from vitp.proposal_points import proposal_point_targets
 from vitp.postprocess import PostProcessConfig
@@ -75,6 +77,10 @@ class ViTPModule(L.LightningModule):
             writes one JSON per image, ``segments/<stem>.json``; see ``vitp.export``).
         export_overlays: with ``export_dir``, ``predict`` also writes overlays on the images
             (coloured segments, outlines, class names).
+        on_nonfinite_loss: a NaN / infinite training loss ``stop``s the run with an error naming the
+            global step, epoch, batch and loss terms, or (``skip``, single process only) skips that
+            batch's optimizer step with a warning, counted in ``train/skipped_nonfinite``
+            (see ``vitp.nonfinite``).
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class ViTPModule(L.LightningModule):
         warmup_steps: int = 0,
         export_dir: str | None = None,
         export_overlays: bool = True,
+        on_nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
         if dataset_info is None:
@@ -163,6 +170,8 @@ class ViTPModule(L.LightningModule):
         )
         self._exporter: Any = None
         self._overlays: Any = None
+        self.on_nonfinite_loss = on_nonfinite_loss
+        self.skipped_nonfinite = 0  # training steps skipped for a non-finite loss (this process)
 
     # ------------------------------------------------------------------ set-up
     def _new_metrics(self) -> nn.Module:
@@ -198,7 +207,10 @@ class ViTPModule(L.LightningModule):
         return self.pipeline(batch, variants=(self.main_variant,)).predictions
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def on_fit_start(self) -> None:
+        check_skip_supported(self)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         losses: dict[str, torch.Tensor] = {}
         if self.train_classifier:
             if batch.points is None:
@@ -216,6 +228,17 @@ class ViTPModule(L.LightningModule):
         if not losses:
             raise ValueError("nothing to train: set train_classifier or train_proposer")
         total = losses.get("point_ce", 0.0) + losses.get("proposer_loss", 0.0)
+        finite = bool(torch.isfinite(total))
+        if not finite and self.on_nonfinite_loss == "stop":
+            raise NonFiniteLossError(nonfinite_message(self, batch_idx, losses) + "; set "
+                                     "model.init_args.on_nonfinite_loss=skip to skip such batches")
+        if not finite:
+            self.skipped_nonfinite += 1
+            warnings.warn(f"skipping the optimizer step: {nonfinite_message(self, batch_idx, losses)}", RuntimeWarning)
+        if self.on_nonfinite_loss == "skip":
+            self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=len(batch))
+        if not finite:
+            return None
         self.log("train/loss", total, prog_bar=True, batch_size=len(batch))
         for name, value in losses.items():
             self.log(f"train/{name}", value, batch_size=len(batch))
