@@ -125,7 +125,8 @@ class Segmenter:
         proposer (e.g. where its saved weights are, relative to the working directory) and the
         classifier, and its data section gives the label space and the evaluation transform.
         ``overrides``: more ``vitp`` arguments (``["--data.init_args.root", "/data/coco"]``).
-        The checkpoint's ``state_dict`` is then loaded strictly.
+        The checkpoint's ``state_dict`` is then loaded strictly (class-sized layers that do not fit
+        the label space: see ``vitp.checkpoint_heads``).
         """
         from vitp.cli import cli as build_cli
 
@@ -137,6 +138,7 @@ class Segmenter:
         built = build_cli(args, run=False)
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         state = checkpoint.get("state_dict", checkpoint)
+        built.model.on_load_checkpoint({"state_dict": state})  # class-count check, see vitp.checkpoint_heads
         built.model.load_state_dict(state, strict=True)
         return cls.from_cli(built, device=device, **kwargs)
 

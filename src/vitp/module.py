@@ -1,6 +1,6 @@
 """The LightningModule: wiring, losses, optimisation, evaluation and logging.
 
-About 350 lines because its ``__init__`` is the documented, typed surface of every run's ``model:``
+About 390 lines because its ``__init__`` is the documented, typed surface of every run's ``model:``
 section (LightningCLI builds ``--help`` from it); inference lives in ``pipeline.py``, proposal
 targets in ``proposal_points.py``, post-processing in ``postprocess.py``, files in ``export.py``.
 """
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from vitp.checkpoint_heads import reconcile_checkpoint
 from vitp.nonfinite import NonFiniteLossError, check_skip_supported, nonfinite_message
 from vitp.pipeline import TwoStagePipeline
 from vitp.proposal_points import proposal_point_targets
@@ -81,6 +82,10 @@ class ViTPModule(L.LightningModule):
             global step, epoch, batch and loss terms, or (``skip``, single process only) skips that
             batch's optimizer step with a warning, counted in ``train/skipped_nonfinite``
             (see ``vitp.nonfinite``).
+        reinit_heads_on_mismatch: loading a checkpoint (``--ckpt_path``) whose class-sized layers
+            (classifier head, proposer class layers) do not fit the data's label space keeps those
+            layers' fresh initialisation, with a warning, instead of failing (see
+            ``vitp.checkpoint_heads``).
     """
 
     def __init__(
@@ -114,6 +119,7 @@ class ViTPModule(L.LightningModule):
         export_dir: str | None = None,
         export_overlays: bool = True,
         on_nonfinite_loss: Literal["stop", "skip"] = "stop",
+        reinit_heads_on_mismatch: bool = False,
     ) -> None:
         super().__init__()
         if dataset_info is None:
@@ -172,6 +178,7 @@ class ViTPModule(L.LightningModule):
         self._overlays: Any = None
         self.on_nonfinite_loss = on_nonfinite_loss
         self.skipped_nonfinite = 0  # training steps skipped for a non-finite loss (this process)
+        self.reinit_heads_on_mismatch = reinit_heads_on_mismatch
 
     # ------------------------------------------------------------------ set-up
     def _new_metrics(self) -> nn.Module:
@@ -191,6 +198,9 @@ class ViTPModule(L.LightningModule):
         if self.hp.evaluate_oracle_classes:
             names.append("oracle")
         return names
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        reconcile_checkpoint(self, checkpoint)  # class-count mismatches: a clear error or fresh heads
 
     def train(self, mode: bool = True) -> "ViTPModule":
         """Frozen parts stay in eval mode (no dropout, frozen norm statistics)."""
