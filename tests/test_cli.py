@@ -21,7 +21,9 @@ import yaml
 
 from conftest import PROJECT_ROOT
 
-FRAGMENTS = sorted((PROJECT_ROOT / "configs" / "loggers").glob("*.yaml"))  # added after a main config
+LOGGER_FRAGMENTS = sorted((PROJECT_ROOT / "configs" / "loggers").glob("*.yaml"))  # added after a main config
+CLUSTER_FRAGMENTS = sorted((PROJECT_ROOT / "configs" / "cluster").glob("*.yaml"))  # likewise
+FRAGMENTS = LOGGER_FRAGMENTS + CLUSTER_FRAGMENTS
 CONFIGS = sorted(p for p in (PROJECT_ROOT / "configs").rglob("*.yaml") if p not in FRAGMENTS)
 
 
@@ -75,13 +77,38 @@ def test_config_prints(config: Path, tiny_coco_root: Path):
     assert str(tiny_coco_root) in printed
 
 
-@pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("fragment", LOGGER_FRAGMENTS, ids=lambda p: p.name)
 def test_logger_fragment_adds_to_a_main_config(fragment: Path, tiny_coco_root: Path):
     main = PROJECT_ROOT / "configs/synthetic/vitp/tiny_oracle_masks.yaml"
     printed = vitp_in_process("fit", "--config", str(main), "--config", str(fragment),
                               "--data.init_args.root", str(tiny_coco_root), "--print_config")
     loggers = [entry["class_path"] for entry in yaml.safe_load(printed)["trainer"]["logger"]]
     assert "lightning.pytorch.loggers.CSVLogger" in loggers and len(loggers) >= 2
+
+
+def test_slurm_fragment_gives_lightning_requeue_environment(tiny_coco_root: Path, monkeypatch):
+    """configs/cluster/slurm.yaml with a main config, under (simulated) srun variables: the trainer
+    uses Lightning's SLURMEnvironment with auto-requeue on SIGUSR1 and takes the ranks from SLURM."""
+    import signal
+
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from vitp.cli import cli
+
+    assert CLUSTER_FRAGMENTS == [PROJECT_ROOT / "configs" / "cluster" / "slurm.yaml"]
+    for key, value in {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NAME": "vitp",
+                       "SLURM_JOB_ID": "4242", "SLURM_NODELIST": "node1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                       "SLURM_NODEID": "0", "PL_GLOBAL_SEED": "0"}.items():
+        monkeypatch.setenv(key, value)
+    main = PROJECT_ROOT / "configs/synthetic/vitp/tiny_oracle_masks.yaml"
+    args = ["--config", str(main), "--config", str(CLUSTER_FRAGMENTS[0]), "--data.init_args.root", str(tiny_coco_root),
+            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+            "--trainer.logger", "false"]
+    printed = yaml.safe_load(vitp_in_process("fit", *args, "--print_config"))
+    assert printed["trainer"]["plugins"][0]["init_args"] == {"auto_requeue": True, "requeue_signal": "SIGUSR1"}
+    env = cli(args, run=False).trainer._accelerator_connector.cluster_environment
+    assert isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal == signal.SIGUSR1
+    assert env.world_size() == 2 and env.main_port == 19242
 
 
 @pytest.mark.parametrize("class_path", _class_paths("model"))
