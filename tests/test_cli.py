@@ -164,3 +164,22 @@ def test_oracle_test_on_real_coco_sample(coco_sample_root: Path, tmp_path: Path,
     metrics = oracle_metrics(coco_sample_root, tmp_path, in_process=True)
     for key in ("pq", "sq", "rq", "pq_th", "pq_st", "miou", "map"):
         assert metrics[key] == pytest.approx(100.0, abs=1e-6), (key, metrics)
+
+
+def test_default_loggers_share_one_version_dir_without_warning(tmp_path: Path):
+    """TensorBoard + CSV in one ``lightning_logs/version_N``, and no "directory not empty" warning."""
+    import warnings
+
+    from vitp.cli import default_loggers
+
+    loggers = default_loggers(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for logger in loggers:  # the order the Trainer uses
+            logger.log_hyperparams({"lr": 0.1})
+            logger.log_metrics({"val/pq": 1.0}, step=0)
+            logger.save()
+    version_dir = tmp_path / "lightning_logs" / "version_0"
+    assert (version_dir / "metrics.csv").is_file()
+    if len(loggers) > 1:
+        assert list(version_dir.glob("events.out.tfevents.*"))

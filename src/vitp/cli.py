@@ -32,8 +32,10 @@ class VitpCLI(LightningCLI):
 
 
 def default_loggers(root: str | os.PathLike) -> list:
-    """``[TensorBoardLogger, CSVLogger]`` writing to the same ``ROOT/lightning_logs/version_N``
-    (TensorBoard only when ``tensorboard`` is installed; CSV always)."""
+    """``[CSVLogger, TensorBoardLogger]`` writing to the same ``ROOT/lightning_logs/version_N``
+    (TensorBoard only when ``tensorboard`` is installed; CSV always). CSV comes first: it creates
+    the directory before TensorBoard's event file is in it (the other order warns that the
+    directory is not empty on every run)."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.fabric.loggers.tensorboard import _TENSORBOARD_AVAILABLE, _TENSORBOARDX_AVAILABLE
 
@@ -41,7 +43,7 @@ def default_loggers(root: str | os.PathLike) -> list:
     if not (_TENSORBOARD_AVAILABLE or _TENSORBOARDX_AVAILABLE):
         return [csv]
     # one version directory for both (the CSV logger's next free version, computed once)
-    return [TensorBoardLogger(root, name="lightning_logs", version=csv.version, default_hp_metric=False), csv]
+    return [csv, TensorBoardLogger(root, name="lightning_logs", version=csv.version, default_hp_metric=False)]
 
 
 def _class_names(info: DatasetInfo) -> list[str]:
