@@ -1,5 +1,6 @@
 """Data modules and datasets (files, augmentation, collation; nothing about models)."""
 
+from vitp.data.cityscapes import CityscapesDataModule, CityscapesDataset
 from vitp.data.coco import CocoPanopticDataModule, CocoPanopticDataset, read_dataset_info
 from vitp.data.collate import PanopticCollate, Sample
 from vitp.data.datamodule import SegmentationDataModule
@@ -8,6 +9,8 @@ from vitp.data.io import DatasetError, DatasetFileNotFoundError
 from vitp.data.synthetic import ensure_synthetic_dataset, generate_panoptic_dataset
 
 __all__ = [
+    "CityscapesDataModule",
+    "CityscapesDataset",
     "CocoPanopticDataModule",
     "CocoPanopticDataset",
     "DatasetError",

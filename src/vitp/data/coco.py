@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from vitp.data.collate import Sample
 from vitp.data.datamodule import SegmentationDataModule, Stage
 from vitp.data.io import DatasetError, DatasetFileNotFoundError, load_json, load_panoptic_png, load_rgb
+from vitp.data.labelmaps import build_sample
 from vitp.data.synthetic import ensure_synthetic_dataset
 from vitp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
 from vitp.structures import DatasetInfo
@@ -84,6 +84,9 @@ class CocoPanopticDataset(Dataset):
         mean: normalisation mean (RGB, 0..1 units).
         std: normalisation std (RGB, 0..1 units).
         max_samples: keep only the first n images (quick runs).
+        json_path: the panoptic JSON, when not at the COCO place (ADE20K, custom layouts).
+        image_dir: the image folder, when not at the COCO place.
+        png_dir: the panoptic PNG folder, when not at the COCO place.
     """
 
     def __init__(
@@ -97,13 +100,16 @@ class CocoPanopticDataset(Dataset):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         max_samples: int | None = None,
+        json_path: str | os.PathLike | None = None,
+        image_dir: str | os.PathLike | None = None,
+        png_dir: str | os.PathLike | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
         self.train = train
-        self.json_path = panoptic_json_path(self.root, split)
-        self.image_dir = self.root / f"{split}2017"
-        self.png_dir = self.root / "annotations" / f"panoptic_{split}2017"
+        self.json_path = Path(json_path) if json_path else panoptic_json_path(self.root, split)
+        self.image_dir = Path(image_dir) if image_dir else self.root / f"{split}2017"
+        self.png_dir = Path(png_dir) if png_dir else self.root / "annotations" / f"panoptic_{split}2017"
         data = load_json(self.json_path)
         for key in ("images", "annotations", "categories"):
             if key not in data:
@@ -192,28 +198,9 @@ class CocoPanopticDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         raw = self.load_raw(index)
         rec = raw["record"]
-        segments = raw["segments"]
-        labels, is_crowd = raw["labels"], raw["is_crowd"]
-        image, seg = self.transform(raw["image"], segments.astype(np.int32))
-        seg_t = torch.from_numpy(np.ascontiguousarray(seg)).long()
-        n = len(labels)
-        masks = seg_t[None] == torch.arange(n).view(n, 1, 1)
-        segments_t = torch.from_numpy(segments)
-        labels_t = torch.from_numpy(labels)
-        crowd_t = torch.from_numpy(is_crowd)
-        if self.train:
-            keep = masks.flatten(1).any(1)
-            if not bool(keep.all()):
-                remap = torch.full((n + 1,), -1, dtype=torch.long)
-                remap[:n][keep] = torch.arange(int(keep.sum()))
-                segments_t = remap[segments_t]  # -1 stays -1 (index n -> -1)
-                masks, labels_t, crowd_t = masks[keep], labels_t[keep], crowd_t[keep]
-        return Sample(
-            image=image, masks=masks, labels=labels_t, is_crowd=crowd_t, segments=segments_t,
-            image_id=rec["image_id"], file_name=rec["file_name"],
-            orig_size=(rec["height"], rec["width"]),
-            image_path=str(self.image_dir / rec["file_name"]),
-        )
+        return build_sample(self.transform, self.train, raw["image"], raw["segments"], raw["labels"],
+                            raw["is_crowd"], rec["image_id"], rec["file_name"],
+                            str(self.image_dir / rec["file_name"]))
 
 
 # ---------------------------------------------------------------------------------- datamodule

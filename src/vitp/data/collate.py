@@ -19,6 +19,8 @@ class Sample:
     image: ``float[3, h, w]`` normalised, unpadded; ``(h, w)`` becomes ``Target.valid_size``.
     masks: ``bool[N, h, w]``; labels ``long[N]``; is_crowd ``bool[N]``.
     segments: ``long[H0, W0]`` at the original size, index into ``labels``, -1 = void.
+    point_source: what the masks are, for point sampling: ``None`` = fine masks; another name
+        (``"coarse"``, ``"box"``) selects ``PanopticCollate.source_samplers[name]``.
     """
 
     image: torch.Tensor
@@ -30,6 +32,7 @@ class Sample:
     file_name: str
     orig_size: tuple[int, int]
     image_path: str | None = None
+    point_source: str | None = None
 
 
 def _round_up(x: int, d: int) -> int:
@@ -47,6 +50,9 @@ class PanopticCollate:
             ``Batch.points`` / ``Batch.point_labels`` are filled (padded with label -1).
         seed: seed of the points generator; None draws it from torch's global RNG (which Lightning's
             ``seed_everything`` and the DataLoader's per-worker seeding control).
+        source_samplers: samplers for samples whose ``point_source`` is set (e.g. ``{"coarse": ...,
+            "box": ...}``); a sample with an unknown source is an error. Only used with
+            ``point_sampler``.
     """
 
     def __init__(
@@ -55,6 +61,7 @@ class PanopticCollate:
         fixed_size: int | None = None,
         point_sampler: PointSampler | None = None,
         seed: int | None = None,
+        source_samplers: dict[str, PointSampler] | None = None,
     ) -> None:
         if size_divisor < 1:
             raise ValueError(f"size_divisor must be >= 1, got {size_divisor}")
@@ -62,6 +69,15 @@ class PanopticCollate:
         self.fixed_size = fixed_size
         self.point_sampler = point_sampler
         self.seed = seed
+        self.source_samplers = dict(source_samplers or {})
+
+    def _sampler(self, sample: Sample) -> PointSampler:
+        if sample.point_source is None:
+            return self.point_sampler
+        if sample.point_source not in self.source_samplers:
+            raise ValueError(f"{sample.file_name}: no point sampler for point_source {sample.point_source!r} "
+                             f"(known: {sorted(self.source_samplers)})")
+        return self.source_samplers[sample.point_source]
 
     def frame_size(self, sizes: list[tuple[int, int]]) -> tuple[int, int]:
         h = max(s[0] for s in sizes)
@@ -90,7 +106,7 @@ class PanopticCollate:
             g = torch.Generator()
             seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, ()))
             g.manual_seed(seed)
-            pts, lbs = zip(*(self.point_sampler(t, g) for t in targets))
+            pts, lbs = zip(*(self._sampler(s)(t, g) for s, t in zip(samples, targets)))
             P = max([p.shape[0] for p in pts] + [1])
             points = torch.zeros((len(targets), P, 2), dtype=torch.float32)
             labels = torch.full((len(targets), P), -1, dtype=torch.long)

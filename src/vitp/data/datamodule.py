@@ -91,6 +91,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
         self.predict_dataset: Dataset | None = None
+        self.source_samplers: dict[str, PointSampler] = {}  # samples with a point_source (coarse, box)
 
     # -- what a dataset's data module provides
     @property
@@ -125,7 +126,7 @@ class SegmentationDataModule(L.LightningDataModule):
         return PanopticCollate(
             size_divisor=self.size_divisor,
             fixed_size=self.image_size if self.pad_to_square else None,
-            point_sampler=point_sampler, seed=seed,
+            point_sampler=point_sampler, seed=seed, source_samplers=self.source_samplers,
         )
 
     def _loader(self, ds: Dataset | None, name: str, batch_size: int, shuffle: bool,
