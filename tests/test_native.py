@@ -165,3 +165,71 @@ def test_config_fit_and_test_one_batch(tiny_coco_root: Path, tmp_path: Path, mon
     vitp_config = PROJECT_ROOT / "configs" / "synthetic" / "vitp" / "tiny_native.yaml"
     main(["fit", "--config", str(vitp_config), *common[2:], "--model.init_args.proposer.init_args.model", str(saved),
           "--model.init_args.classifier.init_args.image_size", "64", "--trainer.callbacks", "[]"])
+
+
+class _LargestTensor:
+    """Records the largest tensor (elements) any op creates while active (a TorchDispatchMode)."""
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+
+        record = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_leaves(out):
+                    if isinstance(t, torch.Tensor):
+                        record.max_numel = max(record.max_numel, t.numel())
+                return out
+
+        self.max_numel, self.mode = 0, Mode()
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+
+def test_local_grouping_memory_linear_at_512x683():
+    """The local grouping layers never build an ``N_in x N_out`` matrix: the largest tensor any op
+    creates grows like the number of input tokens (x4 from 256x342 to 512x683, not x16), is at
+    most ``9 x C_out`` per input token, far below ``N_in x N_out``, and the assignment is stored as ``[B, h, w, 9]``; the whole tiny
+    backbone runs on a 512x683 image."""
+    from vitp.backbones.native_grouping import SpatialGrouping
+
+    torch.manual_seed(0)
+    layers = [SpatialGrouping(16, 32, local=True), SpatialGrouping(32, 64, local=True)]
+    largest = {}
+    for size in ((256, 342), (512, 683)):
+        h, w = math.ceil(size[0] / 32) * 8, math.ceil(size[1] / 32) * 8  # stride-4 grid of the padded image
+        biggest, n_in = 0, h * w
+        with torch.no_grad():
+            x = torch.randn(1, h * w, 16)
+            for layer in layers:
+                with _LargestTensor() as rec:
+                    x, a = layer(x, h, w)
+                n_out = (h // 2) * (w // 2)
+                assert a.weights.shape == (1, h, w, 9) and a.local
+                # per input token at most 9 candidates x the output width; far below N_in x N_out
+                assert rec.max_numel <= 9 * layer.q.out_features * h * w, (size, rec.max_numel)
+                if size == (512, 683) and layer is layers[0]:  # 22528 x 5632 tokens: 127 M if dense
+                    assert rec.max_numel < h * w * n_out / 20, "a local layer built a near-dense matrix"
+                biggest = max(biggest, rec.max_numel)
+                h, w = h // 2, w // 2
+        largest[size] = (biggest, n_in)
+    (small, n_small), (big, n_big) = largest[(256, 342)], largest[(512, 683)]
+    assert n_big / n_small == pytest.approx(4.0, rel=0.05)
+    assert big / small == pytest.approx(n_big / n_small, rel=0.05), largest  # linear, not quadratic
+
+    backbone = NativeBackbone.from_preset("tiny").eval()
+    with torch.no_grad():
+        out = backbone(torch.randn(1, 3, 512, 683))
+    assert [a.weights.shape for a in out.assignments[:2]] == [(1, 128, 176, 9), (1, 64, 88, 9)]
+    assert out.tokens.shape == (1, 16 * 22, 128)
+    chain = out.chain(2)  # stride-4 tokens -> stride-16 groups through the two local layers
+    assert chain.shape == (1, 128 * 176, 32 * 44)
+    assert torch.allclose(chain.sum(-1), torch.ones(1, 128 * 176), atol=1e-4)
