@@ -238,3 +238,22 @@ def test_miou_and_pq_equal_cityscapesscripts_on_the_same_predictions(cs_root: Pa
         for key in ("pq", "sq", "rq"):
             assert ours[key + suffix] == pytest.approx(100 * official[group][key], abs=1e-9), (group, key)
     assert 0 < ours["pq_th"] < 95 and 20 < ours["pq"] < 95 and 20 < ours["miou"] < 95  # hits and errors
+
+
+def test_training_batches_deterministic_under_a_seed_and_padding_is_ignore(cs_root: Path):
+    import lightning as L
+
+    def first_batch():
+        L.seed_everything(0)
+        dm = CityscapesDataModule(root=str(cs_root), coarse_splits=["train_extra"], num_workers=0, image_size=48,
+                                  batch_size=6, scale_range=(0.5, 1.5), point_sampler=ClassBalancedSampler(20))
+        dm.setup("fit")
+        return next(iter(dm.train_dataloader()))
+
+    a, b = first_batch(), first_batch()
+    assert torch.equal(a.images, b.images) and torch.equal(a.points, b.points)
+    assert torch.equal(a.point_labels, b.point_labels)
+    assert any(t.valid_size != tuple(a.images.shape[-2:]) for t in a.targets)  # some images were padded
+    for t in a.targets:  # padding is covered by no mask: ignored, never a class
+        h, w = t.valid_size
+        assert not t.masks[:, h:].any() and not t.masks[:, :, w:].any()

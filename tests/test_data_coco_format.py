@@ -147,3 +147,34 @@ def test_errors_name_the_file_and_problem(custom_root: Path, tmp_path: Path):
     dm = CocoFormatDataModule(root=str(custom_root), val_json=str(tmp_path / "bad.json"))
     with pytest.raises(DatasetError, match="train.json: its categories differ"):
         dm.build_dataset("train")
+
+
+def test_coco_panoptic_with_instances_json_boxes_in_the_official_names(custom_root: Path, tmp_path: Path):
+    """COCO itself: panoptic_train2017 masks + the boxes of instances_train2017.json (same images, same
+    category ids) as extra box-only samples."""
+    import shutil
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copytree(custom_root / "train", root / "train2017")
+    shutil.copytree(custom_root / "annotations" / "train", root / "annotations" / "panoptic_train2017")
+    pan = json.loads((custom_root / "annotations" / "train.json").read_text())
+    (root / "annotations" / "panoptic_train2017.json").write_text(json.dumps(pan))
+    things = {c["id"] for c in pan["categories"] if c["isthing"]}
+    boxes = [{"id": n, "image_id": a["image_id"], "category_id": s["category_id"], "bbox": [0, 0, 8, 8], "iscrowd": 0}
+             for n, (a, s) in enumerate(((a, s) for a in pan["annotations"] for s in a["segments_info"]), 1)
+             if s["category_id"] in things]
+    detection = {"images": pan["images"], "annotations": boxes, "categories": [c for c in pan["categories"] if c["isthing"]]}
+    (root / "annotations" / "instances_train2017.json").write_text(json.dumps(detection))
+    dm = CocoFormatDataModule(
+        root=str(root), train_images="train2017", train_json="annotations/panoptic_train2017.json",
+        val_images="train2017", val_json="annotations/panoptic_train2017.json", image_size=48, num_workers=0,
+        box_datasets=[{"images": "train2017", "json": "annotations/instances_train2017.json"}],
+        batch_size=4, scale_range=(1.0, 1.0), point_sampler=ClassBalancedSampler(num_points=16))
+    dm.setup("fit")
+    masks, box = dm.train_dataset.datasets
+    assert len(masks) == len(box) == 3 and box.dataset_info == dm.dataset_info
+    s = box[0]
+    assert s.point_source == "box" and set(s.labels.tolist()) <= {0, 2}  # apple / pear only
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.points.shape == (4, 16, 2) and (batch.point_labels >= 0).all()

@@ -90,7 +90,8 @@ def test_cityscapes_oracle_is_perfect_at_full_resolution(roots: dict[str, Path],
     assert len(semantic) == 2 and semantic[0].name == "frankfurt_000000_000019_leftImg8bit.png"
     from PIL import Image
 
-    assert Image.open(semantic[0]).size == (64, 32)  # predictions exported at the full resolution
+    with Image.open(semantic[0]) as im:
+        assert im.size == (64, 32)  # predictions exported at the full resolution
 
 
 def test_custom_coco_format_config_with_boxes(roots: dict[str, Path], tmp_path: Path, monkeypatch):
