@@ -110,8 +110,10 @@ def prepare(root: Path, instance_dir: Path, mapping: dict[int, int], splits: lis
                     sys.exit(f"{p}: annotation of {image_path.name} not found")
             with Image.open(image_path) as im:
                 width, height = im.size
-            sem = np.asarray(Image.open(sem_path)).astype(np.int64)
-            ins = np.asarray(Image.open(ins_path).convert("RGB"))
+            with Image.open(sem_path) as im:
+                sem = np.asarray(im).astype(np.int64)
+            with Image.open(ins_path) as im:
+                ins = np.asarray(im.convert("RGB"))
             if sem.shape != (height, width) or ins.shape[:2] != (height, width):
                 sys.exit(f"{sem_path} / {ins_path}: sizes differ from {image_path.name} ({width}x{height})")
             pan, segments, instances = convert_image(sem, ins, mapping, things, str(ins_path))
