@@ -23,7 +23,8 @@ from conftest import PROJECT_ROOT
 
 LOGGER_FRAGMENTS = sorted((PROJECT_ROOT / "configs" / "loggers").glob("*.yaml"))  # added after a main config
 CLUSTER_FRAGMENTS = sorted((PROJECT_ROOT / "configs" / "cluster").glob("*.yaml"))  # likewise
-FRAGMENTS = LOGGER_FRAGMENTS + CLUSTER_FRAGMENTS
+CHECKPOINT_FRAGMENTS = sorted((PROJECT_ROOT / "configs" / "checkpoint").glob("*.yaml"))  # likewise (test_resume.py)
+FRAGMENTS = LOGGER_FRAGMENTS + CLUSTER_FRAGMENTS + CHECKPOINT_FRAGMENTS
 CONFIGS = sorted(p for p in (PROJECT_ROOT / "configs").rglob("*.yaml") if p not in FRAGMENTS)
 
 

@@ -201,6 +201,7 @@ class ViTPModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         reconcile_checkpoint(self, checkpoint)  # class-count mismatches: a clear error or fresh heads
+        self.skipped_nonfinite = int(checkpoint.get("vitp_counters", {}).get("skipped_nonfinite", 0))
 
     def train(self, mode: bool = True) -> "ViTPModule":
         """Frozen parts stay in eval mode (no dropout, frozen norm statistics)."""
@@ -222,6 +223,7 @@ class ViTPModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         losses: dict[str, torch.Tensor] = {}
+        logged: dict[str, torch.Tensor] = {}  # values to log instead of the process's own (global means)
         if self.train_classifier:
             if batch.points is None:
                 raise ValueError("training the classifier needs point supervision: set data.point_sampler")
@@ -229,7 +231,7 @@ class ViTPModule(L.LightningModule):
             if self.no_object_points:
                 points, labels = self._with_proposal_points(batch)
             logits = self.classifier(batch.images, points, batch.valid_tensor())
-            losses["point_ce"] = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-1)
+            losses["point_ce"], logged["point_ce"] = self._point_ce(logits, labels)
         if self.train_proposer:
             proposals = self.proposer(batch.images, "panoptic", batch.targets)
             for name, value in self.proposer.loss(proposals, batch.targets).items():
@@ -249,10 +251,50 @@ class ViTPModule(L.LightningModule):
             self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=len(batch))
         if not finite:
             return None
-        self.log("train/loss", total, prog_bar=True, batch_size=len(batch))
+        logged_total = logged.get("point_ce", losses.get("point_ce", 0.0)) + losses.get("proposer_loss", 0.0)
+        self.log("train/loss", logged_total, prog_bar=True, batch_size=len(batch))
         for name, value in losses.items():
-            self.log(f"train/{name}", value, batch_size=len(batch))
+            self.log(f"train/{name}", logged.get(name, value), batch_size=len(batch))
         return total
+
+    def _point_ce(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy over the labelled points of the *global* batch, and its detached value
+        to log. Under DDP each process divides its sum by the point count of all processes (times
+        their number, as DDP averages the gradients), so 2 processes x b images train like 1 process
+        x 2b images whatever the point counts per process. No labelled point at all gives 0/0 = NaN
+        (a non-finite loss, see ``on_nonfinite_loss``)."""
+        labels = labels.flatten()
+        total = F.cross_entropy(logits.flatten(0, 1).float(), labels, ignore_index=-1, reduction="sum")
+        count = (labels != -1).sum().to(total.dtype)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            loss = total / count
+            return loss, loss.detach()
+        sums = self.trainer.strategy.reduce(torch.stack([total.detach(), count]), reduce_op="sum")
+        return total / (sums[1] / world), sums[0] / sums[1]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Seed torch's global RNG from (run seed, epoch, batch, rank): whatever the model or a loss
+        draws (dropout, a proposer loss's point sampling) is the same in a run resumed from a
+        checkpoint as in the uninterrupted run (the data side: ``vitp.data.loader``)."""
+        from vitp.data.loader import mix_seed, run_seed
+
+        torch.manual_seed(mix_seed("step", run_seed(), self.current_epoch, batch_idx, self.global_rank))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vitp_counters"] = {"skipped_nonfinite": self.skipped_nonfinite}
+
+    def _log_skipped_samples(self, stage: str) -> None:
+        """``{stage}/skipped_samples``: samples the data module skipped (``on_bad_sample=skip``),
+        summed over processes."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if getattr(datamodule, "on_bad_sample", "error") != "skip":
+            return
+        count = float(datamodule.skipped_samples.get(stage, 0))
+        self.log(f"{stage}/skipped_samples", count, sync_dist=True, reduce_fx="sum")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_skipped_samples("train")
 
     def _with_proposal_points(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's sampled points followed by one point per proposal of the frozen proposer on
@@ -294,7 +336,8 @@ class ViTPModule(L.LightningModule):
         if self.point_accuracy["micro"].update_called:
             results["point_acc"] = 100.0 * float(self.point_accuracy["micro"].compute())
             per_class = 100.0 * self.point_accuracy["none"].compute().cpu()
-            seen = self.point_accuracy["none"].tp.cpu() + self.point_accuracy["none"].fn.cpu() > 0
+            with self.point_accuracy["none"].sync_context():  # classes seen by any process (DDP)
+                seen = self.point_accuracy["none"].tp.cpu() + self.point_accuracy["none"].fn.cpu() > 0
             thing = self.dataset_info.thing_mask()
             for key, select in (("macro", seen), ("thing", seen & thing), ("stuff", seen & ~thing)):
                 if select.any():
@@ -315,12 +358,14 @@ class ViTPModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        self._log_skipped_samples("val")
 
     def on_test_epoch_start(self) -> None:
         self._exporter = self._make_exporter()
 
     def on_test_epoch_end(self) -> None:
         results = self._log_metrics("test")
+        self._log_skipped_samples("test")
         if self._exporter is not None:
             self._exporter.finalize(results)
             self._exporter = None

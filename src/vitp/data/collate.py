@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from vitp.data.loader import AllSkipped, SkippedSample, mix_seed
 from vitp.points import PointSampler
 from vitp.structures import Batch, Target
 
@@ -21,6 +22,8 @@ class Sample:
     segments: ``long[H0, W0]`` at the original size, index into ``labels``, -1 = void.
     point_source: what the masks are, for point sampling: ``None`` = fine masks; another name
         (``"coarse"``, ``"box"``) selects ``PanopticCollate.source_samplers[name]``.
+    seed: the sample's own seed (set by ``vitp.data.loader.SampleReader`` for training samples): its
+        augmentation was drawn under it and its points are drawn from it.
     """
 
     image: torch.Tensor
@@ -33,6 +36,7 @@ class Sample:
     orig_size: tuple[int, int]
     image_path: str | None = None
     point_source: str | None = None
+    seed: int | None = None
 
 
 def _round_up(x: int, d: int) -> int:
@@ -48,8 +52,10 @@ class PanopticCollate:
             so every batch has the same shape.
         point_sampler: when set, ``point_sampler(target, generator)`` is called per image and
             ``Batch.points`` / ``Batch.point_labels`` are filled (padded with label -1).
-        seed: seed of the points generator; None draws it from torch's global RNG (which Lightning's
-            ``seed_everything`` and the DataLoader's per-worker seeding control).
+        seed: points of evaluation batches: each image's points are drawn from a generator seeded with
+            ``(seed, image_id)``, so they do not depend on the batch or the process an image lands in.
+            Samples that carry their own ``Sample.seed`` (training) use it instead. Without either,
+            one seed per batch is drawn from torch's global RNG.
         source_samplers: samplers for samples whose ``point_source`` is set (e.g. ``{"coarse": ...,
             "box": ...}``); a sample with an unknown source is an error. Only used with
             ``point_sampler``.
@@ -86,7 +92,33 @@ class PanopticCollate:
             h, w = max(h, self.fixed_size), max(w, self.fixed_size)
         return _round_up(h, self.size_divisor), _round_up(w, self.size_divisor)
 
-    def __call__(self, samples: list[Sample]) -> Batch:
+    def __call__(self, samples: list[Sample]) -> Batch | AllSkipped:
+        skipped = [s.message for s in samples if isinstance(s, SkippedSample)]
+        if skipped:  # on_bad_sample=skip: the loader reports them (in the main process)
+            samples = [s for s in samples if not isinstance(s, SkippedSample)]
+            if not samples:
+                return AllSkipped(skipped)
+        batch = self._collate(samples)
+        if skipped:
+            batch.skipped = skipped  # read by vitp.data.loader.VitpDataLoader
+        return batch
+
+    def _generators(self, samples: list[Sample]) -> list[torch.Generator]:
+        """One points generator per sample: its own seed, else ``(self.seed, image_id)``, else a
+        generator shared by the batch, seeded from torch's global RNG."""
+        if all(s.seed is not None for s in samples) or self.seed is not None:
+            gens = []
+            for s in samples:
+                g = torch.Generator()
+                g.manual_seed(mix_seed("points", s.seed) if s.seed is not None
+                              else mix_seed("points", self.seed, s.image_id))
+                gens.append(g)
+            return gens
+        g = torch.Generator()
+        g.manual_seed(int(torch.randint(0, 2**62, ())))
+        return [g] * len(samples)
+
+    def _collate(self, samples: list[Sample]) -> Batch:
         sizes = [tuple(s.image.shape[-2:]) for s in samples]
         H, W = self.frame_size(sizes)
         images = samples[0].image.new_zeros((len(samples), 3, H, W))
@@ -103,10 +135,8 @@ class PanopticCollate:
             ))
         batch = Batch(images=images, targets=targets)
         if self.point_sampler is not None:
-            g = torch.Generator()
-            seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, ()))
-            g.manual_seed(seed)
-            pts, lbs = zip(*(self._sampler(s)(t, g) for s, t in zip(samples, targets)))
+            gens = self._generators(samples)
+            pts, lbs = zip(*(self._sampler(s)(t, g) for s, t, g in zip(samples, targets, gens)))
             P = max([p.shape[0] for p in pts] + [1])
             points = torch.zeros((len(targets), P, 2), dtype=torch.float32)
             labels = torch.full((len(targets), P), -1, dtype=torch.long)

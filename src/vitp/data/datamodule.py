@@ -8,6 +8,7 @@ module subclasses it and implements ``dataset_info`` and ``build_dataset`` (see
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitp.data.collate import PanopticCollate
 from vitp.data.folder import ImageFolderDataset
+from vitp.data.loader import EpochSampler, SampleReader, VitpDataLoader, run_seed, skipped_warning
 from vitp.data.samplers import UnpaddedDistributedSampler
 from vitp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vitp.points import PointSampler
@@ -47,7 +49,18 @@ class SegmentationDataModule(L.LightningDataModule):
         mean: normalisation mean (RGB, 0..1 units; ImageNet by default).
         std: normalisation std (RGB, 0..1 units; ImageNet by default).
         point_sampler: training point sampler; fills ``Batch.points`` / ``point_labels``.
-        val_points: also sample points on the validation loader (fixed seed per batch).
+        val_points: also sample points on the validation loader (fixed seed per image).
+        seed: seed of the training order, augmentation and points; None: the run's
+            ``seed_everything`` seed. Each epoch's randomness is drawn from ``(seed, epoch, sample)``
+            only, so a run resumed from a checkpoint (even one saved mid-epoch, see
+            ``configs/checkpoint/every_n_steps.yaml``) sees the batches of the uninterrupted run, and
+            a DDP run the batches of a single process with the same global batch (``vitp.data.loader``).
+        on_bad_sample: a sample whose files are unreadable or disagree with the annotations
+            (truncated or corrupt image, PNG ids not in the JSON, a record without annotation ...)
+            stops the run with an error naming the file (``error``), or is skipped with a warning
+            naming the file and counted (``skip``): logged as ``train/skipped_samples``,
+            ``val/skipped_samples``, ``test/skipped_samples``; ``predict`` writes nothing for it.
+            Problems of a whole file (duplicate image ids, missing keys, wrong root) always stop.
     """
 
     def __init__(
@@ -66,6 +79,8 @@ class SegmentationDataModule(L.LightningDataModule):
         std: tuple[float, float, float] = IMAGENET_STD,
         point_sampler: PointSampler | None = None,
         val_points: bool = False,
+        seed: int | None = None,
+        on_bad_sample: Literal["error", "skip"] = "error",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["point_sampler"])  # with the subclass's arguments
@@ -87,6 +102,11 @@ class SegmentationDataModule(L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.point_sampler = point_sampler
         self.val_points = val_points
+        if on_bad_sample not in ("error", "skip"):
+            raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
+        self.seed = seed
+        self.on_bad_sample = on_bad_sample
+        self.skipped_samples: dict[str, int] = {}  # stage -> samples skipped (on_bad_sample=skip), this process
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
@@ -122,6 +142,17 @@ class SegmentationDataModule(L.LightningDataModule):
                 if self.path is not None else self.build_dataset("test")
             )
 
+    def report_skipped(self, stage: str, messages: list[str]) -> None:
+        """Warn about samples skipped by ``on_bad_sample=skip`` (naming their files) and count them."""
+        skipped_warning(messages, stage)
+        self.skipped_samples[stage] = self.skipped_samples.get(stage, 0) + len(messages)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_samples": dict(self.skipped_samples)} if self.skipped_samples else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped_samples = dict(state_dict.get("skipped_samples", {}))
+
     def collate(self, point_sampler: PointSampler | None = None, seed: int | None = None) -> PanopticCollate:
         return PanopticCollate(
             size_divisor=self.size_divisor,
@@ -133,13 +164,34 @@ class SegmentationDataModule(L.LightningDataModule):
                 collate: PanopticCollate) -> DataLoader:
         if ds is None:
             raise RuntimeError(f"{name} dataset is not set up; call setup() first")
-        sampler = None
-        if not shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
-            sampler = UnpaddedDistributedSampler(ds)  # Lightning keeps a DistributedSampler it is given
-        return DataLoader(
-            ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=self.num_workers,
+        for part in getattr(ds, "datasets", [ds]):  # a ConcatDataset's parts
+            skipped = getattr(part, "skipped_records", None)  # records dropped when the dataset was built
+            if skipped:
+                self.report_skipped(name, list(skipped))
+                skipped.clear()  # reported once
+        reader = SampleReader(ds, self.on_bad_sample)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        sampler: Any = None
+        if shuffle:  # Lightning keeps a DistributedSampler it is given (no re-wrapping under DDP)
+            world, rank = ((torch.distributed.get_world_size(), torch.distributed.get_rank())
+                           if distributed else (1, 0))
+            sampler = EpochSampler(reader, run_seed(self.seed), num_replicas=world, rank=rank)
+        elif distributed:
+            sampler = UnpaddedDistributedSampler(reader)
+        return VitpDataLoader(
+            reader, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
             collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=False,
+            on_skipped=functools.partial(self.report_skipped, name),
+            batches_done=self._train_batches_done if shuffle else None,
         )
+
+    def _train_batches_done(self) -> int | None:
+        """Batches of the current training epoch already done (restored from a checkpoint saved
+        mid-epoch; 0 at an epoch start); None without a trainer."""
+        trainer = self.trainer
+        if trainer is None:
+            return None
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, "train", self.batch_size, True,
