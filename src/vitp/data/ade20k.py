@@ -175,7 +175,8 @@ class ADE20KDataModule(SegmentationDataModule):
         image_dir = self.root / "images" / split_dir(split)
         if self.task == "panoptic":
             return CocoPanopticDataset(self.root, split, json_path=self.json_path(split), image_dir=image_dir,
-                                       png_dir=self.root / f"ade20k_panoptic_{split}", **common)
+                                       png_dir=self.root / f"ade20k_panoptic_{split}", on_bad_sample=self.on_bad_sample,
+                                       **common)
         from vitp.data.coco_format import CocoInstancesDataset
 
         return CocoInstancesDataset(image_dir, self.json_path(split), **common)

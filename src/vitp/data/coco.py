@@ -87,6 +87,12 @@ class CocoPanopticDataset(Dataset):
         json_path: the panoptic JSON, when not at the COCO place (ADE20K, custom layouts).
         image_dir: the image folder, when not at the COCO place.
         png_dir: the panoptic PNG folder, when not at the COCO place.
+        on_bad_sample: a record that cannot be used (annotation without ``segments_info``, an image
+            without annotation or an annotation without image, unknown category, invalid segment
+            id) raises a :class:`DatasetError` naming the JSON and the record (``error``) or is
+            left out and listed in ``skipped_records`` (``skip``; the data module warns and counts).
+            Duplicate image ids, or a JSON without ``images`` / ``annotations`` / ``categories``,
+            always raise: there is no right record to keep.
     """
 
     def __init__(
@@ -103,6 +109,7 @@ class CocoPanopticDataset(Dataset):
         json_path: str | os.PathLike | None = None,
         image_dir: str | os.PathLike | None = None,
         png_dir: str | os.PathLike | None = None,
+        on_bad_sample: str = "error",
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -121,37 +128,79 @@ class CocoPanopticDataset(Dataset):
         self.dataset_info = dataset_info_from_categories(data["categories"], str(self.json_path))
         self._cat_to_label = {cid: k for k, cid in enumerate(self.dataset_info.category_ids)}
 
-        anns = {}
-        for a in data["annotations"]:
-            anns[a["image_id"]] = a
-        self.records: list[dict[str, Any]] = []
-        for im in data["images"]:
-            ann = anns.get(im["id"])
-            if ann is None:
-                raise DatasetError(
-                    f"{self.json_path}: image {im['file_name']} (id {im['id']}) has no panoptic annotation")
-            seg_ids = set()
-            for s in ann["segments_info"]:
-                if s["category_id"] not in self._cat_to_label:
-                    raise DatasetError(
-                        f"{self.json_path}: segment {s['id']} of {ann['file_name']} has unknown category "
-                        f"id {s['category_id']}")
-                if s["id"] in seg_ids or s["id"] == 0:
-                    raise DatasetError(
-                        f"{self.json_path}: {ann['file_name']} has an invalid or duplicate segment id {s['id']}")
-                seg_ids.add(s["id"])
-            self.records.append({
-                "image_id": im["id"], "file_name": im["file_name"],
-                "height": int(im["height"]), "width": int(im["width"]),
-                "png": ann["file_name"], "segments_info": ann["segments_info"],
-            })
-            if max_samples is not None and len(self.records) >= max_samples:
-                break
+        self.skipped_records: list[str] = []  # on_bad_sample="skip": what was left out, and why
+        self.records = self._pair(data, on_bad_sample, max_samples)
         del data
         self.transform = (
             TrainTransform(image_size, scale_range, hflip_prob, mean, std) if train
             else EvalTransform(image_size, mean, std)
         )
+
+    def _pair(self, data: dict[str, Any], on_bad_sample: str, max_samples: int | None) -> list[dict[str, Any]]:
+        """One record per image of ``images`` with its annotation, checked (see ``on_bad_sample``)."""
+        src = self.json_path
+        images, anns = data["images"], data["annotations"]
+        for what, items, keys in (("image", images, ("id", "file_name", "height", "width")),
+                                  ("annotation", anns, ("image_id", "file_name"))):
+            if not isinstance(items, list):
+                raise DatasetError(f"{src}: {what}s must be a list")
+            for i, item in enumerate(items):
+                missing = [k for k in keys if not isinstance(item, dict) or k not in item]
+                if missing:
+                    raise DatasetError(f"{src}: {what} {i} ({str(item)[:80]}) lacks {missing}")
+        by_id: dict[Any, dict[str, Any]] = {}
+        for im in images:
+            if im["id"] in by_id:
+                raise DatasetError(f"{src}: duplicate image id {im['id']!r} ({by_id[im['id']]['file_name']} and "
+                                   f"{im['file_name']}); image ids must be unique")
+            by_id[im["id"]] = im
+        ann_by_id: dict[Any, dict[str, Any]] = {}
+        bad: list[str] = []
+        for a in anns:
+            if a["image_id"] in ann_by_id:
+                raise DatasetError(f"{src}: two annotations for image id {a['image_id']!r} "
+                                   f"({ann_by_id[a['image_id']]['file_name']} and {a['file_name']})")
+            ann_by_id[a["image_id"]] = a
+            if a["image_id"] not in by_id:
+                bad.append(f"{src}: annotation {a['file_name']} refers to image id {a['image_id']!r}, "
+                           "which is not in 'images'")
+        records: list[dict[str, Any]] = []
+        for im in images:
+            if max_samples is not None and len(records) >= max_samples:
+                break
+            ann = ann_by_id.get(im["id"])
+            problem = (f"{src}: image {im['file_name']} (id {im['id']!r}) has no panoptic annotation"
+                       if ann is None else self._check_annotation(ann))
+            if problem is not None:
+                bad.append(problem)
+                continue
+            records.append({
+                "image_id": im["id"], "file_name": im["file_name"],
+                "height": int(im["height"]), "width": int(im["width"]),
+                "png": ann["file_name"], "segments_info": ann["segments_info"],
+            })
+        if bad and on_bad_sample != "skip":
+            more = f" (and {len(bad) - 1} more such problem(s))" if len(bad) > 1 else ""
+            raise DatasetError(bad[0] + more + "; set data.init_args.on_bad_sample=skip to leave such records out")
+        self.skipped_records.extend(bad)
+        return records
+
+    def _check_annotation(self, ann: dict[str, Any]) -> str | None:
+        """What is wrong with one panoptic annotation, or None."""
+        src, name = self.json_path, ann["file_name"]
+        infos = ann.get("segments_info")
+        if not isinstance(infos, list):
+            return f"{src}: annotation {name} has no 'segments_info' list"
+        seg_ids = set()
+        for s in infos:
+            if not isinstance(s, dict) or "id" not in s or "category_id" not in s:
+                return f"{src}: a segment of {name} lacks 'id' or 'category_id': {str(s)[:80]}"
+            if s["category_id"] not in self._cat_to_label:
+                return f"{src}: segment {s['id']} of {name} has unknown category id {s['category_id']}"
+            if not isinstance(s["id"], int) or s["id"] in seg_ids or s["id"] <= 0:
+                return f"{src}: {name} has an invalid or duplicate segment id {s['id']!r}"
+            seg_ids.add(s["id"])
+        return None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -270,4 +319,5 @@ class CocoPanopticDataModule(SegmentationDataModule):
             self.root, self.splits[stage], train=train, image_size=self.image_size,
             scale_range=self.scale_range, hflip_prob=self.hflip_prob, mean=self.mean, std=self.std,
             max_samples=self.max_train_samples if train else self.max_eval_samples,
+            on_bad_sample=self.on_bad_sample,
         )

@@ -237,7 +237,8 @@ class CocoFormatDataModule(SegmentationDataModule):
         png_dir = json_file.with_suffix("")
         panoptic = self.annotation_format == "panoptic" or (self.annotation_format == "auto" and png_dir.is_dir())
         if panoptic:
-            ds = CocoPanopticDataset(self.root, stage, json_path=json_file, image_dir=images, png_dir=png_dir, **common)
+            ds = CocoPanopticDataset(self.root, stage, json_path=json_file, image_dir=images, png_dir=png_dir,
+                                     on_bad_sample=self.on_bad_sample, **common)
         else:
             ds = CocoInstancesDataset(images, json_file, **common)
         if ds.dataset_info != self.dataset_info:

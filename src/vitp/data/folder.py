@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from vitp.data.collate import Sample
-from vitp.data.io import DatasetError, DatasetFileNotFoundError, _open
+from vitp.data.io import DatasetError, DatasetFileNotFoundError, _open, _over_white, pil_to_rgb
 from vitp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
 
@@ -62,27 +62,8 @@ def to_rgb_array(image: Any) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def _over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    a = alpha.astype(np.float32)[..., None] / 255.0
-    return (rgb.astype(np.float32) * a + 255.0 * (1.0 - a) + 0.5).astype(np.uint8)
-
-
 def _pil_to_rgb(im: Image.Image) -> np.ndarray:
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(im).astype(np.float64)
-        if im.mode.startswith("I;16"):
-            lo, hi = 0.0, 65535.0  # the full 16-bit range
-        else:  # 32-bit integer / float images have no fixed range: their own min..max
-            lo, hi = float(a.min(initial=0.0)), float(a.max(initial=0.0))
-        a = np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1) * 255.0
-        return np.repeat((a + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
-    if im.mode == "P":
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = np.asarray(im.convert("RGBA"))
-        return _over_white(rgba[..., :3], rgba[..., 3])
-    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8).copy()
+    return pil_to_rgb(ImageOps.exif_transpose(im))
 
 
 def load_user_image(path: str | os.PathLike) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Reading dataset files, with errors that name the file: images, panoptic PNGs, JSON.
 
-Images are read with PIL and converted to RGB (grayscale, CMYK, palette ...). EXIF orientation is
+Images are read with PIL and converted to RGB (grayscale, CMYK, palette, transparency over white,
+16-bit grayscale scaled; :func:`pil_to_rgb`). EXIF orientation is
 deliberately NOT applied: COCO annotations (sizes in the JSON and the panoptic PNGs) refer to the
 stored pixel array, ignoring the EXIF orientation tag, so transposing would misalign them.
 Truncated or corrupt files raise (PIL's ``LOAD_TRUNCATED_IMAGES`` is never set).
@@ -49,19 +50,46 @@ def _open(path: Path, what: str, convert) -> np.ndarray:
             return convert(im)
     except FileNotFoundError:
         raise DatasetFileNotFoundError(f"{path}: {what} not found") from None
-    except DatasetError:
-        raise
+    except DatasetError as e:
+        if str(path) in str(e):
+            raise
+        raise DatasetError(f"{path}: {what}: {e}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetError(f"{path}: cannot read {what} (corrupt or truncated?): {e}") from e
 
 
+def _over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    a = alpha.astype(np.float32)[..., None] / 255.0
+    return (rgb.astype(np.float32) * a + 255.0 * (1.0 - a) + 0.5).astype(np.uint8)
+
+
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """Any PIL mode as RGB ``uint8[H, W, 3]`` (no EXIF transposition): grayscale, palette, CMYK;
+    transparency over white; 16-bit grayscale (``I;16``) scaled from the full 16-bit range (PIL's own
+    ``convert("RGB")`` would clip it to white); 32-bit ``I`` / ``F`` by their own min..max.
+    A zero-size image is a :class:`DatasetError`."""
+    if im.width == 0 or im.height == 0:
+        raise DatasetError(f"zero-size image ({im.width}x{im.height})")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        if im.mode.startswith("I;16"):
+            lo, hi = 0.0, 65535.0  # the full 16-bit range
+        else:  # 32-bit integer / float images have no fixed range: their own min..max
+            lo, hi = float(a.min(initial=0.0)), float(a.max(initial=0.0))
+        a = np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1) * 255.0
+        return np.repeat((a + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = np.asarray(im.convert("RGBA"))
+        return _over_white(rgba[..., :3], rgba[..., 3])
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8).copy()
+
+
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as RGB ``uint8[H, W, 3]`` without EXIF transposition (see module doc)."""
-
-    def convert(im: Image.Image) -> np.ndarray:
-        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8).copy()
-
-    return _open(Path(path), "image file", convert)
+    """Read an image as RGB ``uint8[H, W, 3]`` without EXIF transposition (see module doc); modes as
+    :func:`pil_to_rgb`."""
+    return _open(Path(path), "image file", pil_to_rgb)
 
 
 def load_panoptic_png(path: str | os.PathLike) -> np.ndarray:
