@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from vitp.data.collate import Sample
 from vitp.data.datamodule import SegmentationDataModule, Stage
-from vitp.data.io import DatasetError, DatasetFileNotFoundError, load_json, load_panoptic_png, load_rgb
+from vitp.data.io import DatasetError, DatasetFileNotFoundError, load_coco_json, load_json, load_panoptic_png, load_rgb
 from vitp.data.labelmaps import build_sample
 from vitp.data.synthetic import ensure_synthetic_dataset
 from vitp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
@@ -117,12 +117,7 @@ class CocoPanopticDataset(Dataset):
         self.json_path = Path(json_path) if json_path else panoptic_json_path(self.root, split)
         self.image_dir = Path(image_dir) if image_dir else self.root / f"{split}2017"
         self.png_dir = Path(png_dir) if png_dir else self.root / "annotations" / f"panoptic_{split}2017"
-        data = load_json(self.json_path)
-        for key in ("images", "annotations", "categories"):
-            if key not in data:
-                raise DatasetError(f"{self.json_path}: missing {key!r}")
-        if not self.image_dir.is_dir():
-            raise DatasetFileNotFoundError(f"{self.image_dir}: image directory not found")
+        data = load_coco_json(self.json_path, self.image_dir)
         if not self.png_dir.is_dir():
             raise DatasetFileNotFoundError(f"{self.png_dir}: panoptic PNG directory not found")
         self.dataset_info = dataset_info_from_categories(data["categories"], str(self.json_path))

@@ -22,7 +22,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from vitp.data.coco import CocoPanopticDataset, dataset_info_from_categories
 from vitp.data.collate import Sample
 from vitp.data.datamodule import SegmentationDataModule, Stage
-from vitp.data.io import DatasetError, DatasetFileNotFoundError, load_json, load_rgb
+from vitp.data.io import DatasetError, DatasetFileNotFoundError, load_coco_json, load_json, load_rgb
 from vitp.data.labelmaps import build_sample
 from vitp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
 from vitp.points import BoxSampler
@@ -80,12 +80,7 @@ class CocoInstancesDataset(Dataset):
                  ) -> None:
         self.image_dir, self.json_path = Path(image_dir), Path(json_path)
         self.supervision, self.train = supervision, train
-        data = load_json(self.json_path)
-        for key in ("images", "annotations", "categories"):
-            if key not in data:
-                raise DatasetError(f"{self.json_path}: missing {key!r}")
-        if not self.image_dir.is_dir():
-            raise DatasetFileNotFoundError(f"{self.image_dir}: image directory not found")
+        data = load_coco_json(self.json_path, self.image_dir)
         self.dataset_info = dataset_info or dataset_info_from_categories(data["categories"], str(self.json_path))
         self._cat = category_map(data["categories"], self.dataset_info, match_by, unknown, str(self.json_path))
         known = {int(c["id"]) for c in data["categories"]}

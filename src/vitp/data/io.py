@@ -119,3 +119,15 @@ def load_json(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: annotation JSON must be an object")
     return data
+
+
+def load_coco_json(path: str | os.PathLike, image_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read a COCO-style annotation JSON (``images``, ``annotations``, ``categories`` required) whose
+    images live in ``image_dir``; errors name the file or directory."""
+    data = load_json(path)
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DatasetError(f"{path}: missing {key!r}")
+    if not Path(image_dir).is_dir():
+        raise DatasetFileNotFoundError(f"{image_dir}: image directory not found")
+    return data
