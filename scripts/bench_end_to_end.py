@@ -1,0 +1,222 @@
+"""End-to-end inference images/s: the proposer alone against proposer + ViT-P (issue 12).
+
+Loads a trained default run (stage 1: the Mask2Former proposer saved with ``save_pretrained``;
+stage 2: the ViT-P Lightning checkpoint) through ``vitp.Segmenter.from_checkpoint`` (the model
+``vitp test`` / ``vitp predict`` build) and times, per validation image (batch of 1, data loading
+excluded), the package's single inference path ``ViTPModule.pipeline`` (``TwoStagePipeline``):
+
+* ``proposer``: proposer forward + the proposer's own post-processing (variant ``proposer``);
+* ``vitp``: proposer forward + PointViT classification of its proposals + class fusion +
+  post-processing (variant ``vitp``, what ``vitp predict`` runs);
+* ``propose``: the proposer forward alone (to split the proposer's cost);
+* ``pointvit``: the classifier call of the pipeline alone (``TwoStagePipeline.classify``: inference
+  points of the proposals + PointViT), on the proposals computed once beforehand;
+* ``timm``: a plain timm forward of the classifier's own backbone (``backbone(x)``, no points) on
+  the image the classifier sees (same resize, ``PointViT.prepare_images``).
+
+With ``--large`` a randomly initialised ViT-S/14-sized PointViT at 518 px (as in
+``scripts/bench_point_vit.py``; no download) replaces the trained classifier on top of the same
+proposer and proposals: ``vitp L``, ``pointvit L``, ``timm L`` (one per ``--large-starts`` value).
+
+Every variant runs side by side in one process, the repetitions interleaved at the image level
+(image 1: every variant, image 2: every variant, ...; the variant order rotates per repetition), so
+load changes hit all alike. Reported: images/s from the median over repetitions of the summed
+process CPU time (``time.process_time``, which other jobs on a loaded machine disturb far less
+than wall time) and of the summed wall time, and ratios of CPU times (wall-time ratios in brackets).
+
+    python scripts/bench_end_to_end.py                   # the run `make demo` wrote in this checkout
+    python scripts/bench_end_to_end.py --workdir /tmp/fresh --large
+    python scripts/bench_end_to_end.py \\
+        --proposer /tmp/fresh/outputs/synthetic/proposer_mask2former/hf_model \\
+        --ckpt /tmp/fresh/outputs/synthetic/vitp_tiny_mask2former/checkpoints/last.ckpt \\
+        --data-root /tmp/fresh/data/generated/synthetic_coco
+
+Arguments after ``--`` go to ``vitp`` as overrides (e.g. ``-- --model.init_args.inference_top_k 5``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs/synthetic/vitp/tiny_mask2former.yaml"
+CHECKPOINT = Path("outputs/synthetic/vitp_tiny_mask2former/checkpoints/last.ckpt")
+PROPOSER = Path("outputs/synthetic/proposer_mask2former/hf_model")
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except Exception:
+        return platform.processor() or "unknown CPU"
+
+
+def load_average() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def interleaved_totals(
+    fns_per_image: list[dict[str, Callable[[], object]]], reps: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median over ``reps`` of the summed seconds over images, per variant, as ``(cpu, wall)``.
+
+    One warm-up call of every variant on the first image, then per repetition every image in turn
+    and, per image, every variant (order rotated by one each repetition)."""
+    names = list(fns_per_image[0])
+    for fn in fns_per_image[0].values():
+        fn()
+    cpu = {n: [0.0] * reps for n in names}
+    wall = {n: [0.0] * reps for n in names}
+    for r in range(reps):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for fns in fns_per_image:
+            for name in order:
+                c, w = time.process_time(), time.perf_counter()
+                fns[name]()
+                wall[name][r] += time.perf_counter() - w
+                cpu[name][r] += time.process_time() - c
+    med = statistics.median
+    return {n: med(v) for n, v in cpu.items()}, {n: med(v) for n, v in wall.items()}
+
+
+def large_classifier(num_outputs: int, model: str, size: int, start: int) -> torch.nn.Module:
+    """A randomly initialised PointViT of ``model`` at ``size`` px (no download)."""
+    from vitp.classifiers import PointViT
+
+    return PointViT(num_outputs, model_name=model, image_size=size, point_start_block=start).eval()
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=ROOT,
+                        help="directory of the run; relative paths (config's proposer, default data) resolve here "
+                             "(e.g. /tmp/fresh for a run made in a fresh clone there)")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the ViT-P training config")
+    parser.add_argument("--ckpt", type=Path, default=None,
+                        help=f"ViT-P Lightning checkpoint (default: WORKDIR/{CHECKPOINT}; e.g. "
+                             f"/tmp/fresh/{CHECKPOINT})")
+    parser.add_argument("--proposer", type=Path, default=None,
+                        help=f"the proposer saved with save_pretrained (default: the config's, {PROPOSER} under "
+                             f"WORKDIR; e.g. /tmp/fresh/{PROPOSER})")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="dataset root (default: the config's, the generated dataset under "
+                             "WORKDIR/data/generated/synthetic_coco; e.g. /tmp/fresh/data/generated/synthetic_coco)")
+    parser.add_argument("--task", default="panoptic", choices=["panoptic", "semantic", "instance"],
+                        help="the one task post-processed")
+    parser.add_argument("--images", type=int, default=50, help="first N images of the test split (val)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: steadier ratios on a shared, loaded machine; 0 = torch default)")
+    parser.add_argument("--large", action="store_true",
+                        help="also a random ViT-S/14-sized PointViT (--large-model, --large-size) on the proposals")
+    parser.add_argument("--large-model", default="vit_small_patch14_dinov2")
+    parser.add_argument("--large-size", type=int, default=518, help="its image_size (long side)")
+    parser.add_argument("--large-starts", type=int, nargs="+", default=[0], help="its point_start_block values")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from vitp import Segmenter
+
+    config, workdir = args.config.resolve(), args.workdir.resolve()
+    ckpt = (args.ckpt or workdir / CHECKPOINT).resolve()
+    extra = ["--model.init_args.tasks", f"[{args.task}]", "--trainer.enable_progress_bar", "false"]
+    if args.proposer is not None:
+        extra += ["--model.init_args.proposer.init_args.model", str(args.proposer.resolve())]
+    if args.data_root is not None:
+        extra += ["--data.init_args.root", str(args.data_root.resolve())]
+    old = os.getcwd()
+    os.chdir(workdir)
+    try:
+        seg = Segmenter.from_checkpoint(ckpt, config=config, overrides=[*extra, *overrides], batch_size=1)
+        dataset = seg.datamodule.build_dataset("test")
+        collate = seg.collate
+        batches = [collate([dataset[i]]) for i in range(min(args.images, len(dataset)))]
+    finally:
+        os.chdir(old)
+    module = seg.module.eval()
+    pipe = module.pipeline
+    if module.classifier is None or "proposer" not in module.variant_names:
+        raise SystemExit("needs a ViT-P checkpoint with a classifier and a proposer that has its own classes")
+    clf = module.classifier
+    backbone = clf.backbone
+    task = args.task
+    k_out = module.dataset_info.num_classes + int(pipe.point_no_object)
+
+    large: dict[int, tuple[object, torch.nn.Module]] = {}
+    if args.large:
+        torch.manual_seed(0)
+        for k in args.large_starts:
+            m = large_classifier(k_out, args.large_model, args.large_size, k)
+            if large:  # same weights for every start block
+                m.load_state_dict(next(iter(large.values()))[1].state_dict())
+            p = copy.copy(pipe)
+            p.classifier = m
+            large[k] = (p, m)
+
+    fns_per_image: list[dict[str, Callable[[], object]]] = []
+    n_points = []
+    with torch.inference_mode():
+        for batch in batches:
+            props = pipe.propose(batch, task)
+            n_points.append(props.mask_logits.shape[1] * pipe.inference_top_k)
+            valid = batch.valid_tensor()
+            fns: dict[str, Callable[[], object]] = {
+                "proposer": lambda b=batch: pipe(b, variants=("proposer",)),
+                "vitp": lambda b=batch: pipe(b, variants=("vitp",)),
+                "propose": lambda b=batch: pipe.propose(b, task),
+                "pointvit": lambda b=batch, p=props: pipe.classify(b, [p]),
+                "timm": lambda b=batch, v=valid: backbone(clf.prepare_images(b.images, v)[0]),
+            }
+            for k, (lp, lm) in large.items():
+                fns[f"vitp L k{k}"] = lambda b=batch, lp=lp: lp(b, variants=("vitp",))
+                fns[f"pointvit L k{k}"] = lambda b=batch, p=props, lp=lp: lp.classify(b, [p])
+            if large:
+                lm = next(iter(large.values()))[1]
+                fns["timm L"] = lambda b=batch, v=valid, lm=lm: lm.backbone(lm.prepare_images(b.images, v)[0])
+            fns_per_image.append(fns)
+        load_start = load_average()
+        cpu, wall = interleaved_totals(fns_per_image, args.reps)
+    n = len(batches)
+    h, w = batches[0].images.shape[-2:]
+    depth = len(backbone.blocks)
+    print(f"`python {' '.join(['scripts/bench_end_to_end.py', *(sys.argv[1:] if argv is None else argv)])}`\n")
+    print(f"{n} images ({task}; first input {h}x{w}), {statistics.mean(n_points):.0f} proposals = points per image, "
+          f"{args.reps} interleaved repetitions (medians); classifier {type(clf).__name__} "
+          f"({depth} blocks, dim {clf.embed_dim}, image_size {clf.image_size}, point_start_block "
+          f"{clf.point_start_block}); CPU {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; load average {load_start} at start, {load_average()} at end\n")
+    print("| variant | images/s (CPU) | images/s (wall) | ms / image (CPU) | CPU / proposer (wall) |")
+    print("|---|---:|---:|---:|---:|")
+    for name in cpu:
+        print(f"| {name} | {n / cpu[name]:.2f} | {n / wall[name]:.2f} | {1000 * cpu[name] / n:.1f} | "
+              f"{cpu[name] / cpu['proposer']:.2f} ({wall[name] / wall['proposer']:.2f}) |")
+    ratios = {"vitp / proposer": ("vitp", "proposer"), "pointvit / timm": ("pointvit", "timm"),
+              "pointvit / proposer": ("pointvit", "proposer")}
+    for k in large:
+        ratios[f"vitp L k{k} / proposer"] = (f"vitp L k{k}", "proposer")
+        ratios[f"pointvit L k{k} / timm L"] = (f"pointvit L k{k}", "timm L")
+    print("\n| ratio | CPU time (wall) |")
+    print("|---|---:|")
+    for label, (a, b) in ratios.items():
+        print(f"| {label} | {cpu[a] / cpu[b]:.2f} ({wall[a] / wall[b]:.2f}) |")
+    return {"cpu": cpu, "wall": wall}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The benchmark scripts run end to end on tiny random models (so they cannot rot unnoticed)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from conftest import PROJECT_ROOT
+
+CONFIG = PROJECT_ROOT / "configs" / "synthetic" / "vitp" / "tiny_mask2former.yaml"
+SMALL = ["--data.init_args.image_size", "64", "--data.init_args.num_workers", "0",
+         "--model.init_args.classifier.init_args.image_size", "64"]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_end_to_end(tiny_coco_root: Path, tmp_path: Path, capsys):
+    """A tiny Mask2Former saved with save_pretrained + a ViT-P checkpoint of the default config, both
+    outside the working directory, given by path; every variant is timed and the table printed."""
+    from vitp.cli import cli
+    from vitp.data.coco import read_dataset_info
+    from vitp.proposers import Mask2FormerProposer
+
+    torch.manual_seed(0)
+    info = read_dataset_info(tiny_coco_root, "val")
+    proposer_dir = tmp_path / "stage1" / "hf_model"
+    Mask2FormerProposer(preset="tiny", num_classes=info.num_classes, class_names=list(info.class_names),
+                        is_thing=list(info.is_thing)).save_pretrained(proposer_dir)
+    args = ["--config", str(CONFIG), "--data.init_args.root", str(tiny_coco_root), "--trainer.logger", "false",
+            "--model.init_args.proposer.init_args.model", str(proposer_dir), *SMALL]
+    built = cli(args, run=False)
+    ckpt = tmp_path / "vitp.ckpt"
+    torch.save({"state_dict": built.model.state_dict(), "pytorch-lightning_version": L.__version__,
+                "epoch": 0, "global_step": 0}, ckpt)
+
+    workdir = tmp_path / "work"  # nothing of the run here: every path comes from the arguments
+    workdir.mkdir()
+    out = _script("bench_end_to_end").main([
+        "--workdir", str(workdir), "--ckpt", str(ckpt), "--proposer", str(proposer_dir),
+        "--data-root", str(tiny_coco_root), "--images", "2", "--reps", "1",
+        "--large", "--large-model", "vit_tiny_patch16_224", "--large-size", "32", "--large-starts", "0", "11",
+        "--", *SMALL])
+    names = {"proposer", "vitp", "propose", "pointvit", "timm", "vitp L k0", "pointvit L k11", "timm L"}
+    assert names <= set(out["cpu"])
+    assert all(t > 0 for t in out["wall"].values())
+    printed = capsys.readouterr().out
+    assert "| vitp / proposer |" in printed and "| pointvit L k11 / timm L |" in printed
