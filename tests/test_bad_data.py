@@ -4,8 +4,8 @@ kind is a clear error naming the file and the problem; kinds that concern one sa
 unaffected. Kinds already covered elsewhere are not repeated here: truncated / garbage JPEG,
 missing image / PNG, PNG size or ids not matching the JSON, unknown category, image size differing
 from the JSON, grayscale and CMYK JPEGs, EXIF ignored for dataset images (tests/test_data_coco.py);
-label-map values outside the label table, unpaired image/label files, wrong root or split
-(tests/test_data_cityscapes.py, tests/test_data_ade20k.py, tests/test_data_coco_format.py);
+label-map values outside the label table, unpaired image/label files, wrong root or split, each
+with on_bad_sample=skip too (tests/test_bad_data_cs_ade.py; tests/test_data_coco_format.py);
 RGBA, 16-bit, grayscale and EXIF-rotated photos for predict (tests/test_predict_api.py).
 """
 

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from vitp.data.coco import CocoPanopticDataset
 from vitp.data.datamodule import SegmentationDataModule, Stage
 from vitp.data.io import DatasetError, DatasetFileNotFoundError
-from vitp.data.labelmaps import LabelMapDataset, Record, check_values, class_segments, load_label_png, pair_files
+from vitp.data.labelmaps import LabelMapDataset, Record, check_values, class_segments, load_label_png
 from vitp.structures import DatasetInfo
 
 SPLIT_DIRS = {"train": "training", "val": "validation"}
@@ -93,7 +93,9 @@ class ADE20KSemanticDataset(LabelMapDataset):
         split: ``train`` / ``val`` (directories ``training`` / ``validation``).
         train: training augmentation; otherwise eval resize only.
         max_samples: keep only the first n images (sorted by name).
-        kwargs: transform arguments of ``LabelMapDataset`` (image_size, scale_range, ...).
+        kwargs: ``on_bad_sample`` and the transform arguments of ``LabelMapDataset`` (image_size,
+            scale_range, ...). With ``on_bad_sample="skip"`` an image without annotation PNG, or an
+            annotation without image, is left out and listed in ``skipped_records``.
     """
 
     def __init__(self, root: str | Path, split: str, train: bool = False, max_samples: int | None = None,
@@ -102,7 +104,7 @@ class ADE20KSemanticDataset(LabelMapDataset):
         self.root = Path(root)
         check_root(self.root)
         d = split_dir(split)
-        pairs = pair_files(self.root / "images" / d, ".jpg", self.root / "annotations" / d, ".png")
+        pairs = self.pair(self.root / "images" / d, ".jpg", self.root / "annotations" / d, ".png")
         self.records = [Record(image=i, labels=(lb,), image_id=stem) for i, lb, stem in pairs[:max_samples]]
 
     def decode(self, record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,7 +172,7 @@ class ADE20KDataModule(SegmentationDataModule):
                       hflip_prob=self.hflip_prob, mean=self.mean, std=self.std,
                       max_samples=self.max_train_samples if train else self.max_eval_samples)
         if self.task == "semantic":
-            return ADE20KSemanticDataset(self.root, split, **common)
+            return ADE20KSemanticDataset(self.root, split, on_bad_sample=self.on_bad_sample, **common)
         check_root(self.root)
         image_dir = self.root / "images" / split_dir(split)
         if self.task == "panoptic":

@@ -27,7 +27,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from vitp.data.datamodule import SegmentationDataModule, Stage
 from vitp.data.io import DatasetError, DatasetFileNotFoundError
-from vitp.data.labelmaps import LabelMapDataset, Record, check_values, class_segments, load_label_png, pair_files
+from vitp.data.labelmaps import LabelMapDataset, Record, check_values, class_segments, load_label_png
 from vitp.points import ClassBalancedSampler
 from vitp.structures import DatasetInfo
 
@@ -66,7 +66,10 @@ class CityscapesDataset(LabelMapDataset):
             (from ``labelIds``), no crowd.
         train: training augmentation (see ``LabelMapDataset``); otherwise eval resize only.
         max_samples: keep only the first n images (sorted by city and name).
-        kwargs: transform arguments of ``LabelMapDataset`` (image_size, scale_range, ...).
+        kwargs: ``on_bad_sample`` and the transform arguments of ``LabelMapDataset`` (image_size,
+            scale_range, ...). With ``on_bad_sample="skip"`` an image without its label file (or
+            ``*_instanceIds.png`` in panoptic mode), or a label file without image, is left out and
+            listed in ``skipped_records``.
     """
 
     def __init__(self, root: str | Path, split: str, annotation: Literal["gtFine", "gtCoarse"] = "gtFine",
@@ -80,17 +83,27 @@ class CityscapesDataset(LabelMapDataset):
             raise DatasetFileNotFoundError(
                 f"{self.root / 'leftImg8bit'}: not found; root must be the Cityscapes directory holding "
                 "leftImg8bit/ and gtFine/")
-        pairs = pair_files(self.root / "leftImg8bit" / split, "_leftImg8bit.png",
-                           self.root / annotation / split, f"_{annotation}_labelIds.png", recursive=True)
-        for image, label, stem in pairs[:max_samples]:
+        pairs = self.pair(self.root / "leftImg8bit" / split, "_leftImg8bit.png",
+                          self.root / annotation / split, f"_{annotation}_labelIds.png", recursive=True)
+        for image, label, stem in pairs:
+            if max_samples is not None and len(self.records) >= max_samples:
+                break
             files: tuple[Path, ...] = (label,)
             if mode == "panoptic":
                 inst = label.with_name(label.name.replace("_labelIds.png", "_instanceIds.png"))
                 if not inst.is_file():
-                    raise DatasetFileNotFoundError(f"{inst}: instance-id file of {image.name} not found "
-                                                   "(panoptic/instance targets need *_instanceIds.png)")
+                    problem = (f"{inst}: instance-id file of {image.name} not found "
+                               "(panoptic/instance targets need *_instanceIds.png)")
+                    if self.on_bad_sample != "skip":
+                        raise DatasetFileNotFoundError(
+                            problem + "; set data.init_args.on_bad_sample=skip to leave such images out")
+                    self.skipped_records.append(problem)
+                    continue
                 files = (label, inst)
             self.records.append(Record(image=image, labels=files, image_id=stem.replace("_leftImg8bit", "")))
+        if not self.records and max_samples != 0:  # every pair lacked its instance-id file
+            raise DatasetError(f"{self.root / 'leftImg8bit' / split}: no usable image, all were skipped: "
+                               f"{self.skipped_records[:3]}")
 
     def decode(self, record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.mode == "semantic":
@@ -171,8 +184,8 @@ class CityscapesDataModule(SegmentationDataModule):
     def _dataset(self, split: str, train: bool, **kwargs: Any) -> CityscapesDataset:
         return CityscapesDataset(
             self.root, split, train=train, image_size=self.image_size if train else self.eval_image_size,
-            scale_range=self.scale_range,
-            hflip_prob=self.hflip_prob, mean=self.mean, std=self.std, **kwargs)
+            scale_range=self.scale_range, hflip_prob=self.hflip_prob, mean=self.mean, std=self.std,
+            on_bad_sample=self.on_bad_sample, **kwargs)
 
     def build_dataset(self, stage: Stage) -> Dataset:
         train = stage == "train"

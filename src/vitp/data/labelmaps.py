@@ -87,12 +87,15 @@ def class_segments(class_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pair_files(image_dir: Path, image_suffix: str, label_dir: Path, label_suffix: str,
-               recursive: bool = False) -> list[tuple[Path, Path, str]]:
+               recursive: bool = False, skipped: list[str] | None = None) -> list[tuple[Path, Path, str]]:
     """``(image, label, stem)`` for every image ``STEM{image_suffix}`` under ``image_dir`` and its
     label ``STEM{label_suffix}`` at the same relative place under ``label_dir``, sorted by stem.
 
-    A missing directory, no images, or images and labels that do not match one to one raise a
-    :class:`DatasetError` naming the directories and the first unmatched files.
+    A missing directory or no images raise a :class:`DatasetError` naming the directory. Images and
+    labels that do not match one to one raise one naming the directories and the first unmatched
+    files, unless ``skipped`` is given (``on_bad_sample="skip"``): then each unmatched file is left
+    out and a message naming it and the file it lacks is appended to ``skipped``; if no pair is
+    left, that still raises.
     """
     for d, what in ((image_dir, "image directory"), (label_dir, "label directory")):
         if not d.is_dir():
@@ -106,12 +109,20 @@ def pair_files(image_dir: Path, image_suffix: str, label_dir: Path, label_suffix
         raise DatasetError(f"{image_dir}: no images '*{image_suffix}' found")
     no_label = sorted(set(images) - set(labels))
     no_image = sorted(set(labels) - set(images))
-    if no_label or no_image:
+    paired = sorted(set(images) & set(labels))
+    if (no_label or no_image) and (skipped is None or not paired):
+        advice = ("; set data.init_args.on_bad_sample=skip to leave unpaired files out" if skipped is None
+                  else "; no image has its label file (wrong label suffix or directory?)")
         raise DatasetError(
             f"{image_dir} has {len(images)} images and {label_dir} has {len(labels)} label files; "
             f"images without label: {[str(images[k].name) for k in no_label[:3]]}, "
-            f"labels without image: {[str(labels[k].name) for k in no_image[:3]]}")
-    return [(images[k], labels[k], Path(k).name) for k in sorted(images)]
+            f"labels without image: {[str(labels[k].name) for k in no_image[:3]]}" + advice)
+    if skipped is not None:
+        skipped.extend(f"{images[k]}: image has no label file (expected {label_dir / (k + label_suffix)})"
+                       for k in no_label)
+        skipped.extend(f"{labels[k]}: label file has no image (expected {image_dir / (k + image_suffix)})"
+                       for k in no_image)
+    return [(images[k], labels[k], Path(k).name) for k in paired]
 
 
 @dataclass
@@ -129,6 +140,11 @@ class LabelMapDataset(Dataset):
     Subclasses fill ``self.records`` and implement :meth:`decode`. Items are
     :class:`vitp.data.collate.Sample`; train/eval transforms as in ``vitp.data.transforms``.
     ``point_source``: set on every sample (``"coarse"`` for coarse labels, see ``PanopticCollate``).
+    ``on_bad_sample``: ``skip`` leaves out images without label files (and label files without
+    image) when pairing, listing them in ``skipped_records`` (the data module warns and counts them);
+    ``error`` raises naming them. Files that cannot be read or hold values outside the label table
+    raise a :class:`DatasetError` when the sample is read (the loader skips those, see
+    ``vitp.data.loader``).
     """
 
     def __init__(
@@ -140,16 +156,28 @@ class LabelMapDataset(Dataset):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         point_source: str | None = None,
+        on_bad_sample: str = "error",
     ) -> None:
+        if on_bad_sample not in ("error", "skip"):
+            raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
         self.train = train
         self.point_source = point_source
+        self.on_bad_sample = on_bad_sample
         self.records: list[Record] = []
+        self.skipped_records: list[str] = []  # on_bad_sample="skip": what was left out, and why
         self.transform = (TrainTransform(image_size, scale_range, hflip_prob, mean, std) if train
                           else EvalTransform(image_size, mean, std))
 
     def decode(self, record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(segments int64[H, W], labels int64[N], is_crowd bool[N])`` of one record."""
         raise NotImplementedError
+
+    def pair(self, image_dir: Path, image_suffix: str, label_dir: Path, label_suffix: str,
+             recursive: bool = False) -> list[tuple[Path, Path, str]]:
+        """:func:`pair_files` with this dataset's ``on_bad_sample`` (skipped files go to
+        ``skipped_records``)."""
+        return pair_files(image_dir, image_suffix, label_dir, label_suffix, recursive=recursive,
+                          skipped=self.skipped_records if self.on_bad_sample == "skip" else None)
 
     def __len__(self) -> int:
         return len(self.records)
