@@ -89,6 +89,8 @@ def test_kill_mid_epoch_then_resume_equals_uninterrupted(tiny_coco_root: Path, t
     ckpts = killed / "checkpoints" / "every_n_steps"
     last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 6 and last["epoch"] == 1  # mid-epoch: 2 of epoch 1's 4 batches done
+    # where to resume: the data module's own record of the last batch trained on (not Lightning's loop state)
+    assert last["CocoPanopticDataModule"]["train_position"] == {"epoch": 1, "batches": 2}
     for step in (3, 6):  # before the kill both runs are the same run
         a, b = _weights(full / "checkpoints/every_n_steps" / f"step={step}.ckpt"), _weights(ckpts / f"step={step}.ckpt")
         assert all(torch.equal(a[k], b[k]) for k in a), step
@@ -138,3 +140,40 @@ def test_epoch_order_and_sample_seeds_depend_only_on_seed_and_epoch(tiny_coco_ro
     interleaved = [x for pair in zip(r0, r1) for x in pair]
     assert [x[0] for x in interleaved] == [x[0] for x in e1]
     assert all(torch.equal(x[1], y[1]) and torch.equal(x[2], y[2]) for x, y in zip(interleaved, e1))
+
+
+def test_data_module_checkpoints_the_last_trained_batch_and_resumes_after_it(tiny_coco_root: Path):
+    """The position saved is that of the batch Lightning hands to training (``on_before_batch_transfer``),
+    not of the one it prefetched; a data module restored from it resumes at the next batch of that
+    epoch only."""
+    def data_module() -> CocoPanopticDataModule:
+        dm = CocoPanopticDataModule(root=str(tiny_coco_root), batch_size=2, num_workers=0, image_size=48, seed=5,
+                                    point_sampler=ClassBalancedSampler(8))
+        dm.setup("fit")
+        return dm
+
+    def epoch(dm: CocoPanopticDataModule, number: int) -> list:
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(number)
+        return [(b.targets[i].image_id, b.images[i]) for b in loader for i in range(len(b))]
+
+    full = epoch(data_module(), 1)
+    dm = data_module()
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(1)
+    it = iter(loader)
+    drawn = [next(it) for _ in range(3)]  # a prefetching loop draws one batch ahead ...
+    for batch in drawn[:2]:  # ... of the two it trains on
+        dm.on_before_batch_transfer(batch, 0)
+    state = dm.state_dict()
+    assert state["train_position"] == {"epoch": 1, "batches": 2}
+
+    resumed = data_module()
+    resumed.load_state_dict(state)
+    rest = epoch(resumed, 1)
+    assert [x[0] for x in rest] == [x[0] for x in full[4:]]
+    assert all(torch.equal(x[1], y[1]) for x, y in zip(rest, full[4:]))
+    assert len(epoch(resumed, 1)) == len(full)  # used once: the next epoch pass starts at its beginning
+    other = data_module()
+    other.load_state_dict(state)
+    assert len(epoch(other, 2)) == len(full)  # a position of epoch 1 skips nothing of epoch 2

@@ -107,6 +107,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.seed = seed
         self.on_bad_sample = on_bad_sample
         self.skipped_samples: dict[str, int] = {}  # stage -> samples skipped (on_bad_sample=skip), this process
+        self.train_position: dict[str, int] | None = None  # last training batch trained on (checkpointed)
+        self._resume_position: dict[str, int] | None = None  # restored from a checkpoint, not yet resumed
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
@@ -148,10 +150,29 @@ class SegmentationDataModule(L.LightningDataModule):
         self.skipped_samples[stage] = self.skipped_samples.get(stage, 0) + len(messages)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"skipped_samples": dict(self.skipped_samples)} if self.skipped_samples else {}
+        state: dict[str, Any] = {"skipped_samples": dict(self.skipped_samples)} if self.skipped_samples else {}
+        if self.train_position is not None:
+            state["train_position"] = dict(self.train_position)
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped_samples = dict(state_dict.get("skipped_samples", {}))
+        position = state_dict.get("train_position")
+        self.train_position = self._resume_position = dict(position) if position is not None else None
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Record where the training loader stands when one of its batches is trained on (Lightning
+        calls this hook for the batch about to be trained, not for the one it prefetched): saved in
+        checkpoints by ``state_dict``, so a run resumed from a mid-epoch checkpoint starts at the next
+        batch of the same epoch (``VitpDataLoader``)."""
+        position = getattr(batch, "train_position", None)
+        if position is not None:
+            self.train_position = position
+        return batch
+
+    def _take_resume_position(self) -> dict[str, int] | None:
+        position, self._resume_position = self._resume_position, None
+        return position
 
     def collate(self, point_sampler: PointSampler | None = None, seed: int | None = None) -> PanopticCollate:
         return PanopticCollate(
@@ -182,16 +203,8 @@ class SegmentationDataModule(L.LightningDataModule):
             reader, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
             collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=False,
             on_skipped=functools.partial(self.report_skipped, name),
-            batches_done=self._train_batches_done if shuffle else None,
+            resume=self._take_resume_position if shuffle else None,
         )
-
-    def _train_batches_done(self) -> int | None:
-        """Batches of the current training epoch already done (restored from a checkpoint saved
-        mid-epoch; 0 at an epoch start); None without a trainer."""
-        trainer = self.trainer
-        if trainer is None:
-            return None
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, "train", self.batch_size, True,

@@ -13,10 +13,11 @@ diverges from the first resumed batch on. Here:
   of ``W * b`` images (same images, same augmentation, same points).
 * :class:`SampleReader` reads a sample with torch's RNG seeded by that seed (the transforms draw
   from it) and stores the seed on the sample (the collate seeds the point sampler with it).
-* :class:`VitpDataLoader` implements Lightning's ``state_dict`` / ``load_state_dict`` (batches
-  consumed in the current epoch), and starts its iterator lazily, at the first batch, after
-  Lightning has called ``set_epoch``: a checkpoint saved mid-epoch (``ModelCheckpoint
-  (every_n_train_steps=N)``) resumes at the next batch of the same order.
+* :class:`VitpDataLoader` tags each training batch with its position in the epoch, which the data
+  module records for the batch being trained and keeps in checkpoints, and starts its iterator
+  lazily, at the first batch, after Lightning has called ``set_epoch``: a checkpoint saved
+  mid-epoch (``ModelCheckpoint(every_n_train_steps=N)``) resumes at the next batch of the same
+  order.
 
 ``on_bad_sample="skip"``: a sample whose files cannot be read or do not agree with the annotations
 (any :class:`vitp.data.io.DatasetError`) is replaced by a :class:`SkippedSample`; the collate drops
@@ -137,23 +138,29 @@ class VitpDataLoader(DataLoader):
     """``DataLoader`` that is resumable mid-epoch (Lightning's stateful-loader interface), creates its
     iterator at the first batch (after ``set_epoch``), and reports skipped samples.
 
-    Where to resume: ``batches_done()`` when given (the data module reads Lightning's own count of
-    this epoch's completed batches, restored from the checkpoint), else the state loaded by
-    ``load_state_dict``. Both are needed: Lightning loads a stateful loader's state only when it
-    builds the loader after restoring the checkpoint, but ``configure_optimizers`` asking for
-    ``trainer.estimated_stepping_batches`` builds it before (Lightning 2.6), so the loaded state
-    never arrives.
+    Where to resume: ``resume()`` when given and it returns a position, else the state loaded by
+    ``load_state_dict``. A position is ``{"epoch": e, "batches": n}``: ``n`` batches of epoch ``e``
+    drawn from the iterator (dropped all-skipped batches included); a position of another epoch
+    resumes nothing. Each batch carries its position (``batch.train_position``, with an
+    :class:`EpochSampler` only); the data module records it when Lightning hands the batch to
+    training and keeps it in the checkpoint (``SegmentationDataModule.state_dict``), which is what
+    ``resume()`` returns after a restart. This loader's own ``state_dict`` cannot serve: it counts
+    batches drawn, one ahead of training (Lightning prefetches a batch), and Lightning loads a
+    loader's state only when it builds the loader after restoring the checkpoint, whereas
+    ``configure_optimizers`` asking for ``trainer.estimated_stepping_batches`` builds it before
+    (Lightning 2.6). It is kept for direct use and so that Lightning treats the loader as resumable.
 
     Args (besides ``DataLoader``'s):
         on_skipped: called in the main process with the messages of the samples a batch skipped.
-        batches_done: batches of the current epoch already trained on (mid-epoch resume).
+        resume: called when the epoch's iterator starts; returns the position to resume at (and
+            forgets it), or None.
     """
 
     def __init__(self, *args: Any, on_skipped: Callable[[list[str]], None] | None = None,
-                 batches_done: Callable[[], int] | None = None, **kwargs: Any) -> None:
+                 resume: Callable[[], dict[str, int] | None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_skipped = on_skipped
-        self.batches_done = batches_done
+        self.resume = resume
         self._consumed = 0  # batches taken from the current epoch's iterator
         self._epoch = 0
         self._resume: dict[str, int] | None = None
@@ -186,11 +193,10 @@ class _LazyIterator:
         epoch = sampler.epoch if sampler is not None else 0
         skip = 0
         if sampler is not None:
-            done = loader.batches_done() if loader.batches_done is not None else None
-            if done is not None:
-                skip = int(done)
-            elif loader._resume is not None and loader._resume["epoch"] == epoch:
-                skip = int(loader._resume["batches"])
+            position = loader.resume() if loader.resume is not None else None
+            position = position if position is not None else loader._resume
+            if position is not None and int(position["epoch"]) == epoch:
+                skip = int(position["batches"])
             sampler.skip = skip * int(loader.batch_size or 1)
         loader._resume = None
         loader._epoch, loader._consumed = epoch, skip
@@ -207,6 +213,8 @@ class _LazyIterator:
                 if self.loader.on_skipped is not None:
                     self.loader.on_skipped(list(skipped))
             if not isinstance(batch, AllSkipped):
+                if self.loader._epoch_sampler() is not None:  # read by the data module (resume)
+                    batch.train_position = {"epoch": self.loader._epoch, "batches": self.loader._consumed}
                 return batch
 
 
