@@ -25,6 +25,11 @@ mean +- std over seeds. Nothing is tuned on the val split: the recipe is fixed i
         --num-val 50 --image-size 128 --preset small --workdir outputs/native_maskfree \
         --figure docs/native_maskfree.png
 
+Opt-in backbone options against the collapse of the dense (final) grouping layer (defaults off):
+``--dense-locality BETA`` (learned locality prior ``-beta |offset|^2`` in the dense layer's logits,
+so it starts near the grid) and ``--learn-tau`` (learned, clamped log logit scale in every grouping
+layer); see ``vitp.backbones.native_grouping.SpatialGrouping`` and docs/native.md.
+
 Writes ``WORKDIR/seed{S}/backbone.pt`` (+ ``arch.json``; loadable by ``scripts/native_hierarchy.py``),
 ``WORKDIR/results.json`` and prints a markdown table.
 """
@@ -81,9 +86,9 @@ def matched_grid(height: int, width: int, n: int) -> np.ndarray:
 class ImageLevelClassifier(nn.Module):
     """NativeBackbone + mean of the final group tokens -> LayerNorm -> Linear (K logits)."""
 
-    def __init__(self, preset: str, num_classes: int) -> None:
+    def __init__(self, preset: str, num_classes: int, **backbone_options) -> None:
         super().__init__()
-        self.backbone = NativeBackbone.from_preset(preset)
+        self.backbone = NativeBackbone.from_preset(preset, **backbone_options)
         d = self.backbone.dims[-1]
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, num_classes)
@@ -249,7 +254,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tolerance", type=int, default=2, help="boundary recall tolerance (px)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--figure", type=Path, default=None, help="picture from the first seed's model")
+    p.add_argument("--dense-locality", type=float, default=0.0,
+                   help="opt-in: initial strength of the learned locality prior in the dense grouping layer")
+    p.add_argument("--learn-tau", action="store_true", help="opt-in: learned, clamped log logit scale")
     args = p.parse_args(argv)
+    options = {"dense_locality": args.dense_locality, "learn_tau": args.learn_tau}
 
     torch.set_num_threads(args.threads)
     root = args.root or ensure_synthetic_dataset(args.workdir / "data", num_train=args.num_train,
@@ -266,14 +275,14 @@ def main(argv: list[str] | None = None) -> None:
                "train": [], "cpu": cpu_model(), "torch": torch.__version__}
     for si, seed in enumerate(args.seeds):
         seed_all(seed)
-        model = ImageLevelClassifier(args.preset, k)
+        model = ImageLevelClassifier(args.preset, k, **options)
         rand, rand_panels = evaluate(model.backbone, dm, args.tolerance, keep_panels=3 if si == 0 else 0)
         info = train(model, dm, args.epochs, args.lr, seed)
         learned, learned_panels = evaluate(model.backbone, dm, args.tolerance, keep_panels=3 if si == 0 else 0)
         out = args.workdir / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)
         torch.save(model.backbone.state_dict(), out / "backbone.pt")
-        (out / "arch.json").write_text(json.dumps({"preset": args.preset, **NATIVE_PRESETS[args.preset]}))
+        (out / "arch.json").write_text(json.dumps({"preset": args.preset, **NATIVE_PRESETS[args.preset], **options}))
         rand.pop("matched")
         results["random"].append({str(lv): v for lv, v in rand.items()})
         results["matched"].append({str(lv): v for lv, v in learned.pop("matched").items()})

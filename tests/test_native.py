@@ -233,3 +233,36 @@ def test_local_grouping_memory_linear_at_512x683():
     chain = out.chain(2)  # stride-4 tokens -> stride-16 groups through the two local layers
     assert chain.shape == (1, 128 * 176, 32 * 44)
     assert torch.allclose(chain.sum(-1), torch.ones(1, 128 * 176), atol=1e-4)
+
+
+def test_dense_locality_and_learned_tau_are_opt_in():
+    """Off by default (no extra parameter); the dense layer's locality prior makes the untrained
+    final groups the uniform grid (every group used; the default collapses to a few); the learned
+    log-scale starts at tau, is clamped, and both receive gradients."""
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 128, 128)
+    names = {n for n, _ in NativeBackbone.from_preset("tiny").named_parameters()}
+    assert not any("locality" in n or "log_tau" in n for n in names)
+    torch.manual_seed(0)
+    base = NativeBackbone.from_preset("tiny")
+    torch.manual_seed(0)
+    local = NativeBackbone.from_preset("tiny", dense_locality=8.0, learn_tau=True)
+    assert [g.locality is not None for g in local.groupings] == [False, False, True]
+    assert all(math.isclose(g.scale().item(), g.tau, rel_tol=1e-6) for g in local.groupings)
+    with torch.no_grad():
+        used_base = [len(torch.unique(m.argmax(-1))) for m in base(images).chain(3)]
+        out = local(images)
+    used = [len(torch.unique(m.argmax(-1))) for m in out.chain(3)]
+    assert used == [16, 16] and max(used_base) < 16, (used, used_base)
+    # the argmax of the untrained final groups is mostly the stride-32 cell of each stride-4 token
+    # (the local layers below are soft, so tokens near a cell border may go to the neighbour)
+    cell = torch.arange(4).repeat_interleave(8)
+    grid = (cell[:, None] * 4 + cell[None, :]).flatten()
+    agree = [(m.argmax(-1) == grid).float().mean().item() for m in out.chain(3)]
+    assert min(agree) > 0.8, agree
+    local.groupings[2].log_tau.data.fill_(10.0)
+    assert local.groupings[2].scale().item() == pytest.approx(100.0)
+    local.groupings[2].log_tau.data.fill_(math.log(local.groupings[2].tau))
+    local(images).tokens.sum().backward()
+    assert all(g.log_tau.grad is not None and g.log_tau.grad.abs() > 0 for g in local.groupings)
+    assert local.groupings[2].locality.grad.abs() > 0

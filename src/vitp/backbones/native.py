@@ -74,6 +74,9 @@ class NativeBackbone(nn.Module):
         query_init: ``conv`` (strided conv of the input) or ``learned`` output-token init.
         pos_bias: relative position bias in the grouping logits.
         mlp_ratio: MLP width / dim in blocks and grouping layers.
+        dense_locality: opt-in (0 = off): initial strength of a learned locality prior in the final
+            (dense) grouping layer (see ``SpatialGrouping``'s ``locality``).
+        learn_tau: opt-in: every grouping layer learns its logit scale (clamped log-parameter).
     """
 
     def __init__(
@@ -88,6 +91,8 @@ class NativeBackbone(nn.Module):
         query_init: Literal["conv", "learned"] = "conv",
         pos_bias: bool = True,
         mlp_ratio: float = 4.0,
+        dense_locality: float = 0.0,
+        learn_tau: bool = False,
     ) -> None:
         super().__init__()
         for name, v in (("depths", depths), ("dims", dims), ("heads", heads)):
@@ -99,7 +104,8 @@ class NativeBackbone(nn.Module):
         self.stages = nn.ModuleList(Stage(dims[s], depths[s], heads[s], window, mlp_ratio) for s in range(4))
         self.groupings = nn.ModuleList(
             SpatialGrouping(dims[s], dims[s + 1], local=s < 2, iterations=grouping_iters, tau=tau,
-                            pos_bias=pos_bias, query_init=query_init, grouping=grouping, mlp_ratio=mlp_ratio)
+                            pos_bias=pos_bias, query_init=query_init, grouping=grouping, mlp_ratio=mlp_ratio,
+                            locality=dense_locality if s == 2 else 0.0, learn_tau=learn_tau)
             for s in range(3)
         )
 

@@ -6,6 +6,7 @@ from a strided 2x2 convolution of the input grid (or from learned, position-embe
 ``iterations`` times::
 
     logits = tau * k(X_in) q(X_out)^T + relative position bias + locality mask
+             (+ optional learned locality prior in the dense layer; tau optionally learned)
     A_ups  = softmax over the OUTPUT tokens, for each input token  (rows sum to 1)
     A_down = A_ups with each column renormalised to sum 1
     X_out += A_down^T v(X_in);  X_out += MLP(X_out)
@@ -22,6 +23,7 @@ from the parent), and every product is computed with unfold / fold and 2x2 resha
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -120,12 +122,20 @@ class SpatialGrouping(nn.Module):
             plus a learned 8x8 position embedding resized to the output grid; content-free).
         grouping: False = plain strided-conv downsampling; the assignment is then the hard parent
             cell (one-hot), stored in the local form.
+        locality: dense layer only, opt-in (0 = off): a learned locality prior
+            ``- beta * |offset|^2`` added to the logits (offset from the input token to the output
+            cell centre, in output-cell units; ``beta`` learned, kept >= 0, starts at this value),
+            so the layer starts near the uniform grid and training moves the boundaries.
+        learn_tau: opt-in: the logit scale is learned as a log-parameter (starting at ``tau``)
+            clamped to ``[TAU_MIN, TAU_MAX]``.
     """
+
+    TAU_MIN, TAU_MAX = 1e-2, 1e2
 
     def __init__(
         self, dim_in: int, dim_out: int, local: bool = True, iterations: int = 3, tau: float | None = None,
         pos_bias: bool = True, query_init: Literal["conv", "learned"] = "conv", grouping: bool = True,
-        mlp_ratio: float = 4.0,
+        mlp_ratio: float = 4.0, locality: float = 0.0, learn_tau: bool = False,
     ) -> None:
         super().__init__()
         if query_init not in ("conv", "learned"):
@@ -144,6 +154,17 @@ class SpatialGrouping(nn.Module):
             self.k, self.v, self.q = nn.Linear(dim_in, dim_out), nn.Linear(dim_in, dim_out), nn.Linear(dim_out, dim_out)
             self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio))
             self.pos_mlp = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 1)) if pos_bias else None
+        if locality < 0:
+            raise ValueError(f"locality must be >= 0, got {locality}")
+        use_locality = grouping and not self.local and locality > 0
+        self.locality = nn.Parameter(torch.tensor(float(locality))) if use_locality else None
+        self.log_tau = nn.Parameter(torch.tensor(math.log(self.tau))) if grouping and learn_tau else None
+
+    def scale(self) -> torch.Tensor | float:
+        """The logit scale: ``tau``, or the learned ``exp(log_tau)`` clamped to [TAU_MIN, TAU_MAX]."""
+        if self.log_tau is None:
+            return self.tau
+        return self.log_tau.clamp(math.log(self.TAU_MIN), math.log(self.TAU_MAX)).exp()
 
     # ------------------------------------------------------------------ pieces
     def _bias(self, offsets: torch.Tensor) -> torch.Tensor:
@@ -159,13 +180,26 @@ class SpatialGrouping(nn.Module):
         off_x = d[None, None, :, 1] + 0.25 - i[None, :, None] / 2
         return self._bias(torch.stack(torch.broadcast_tensors(off_y, off_x), -1))
 
-    def _dense_bias(self, h: int, w: int, device: torch.device) -> torch.Tensor:
-        """``[N_in, N_out]``: input token centre -> output cell centre, in output-cell units."""
+    @staticmethod
+    def _dense_offsets(h: int, w: int, device: torch.device) -> torch.Tensor:
+        """``[N_in, N_out, 2]``: input token centre -> output cell centre, in output-cell units."""
         yi, xi = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
         yo, xo = torch.meshgrid(torch.arange(h // 2, device=device), torch.arange(w // 2, device=device), indexing="ij")
         pi = (torch.stack([yi, xi], -1).reshape(-1, 2).float() + 0.5) / 2
         po = torch.stack([yo, xo], -1).reshape(-1, 2).float() + 0.5
-        return self._bias(po[None] - pi[:, None])
+        return po[None] - pi[:, None]
+
+    def _dense_bias(self, h: int, w: int, device: torch.device) -> torch.Tensor | None:
+        """``[N_in, N_out]``: relative position bias plus the locality prior (None when neither)."""
+        if self.pos_mlp is None and self.locality is None:
+            return None
+        offsets = self._dense_offsets(h, w, device)
+        bias = 0.0
+        if self.pos_mlp is not None:
+            bias = self._bias(offsets)
+        if self.locality is not None:
+            bias = bias - self.locality.clamp(min=0) * offsets.pow(2).sum(-1)
+        return bias
 
     def _init_out(self, grid: torch.Tensor) -> torch.Tensor:
         """Initial output tokens ``[B, h2, w2, D]`` from the input grid ``[B, h, w, C]``."""
@@ -196,11 +230,12 @@ class SpatialGrouping(nn.Module):
             k6, v6 = _sub2(k.reshape(b, h, w, -1)), _sub2(v.reshape(b, h, w, -1))
         else:
             out = out.reshape(b, h2 * w2, -1)
-            bias = self._dense_bias(h, w, x.device) if self.pos_mlp is not None else None
+            bias = self._dense_bias(h, w, x.device)
+        tau = self.scale()
         for _ in range(self.iterations):
             q = self.q(self.norm_q(out))
             if self.local:
-                logits = self.tau * torch.einsum("byixjd,byxkd->byixjk", k6, _candidates(q))
+                logits = tau * torch.einsum("byixjd,byxkd->byixjk", k6, _candidates(q))
                 if bias is not None:
                     logits = logits + bias[None, None, :, None]  # [2,2,9] -> (i, j) child axes
                 logits = logits.masked_fill(~valid[None, :, None, :, None], float("-inf"))
@@ -209,7 +244,7 @@ class SpatialGrouping(nn.Module):
                 a_down = a_ups / (_candidates(colsum)[:, :, None, :, None] + 1e-6)
                 msg = _scatter_candidates(torch.einsum("byixjk,byixjd->byxkd", a_down, v6))
             else:
-                logits = self.tau * k @ q.transpose(1, 2)
+                logits = tau * k @ q.transpose(1, 2)
                 if bias is not None:
                     logits = logits + bias
                 a_ups = logits.softmax(-1)  # [B, N_in, N_out]
