@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class PointLocalityBias(nn.Module):
@@ -63,7 +64,9 @@ class PointLocalityBias(nn.Module):
         """Float mask ``[B, heads, P, N + 1]`` for ``vit_ops.block_query`` in the self-slot layout:
         the block's bias on the patch keys, 0 on prefix tokens and on the point's own slot, -inf on
         padding patches. ``key_mask bool[B, N]`` (N = prefix + patches)."""
-        bias = self.table[block][:, index].permute(1, 0, 2, 3)  # [B, heads, P, Gh * Gw]
+        # an embedding lookup, not ``table[:, index]``: the backward of advanced indexing accumulates
+        # with atomic adds on a multi-threaded CPU, so training would not repeat bit for bit
+        bias = F.embedding(index, self.table[block].t()).permute(0, 3, 1, 2)  # [B, heads, P, Gh * Gw]
         B, H, P, _ = bias.shape
         zeros = bias.new_zeros(B, H, P, num_prefix)
         slot = bias.new_zeros(B, H, P, 1)
