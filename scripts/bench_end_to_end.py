@@ -11,6 +11,9 @@ excluded), the package's single inference path ``ViTPModule.pipeline`` (``TwoSta
 * ``propose``: the proposer forward alone (to split the proposer's cost);
 * ``pointvit``: the classifier call of the pipeline alone (``TwoStagePipeline.classify``: inference
   points of the proposals + PointViT), on the proposals computed once beforehand;
+* ``post proposer`` / ``post vitp``: the pipeline with the proposer's output (and the classifier's
+  logits) replayed from a cache: what remains is the class fusion (``vitp``) and the post-processing,
+  whose cost grows with the number of segments kept (printed per variant);
 * ``timm``: a plain timm forward of the classifier's own backbone (``backbone(x)``, no points) on
   the image the classifier sees (same resize, ``PointViT.prepare_images``).
 
@@ -98,6 +101,22 @@ def large_classifier(num_outputs: int, model: str, size: int, start: int) -> tor
     return PointViT(num_outputs, model_name=model, image_size=size, point_start_block=start).eval()
 
 
+def replay(pipe: object, proposals: object, point_logits: torch.Tensor | None) -> object:
+    """A copy of the pipeline whose proposer and classifier return cached outputs."""
+    p = copy.copy(pipe)
+    p.propose = lambda batch, task: proposals
+    p.classify = lambda batch, proposals, extra_points=None: ([point_logits], None)
+    return p
+
+
+def count_segments(pred: object, task: str) -> int | None:
+    if task == "panoptic":
+        return len(pred.panoptic.labels)
+    if task == "instance":
+        return len(pred.instance.labels)
+    return None
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -171,16 +190,23 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
     fns_per_image: list[dict[str, Callable[[], object]]] = []
     n_points = []
+    segments: dict[str, list[int | None]] = {"proposer": [], "vitp": []}
     with torch.inference_mode():
         for batch in batches:
             props = pipe.propose(batch, task)
             n_points.append(props.mask_logits.shape[1] * pipe.inference_top_k)
             valid = batch.valid_tensor()
+            logits = pipe.classify(batch, [props])[0][0]
+            preds = pipe(batch, variants=("proposer", "vitp")).predictions
+            for name in segments:
+                segments[name].append(count_segments(preds[name][0], task))
             fns: dict[str, Callable[[], object]] = {
                 "proposer": lambda b=batch: pipe(b, variants=("proposer",)),
                 "vitp": lambda b=batch: pipe(b, variants=("vitp",)),
                 "propose": lambda b=batch: pipe.propose(b, task),
                 "pointvit": lambda b=batch, p=props: pipe.classify(b, [p]),
+                "post proposer": lambda b=batch, r=replay(pipe, props, None): r(b, variants=("proposer",)),
+                "post vitp": lambda b=batch, r=replay(pipe, props, logits): r(b, variants=("vitp",)),
                 "timm": lambda b=batch, v=valid: backbone(clf.prepare_images(b.images, v)[0]),
             }
             for k, (lp, lm) in large.items():
@@ -200,14 +226,19 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
           f"{args.reps} interleaved repetitions (medians); classifier {type(clf).__name__} "
           f"({depth} blocks, dim {clf.embed_dim}, image_size {clf.image_size}, point_start_block "
           f"{clf.point_start_block}); CPU {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; load average {load_start} at start, {load_average()} at end\n")
+          f"{torch.get_num_threads()} threads; load average {load_start} at start, {load_average()} at end")
+    if segments["vitp"][0] is not None:
+        print("segments kept per image: " + ", ".join(
+            f"{name} {statistics.mean(v):.1f}" for name, v in segments.items()))
+    print()
     print("| variant | images/s (CPU) | images/s (wall) | ms / image (CPU) | CPU / proposer (wall) |")
     print("|---|---:|---:|---:|---:|")
     for name in cpu:
         print(f"| {name} | {n / cpu[name]:.2f} | {n / wall[name]:.2f} | {1000 * cpu[name] / n:.1f} | "
               f"{cpu[name] / cpu['proposer']:.2f} ({wall[name] / wall['proposer']:.2f}) |")
     ratios = {"vitp / proposer": ("vitp", "proposer"), "pointvit / timm": ("pointvit", "timm"),
-              "pointvit / proposer": ("pointvit", "proposer")}
+              "pointvit / proposer": ("pointvit", "proposer"),
+              "post vitp / post proposer": ("post vitp", "post proposer")}
     for k in large:
         ratios[f"vitp L k{k} / proposer"] = (f"vitp L k{k}", "proposer")
         ratios[f"pointvit L k{k} / timm L"] = (f"pointvit L k{k}", "timm L")

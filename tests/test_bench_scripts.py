@@ -48,8 +48,10 @@ def test_bench_end_to_end(tiny_coco_root: Path, tmp_path: Path, capsys):
         "--data-root", str(tiny_coco_root), "--images", "2", "--reps", "1",
         "--large", "--large-model", "vit_tiny_patch16_224", "--large-size", "32", "--large-starts", "0", "11",
         "--", *SMALL])
-    names = {"proposer", "vitp", "propose", "pointvit", "timm", "vitp L k0", "pointvit L k11", "timm L"}
+    names = {"proposer", "vitp", "propose", "pointvit", "post proposer", "post vitp", "timm",
+             "vitp L k0", "pointvit L k11", "timm L"}
     assert names <= set(out["cpu"])
     assert all(t > 0 for t in out["wall"].values())
     printed = capsys.readouterr().out
+    assert "segments kept per image: proposer" in printed
     assert "| vitp / proposer |" in printed and "| pointvit L k11 / timm L |" in printed
