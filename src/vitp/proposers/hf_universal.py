@@ -41,7 +41,8 @@ class HFUniversalProposer(MaskProposer):
         model: hub id (``facebook/mask2former-swin-large-coco-panoptic``) or a directory written by
             ``save_pretrained``; takes precedence over ``preset``.
         num_classes: number of dataset classes K (defaults to the proposer's own).
-        preset: random-init architecture (``tiny``/``small`` for CPU, ``swin-tiny`` full size).
+        preset: random-init architecture (``tiny``/``small`` for CPU, ``swin-tiny`` full size;
+            Mask2Former also ``native-tiny``/``native-small``: vitp's grouping backbone).
         config_overrides: HF config fields (``backbone_config`` given as a dict is merged into the
             preset's); for ``model`` they are passed to ``from_pretrained``.
         class_agnostic: one "object" class; ``class_logits`` is then None and ``objectness``
@@ -65,7 +66,7 @@ class HFUniversalProposer(MaskProposer):
         self,
         model: str | None = None,
         num_classes: int | None = None,
-        preset: Literal["tiny", "small", "swin-tiny"] | None = None,
+        preset: Literal["tiny", "small", "swin-tiny", "native-tiny", "native-small"] | None = None,
         config_overrides: dict | None = None,
         class_agnostic: bool = False,
         label_map: dict[str, str | None] | dict[int, int | None] | None = None,

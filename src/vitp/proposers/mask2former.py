@@ -1,9 +1,15 @@
-"""Mask2Former (HF ``Mask2FormerForUniversalSegmentation``) as a vitp mask proposer."""
+"""Mask2Former (HF ``Mask2FormerForUniversalSegmentation``) as a vitp mask proposer.
+
+Presets ``native-tiny`` / ``native-small`` put vitp's grouping backbone (``NativeBackbone``, via
+``vitp.backbones.hf_native``, registered with ``AutoBackbone`` on import) under the pixel decoder
+in place of Swin; the rest of the architecture is that of ``tiny`` / ``small``.
+"""
 
 from __future__ import annotations
 
 from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
 
+from vitp.backbones.hf_native import native_backbone_dict
 from vitp.proposers.hf_build import swin_backbone
 from vitp.proposers.hf_universal import HFUniversalProposer
 from vitp.structures import DecoderLayerOutput
@@ -47,6 +53,9 @@ MASK2FORMER_PRESETS: dict[str, dict] = {
         "backbone_config": {**swin_backbone(96, [2, 2, 6, 2], [3, 6, 12, 24]), "drop_path_rate": 0.3},
     },
 }
+# the grouping backbone (strides 4/8/16/32) under the same pixel decoder and transformer decoder
+MASK2FORMER_PRESETS["native-tiny"] = {**MASK2FORMER_PRESETS["tiny"], "backbone_config": native_backbone_dict("tiny")}
+MASK2FORMER_PRESETS["native-small"] = {**MASK2FORMER_PRESETS["small"], "backbone_config": native_backbone_dict("small")}
 
 
 class Mask2FormerProposer(HFUniversalProposer):
