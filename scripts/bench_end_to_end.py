@@ -42,9 +42,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,18 +50,13 @@ from typing import Callable
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_point_vit import machine_line  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/synthetic/vitp/tiny_mask2former.yaml"
 CHECKPOINT = Path("outputs/synthetic/vitp_tiny_mask2former/checkpoints/last.ckpt")
 PROPOSER = Path("outputs/synthetic/proposer_mask2former/hf_model")
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:
-        return platform.processor() or "unknown CPU"
 
 
 def load_average() -> str:
@@ -216,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                 lm = next(iter(large.values()))[1]
                 fns["timm L"] = lambda b=batch, v=valid, lm=lm: lm.backbone(lm.prepare_images(b.images, v)[0])
             fns_per_image.append(fns)
-        load_start = load_average()
+        machine = machine_line("cpu")  # CPU, cores, torch, threads, load average at start
         cpu, wall = interleaved_totals(fns_per_image, args.reps)
     n = len(batches)
     h, w = batches[0].images.shape[-2:]
@@ -225,8 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print(f"{n} images ({task}; first input {h}x{w}), {statistics.mean(n_points):.0f} proposals = points per image, "
           f"{args.reps} interleaved repetitions (medians); classifier {type(clf).__name__} "
           f"({depth} blocks, dim {clf.embed_dim}, image_size {clf.image_size}, point_start_block "
-          f"{clf.point_start_block}); CPU {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; load average {load_start} at start, {load_average()} at end")
+          f"{clf.point_start_block}); {machine}, {load_average()} at end")
     if segments["vitp"][0] is not None:
         print("segments kept per image: " + ", ".join(
             f"{name} {statistics.mean(v):.1f}" for name, v in segments.items()))
