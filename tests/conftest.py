@@ -29,3 +29,14 @@ def coco_sample_root() -> Path:
     if not (COCO_SAMPLE / "annotations" / "panoptic_val2017.json").is_file():
         pytest.skip(f"real COCO panoptic sample not found at {COCO_SAMPLE}")
     return COCO_SAMPLE
+
+
+@pytest.fixture
+def keep_threads():
+    """For tests that call ``torch.set_num_threads`` (or run scripts that do): give the rest of the
+    suite its setting back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

@@ -22,13 +22,6 @@ def _overrides(root: Path) -> list[str]:
             "--model.init_args.classifier.init_args.image_size", "64"]
 
 
-@pytest.fixture
-def keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def test_bench_tiny(tiny_coco_root: Path, tmp_path: Path, capsys, keep_threads):
     from vitp.cli import cli
     from vitp.data.coco import read_dataset_info

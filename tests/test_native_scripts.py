@@ -37,16 +37,6 @@ def test_matched_grid_has_about_n_cells(size, n):
         assert abs(cells - n) <= max(2, n // 3), (cells, n)
 
 
-@pytest.fixture
-def keep_threads():
-    """The scripts call ``torch.set_num_threads``; give the rest of the suite its setting back."""
-    import torch
-
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def test_maskfree_then_hierarchy_tiny(tiny_coco_root: Path, tmp_path: Path, capsys, keep_threads):
     maskfree = load_script("native_maskfree")
     work = tmp_path / "maskfree"

@@ -75,32 +75,28 @@ def test_locality_bias_keeps_points_independent_and_needs_one_way():
         PointViT(5, model_name="vit_tiny_patch16_224", attention="full", point_locality_radius=3, model_kwargs=KW)
 
 
-def test_training_gradients_repeat_bit_for_bit_on_several_threads():
+def test_training_gradients_repeat_bit_for_bit_on_several_threads(keep_threads):
     """The locality bias is an embedding lookup: indexing ``table[:, index]`` accumulated its
     gradient with atomic adds on a multi-threaded CPU, so two identical steps differed in the last
     bits and a training run did not repeat (seen on 2 threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(2, threads))
-    try:
-        torch.manual_seed(0)
-        model = PointViT(num_classes=11, model_name="vit_tiny_patch16_224", image_size=192, stem="conv",
-                         point_encoding="sample_patch", point_locality_radius=4, pos_embed_init="sincos",
-                         model_kwargs=dict(depth=1, embed_dim=32, num_heads=2, img_size=192))
-        images = torch.randn(16, 3, 192, 192)
-        points = torch.rand(16, 256, 2) * 2 - 1
-        labels = torch.randint(0, 11, (16, 256))
+    torch.set_num_threads(max(2, torch.get_num_threads()))
+    torch.manual_seed(0)
+    model = PointViT(num_classes=11, model_name="vit_tiny_patch16_224", image_size=192, stem="conv",
+                     point_encoding="sample_patch", point_locality_radius=4, pos_embed_init="sincos",
+                     model_kwargs=dict(depth=1, embed_dim=32, num_heads=2, img_size=192))
+    images = torch.randn(16, 3, 192, 192)
+    points = torch.rand(16, 256, 2) * 2 - 1
+    labels = torch.randint(0, 11, (16, 256))
 
-        def gradients() -> dict[str, torch.Tensor]:
-            model.zero_grad()
-            logits = model(images, points)
-            torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten()).backward()
-            return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        logits = model(images, points)
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-        first = gradients()
-        assert "point_locality.table" in first
-        for _ in range(4):
-            again = gradients()
-            for name, grad in first.items():
-                assert torch.equal(grad, again[name]), f"{name}: gradient differs between identical steps"
-    finally:
-        torch.set_num_threads(threads)
+    first = gradients()
+    assert "point_locality.table" in first
+    for _ in range(4):
+        again = gradients()
+        for name, grad in first.items():
+            assert torch.equal(grad, again[name]), f"{name}: gradient differs between identical steps"
