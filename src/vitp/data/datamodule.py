@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitp.data.collate import PanopticCollate
 from vitp.data.folder import ImageFolderDataset
+from vitp.data.io import check_on_bad_sample
 from vitp.data.loader import EpochSampler, SampleReader, VitpDataLoader, run_seed, skipped_warning
 from vitp.data.samplers import UnpaddedDistributedSampler
 from vitp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -102,10 +103,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.point_sampler = point_sampler
         self.val_points = val_points
-        if on_bad_sample not in ("error", "skip"):
-            raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
         self.seed = seed
-        self.on_bad_sample = on_bad_sample
+        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
         self.skipped_samples: dict[str, int] = {}  # stage -> samples skipped (on_bad_sample=skip), this process
         self.train_position: dict[str, int] | None = None  # last training batch trained on (checkpointed)
         self._resume_position: dict[str, int] | None = None  # restored from a checkpoint, not yet resumed

@@ -131,3 +131,10 @@ def load_coco_json(path: str | os.PathLike, image_dir: str | os.PathLike) -> dic
     if not Path(image_dir).is_dir():
         raise DatasetFileNotFoundError(f"{image_dir}: image directory not found")
     return data
+
+
+def check_on_bad_sample(value: str) -> str:
+    """The ``on_bad_sample`` setting, checked: ``"error"`` or ``"skip"``."""
+    if value not in ("error", "skip"):
+        raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {value!r}")
+    return value

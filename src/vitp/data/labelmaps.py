@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vitp.data.collate import Sample
-from vitp.data.io import DatasetError, DatasetFileNotFoundError, load_rgb
+from vitp.data.io import DatasetError, DatasetFileNotFoundError, check_on_bad_sample, load_rgb
 from vitp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
 
 
@@ -158,11 +158,9 @@ class LabelMapDataset(Dataset):
         point_source: str | None = None,
         on_bad_sample: str = "error",
     ) -> None:
-        if on_bad_sample not in ("error", "skip"):
-            raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
         self.train = train
         self.point_source = point_source
-        self.on_bad_sample = on_bad_sample
+        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
         self.records: list[Record] = []
         self.skipped_records: list[str] = []  # on_bad_sample="skip": what was left out, and why
         self.transform = (TrainTransform(image_size, scale_range, hflip_prob, mean, std) if train

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Literal
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from vitp.data.io import DatasetError
+from vitp.data.io import DatasetError, check_on_bad_sample
 
 OnBadSample = Literal["error", "skip"]
 
@@ -71,10 +71,8 @@ class SampleReader(Dataset):
     """
 
     def __init__(self, dataset: Dataset, on_bad_sample: OnBadSample = "error") -> None:
-        if on_bad_sample not in ("error", "skip"):
-            raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
         self.dataset = dataset
-        self.on_bad_sample = on_bad_sample
+        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
