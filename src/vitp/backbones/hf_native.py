@@ -20,7 +20,7 @@ with it; ``Mask2FormerProposer(preset="native-tiny" / "native-small")`` is the p
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import AutoBackbone, AutoConfig, PreTrainedConfig, PreTrainedModel
@@ -98,7 +98,8 @@ class NativeHFBackbone(BackboneMixin, PreTrainedModel):
         self.native = NativeBackbone(
             depths=config.depths, dims=config.dims, heads=config.heads, window=config.window, tau=config.tau,
             grouping_iters=config.grouping_iters, grouping=config.grouping,
-            query_init=_query_init(config.query_init), pos_bias=config.pos_bias, mlp_ratio=config.mlp_ratio,
+            query_init=config.query_init, pos_bias=config.pos_bias,  # query_init checked by SpatialGrouping
+            mlp_ratio=config.mlp_ratio,
             dense_locality=config.dense_locality, learn_tau=config.learn_tau,
         )
         self.num_features = list(config.dims)
@@ -129,12 +130,6 @@ class NativeHFBackbone(BackboneMixin, PreTrainedModel):
         if return_dict is False:
             return (feature_maps, hidden) if hidden is not None else (feature_maps,)
         return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden)
-
-
-def _query_init(value: str) -> Literal["conv", "learned"]:
-    if value not in ("conv", "learned"):
-        raise ValueError(f"query_init must be 'conv' or 'learned', got {value!r}")
-    return value  # type: ignore[return-value]
 
 
 def register() -> None:
