@@ -30,6 +30,12 @@ Opt-in backbone options against the collapse of the dense (final) grouping layer
 so it starts near the grid) and ``--learn-tau`` (learned, clamped log logit scale in every grouping
 layer); see ``vitp.backbones.native_grouping.SpatialGrouping`` and docs/native.md.
 
+Opt-in label-free auxiliary term (default off, uses no annotation of any kind): ``--recon-weight W``
+adds ``W`` times a reconstruction loss (``reconstruction_loss``): each stride-4 token's colour (the
+mean of its 4x4 pixels) is rebuilt from the group colours carried back through the assignment chain
+(soft masks), an L1 error; it rewards colour-homogeneous groups. ``--recon-levels`` picks the levels
+it is applied to. ``--data-seed`` generates a different dataset (a dev split to choose settings on).
+
 Writes ``WORKDIR/seed{S}/backbone.pt`` (+ ``arch.json``; loadable by ``scripts/native_hierarchy.py``),
 ``WORKDIR/results.json`` and prints a markdown table.
 """
@@ -50,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitp.backbones.hierarchy import hierarchy_maps, render_segments
-from vitp.backbones.native import NATIVE_PRESETS, NativeBackbone
+from vitp.backbones.native import NATIVE_PRESETS, NativeBackbone, NativeOutput
 from vitp.data import CocoPanopticDataModule
 from vitp.data.synthetic import ensure_synthetic_dataset
 from vitp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -93,9 +99,51 @@ class ImageLevelClassifier(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, num_classes)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, return_output: bool = False):
+        """Class logits ``float[B, K]``; with ``return_output`` also the backbone's ``NativeOutput``."""
         out = self.backbone(images)
-        return self.head(self.norm(out.tokens.mean(1)))
+        logits = self.head(self.norm(out.tokens.mean(1)))
+        return (logits, out) if return_output else logits
+
+
+def token_colours(images: torch.Tensor, out: NativeOutput) -> torch.Tensor:
+    """``float[B, N_4, 3]``: mean (normalised) colour of each stride-4 token's 4x4 pixels, on the
+    backbone's 32-padded frame."""
+    hp, wp = out.padded_size
+    padded = F.pad(images, (0, wp - images.shape[-1], 0, hp - images.shape[-2]))
+    return F.avg_pool2d(padded, 4).flatten(2).transpose(1, 2)
+
+
+def token_valid(out: NativeOutput, valid_sizes: list[tuple[int, int]]) -> torch.Tensor:
+    """``float[B, N_4]``: 1 for stride-4 tokens whose top-left pixel lies in the image's valid
+    (unpadded) region, else 0."""
+    h4, w4 = out.assignments[0].in_size
+    ys, xs = torch.arange(h4) * 4, torch.arange(w4) * 4
+    rows = [((ys[:, None] < vh) & (xs[None, :] < vw)).flatten() for vh, vw in valid_sizes]
+    return torch.stack(rows).float()
+
+
+def reconstruction_loss(out: NativeOutput, images: torch.Tensor, valid: torch.Tensor | None = None,
+                        levels: tuple[int, ...] = (3,)) -> torch.Tensor:
+    """Label-free reconstruction loss (no annotation used), mean over ``levels``.
+
+    For a level's chain ``M float[B, N_4, G]`` (each token's distribution over the groups), every
+    group's colour is the ``M``-weighted mean of the token colours (``token_colours``), and each
+    token is rebuilt as ``M @ group colours``; the loss is the mean L1 error over valid tokens and
+    channels. Low when groups are colour-homogeneous and assignments sharp, so it pulls group
+    boundaries onto colour edges. ``valid float[B, N_4]`` (default: all tokens) masks the padding.
+    """
+    f = token_colours(images, out)
+    if valid is None:
+        valid = torch.ones(f.shape[:2], dtype=f.dtype, device=f.device)
+    total = f.new_zeros(())
+    for level in levels:
+        m = out.chain(level)  # [B, N_4, G]
+        w = m * valid[..., None]
+        centres = w.transpose(1, 2) @ f / (w.sum(1)[..., None] + 1e-6)  # [B, G, 3]
+        err = (m @ centres - f).abs().mean(-1)  # [B, N_4]
+        total = total + (err * valid).sum() / valid.sum().clamp(min=1)
+    return total / len(levels)
 
 
 def multi_hot(targets, k: int) -> torch.Tensor:
@@ -112,7 +160,8 @@ def seed_all(seed: int) -> None:
 
 
 def train(model: ImageLevelClassifier, dm: CocoPanopticDataModule, epochs: int, lr: float, seed: int,
-          log_every: int = 20) -> dict:
+          log_every: int = 20, recon_weight: float = 0.0, recon_levels: tuple[int, ...] = (3,)) -> dict:
+    """Image-level BCE (+ ``recon_weight`` x ``reconstruction_loss`` when > 0); AdamW, warmup + cosine."""
     seed_all(seed)
     loader = dm.train_dataloader()
     steps = epochs * len(loader)
@@ -126,10 +175,16 @@ def train(model: ImageLevelClassifier, dm: CocoPanopticDataModule, epochs: int, 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     k = model.head.out_features
     model.train()
-    t0, step, losses = time.perf_counter(), 0, []
+    t0, step, losses, recons = time.perf_counter(), 0, [], []
     for epoch in range(epochs):
         for batch in loader:
-            loss = F.binary_cross_entropy_with_logits(model(batch.images), multi_hot(batch.targets, k))
+            logits, out = model(batch.images, return_output=True)
+            loss = F.binary_cross_entropy_with_logits(logits, multi_hot(batch.targets, k))
+            if recon_weight > 0:
+                valid = token_valid(out, [t.valid_size for t in batch.targets])
+                recon = reconstruction_loss(out, batch.images, valid, recon_levels)
+                recons.append(recon.item())
+                loss = loss + recon_weight * recon
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -140,7 +195,10 @@ def train(model: ImageLevelClassifier, dm: CocoPanopticDataModule, epochs: int, 
             if step % log_every == 0 or step == steps:
                 print(f"  seed {seed} epoch {epoch} step {step}/{steps} loss {np.mean(losses[-log_every:]):.4f} "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    return {"steps": steps, "wall_s": time.perf_counter() - t0, "final_loss": float(np.mean(losses[-len(loader):]))}
+    info = {"steps": steps, "wall_s": time.perf_counter() - t0, "final_loss": float(np.mean(losses[-len(loader):]))}
+    if recons:
+        info["final_recon"] = float(np.mean(recons[-len(loader):]))
+    return info
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -226,10 +284,10 @@ def fmt(values: list[float], digits: int = 3) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
-def table(results: dict) -> str:
+def table(results: dict, learned_name: str = "learned (image labels only)") -> str:
     rows = ["| partition | level | ASA | boundary recall | boundary px fraction | segments / image |",
             "|---|---|---|---|---|---|"]
-    names = {"learned": "learned (image labels only)", "random": "random init (control)",
+    names = {"learned": learned_name, "random": "random init (control)",
              "grid": "uniform grid, same cell count", "matched": "uniform grid, as many cells as learned uses"}
     for level, stride in LEVELS.items():
         for name in ("learned", "random", "grid", "matched"):
@@ -257,12 +315,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dense-locality", type=float, default=0.0,
                    help="opt-in: initial strength of the learned locality prior in the dense grouping layer")
     p.add_argument("--learn-tau", action="store_true", help="opt-in: learned, clamped log logit scale")
+    p.add_argument("--recon-weight", type=float, default=0.0,
+                   help="opt-in: weight of the label-free colour reconstruction loss (0 = off)")
+    p.add_argument("--recon-levels", type=int, nargs="+", default=[3], choices=[1, 2, 3],
+                   help="grouping levels the reconstruction loss is applied to")
+    p.add_argument("--data-seed", type=int, default=0, help="generation seed (when generating the data)")
     args = p.parse_args(argv)
     options = {"dense_locality": args.dense_locality, "learn_tau": args.learn_tau}
 
     torch.set_num_threads(args.threads)
     root = args.root or ensure_synthetic_dataset(args.workdir / "data", num_train=args.num_train,
-                                                  num_val=args.num_val, image_size=args.image_size, seed=0)
+                                                  num_val=args.num_val, image_size=args.image_size,
+                                                  seed=args.data_seed)
     dm = CocoPanopticDataModule(root=str(root), image_size=args.image_size, batch_size=args.batch_size,
                                 eval_batch_size=16, num_workers=0, scale_range=(0.75, 1.5))
     dm.setup("fit")
@@ -277,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
         seed_all(seed)
         model = ImageLevelClassifier(args.preset, k, **options)
         rand, rand_panels = evaluate(model.backbone, dm, args.tolerance, keep_panels=3 if si == 0 else 0)
-        info = train(model, dm, args.epochs, args.lr, seed)
+        info = train(model, dm, args.epochs, args.lr, seed, recon_weight=args.recon_weight,
+                     recon_levels=tuple(args.recon_levels))
         learned, learned_panels = evaluate(model.backbone, dm, args.tolerance, keep_panels=3 if si == 0 else 0)
         out = args.workdir / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)
@@ -298,7 +363,9 @@ def main(argv: list[str] | None = None) -> None:
     results["args"] = {k_: str(v) for k_, v in vars(args).items()}
     (args.workdir / "results.json").write_text(json.dumps(results, indent=1))
     print()
-    print(table(results))
+    name = ("learned (no masks; image labels + label-free reconstruction)" if args.recon_weight > 0
+            else "learned (image labels only)")
+    print(table(results, name))
 
 
 if __name__ == "__main__":

@@ -68,3 +68,44 @@ def test_maskfree_then_hierarchy_tiny(tiny_coco_root: Path, tmp_path: Path, caps
     assert "trained" in capsys.readouterr().out
     image = Image.open(out)
     assert image.size[0] >= 4 * 64 and image.size[1] >= 2 * 40  # 4 columns, 2 rows
+
+
+def test_reconstruction_loss_is_finite_and_reaches_every_grouping_layer():
+    import torch
+
+    from vitp.backbones.native import NativeBackbone
+
+    maskfree = load_script("native_maskfree")
+    torch.manual_seed(0)
+    backbone = NativeBackbone.from_preset("tiny")
+    images = torch.randn(2, 3, 64, 96)
+    out = backbone(images)
+    valid = maskfree.token_valid(out, [(64, 96), (40, 70)])
+    assert valid.shape == (2, 16 * 24) and valid[0].all() and 0 < valid[1].sum() < valid[0].sum()
+    loss = maskfree.reconstruction_loss(out, images, valid, levels=(1, 2, 3))
+    assert torch.isfinite(loss) and loss > 0
+    loss.backward()
+    for s, layer in enumerate(backbone.groupings):  # through the chain into every layer's keys
+        assert layer.k.weight.grad is not None and layer.k.weight.grad.abs().sum() > 0, s
+    # a flat image is reconstructed exactly by any partition
+    flat = torch.zeros(1, 3, 64, 64)
+    assert maskfree.reconstruction_loss(backbone(flat), flat).item() < 1e-5
+
+
+def test_recon_weight_changes_training(tiny_coco_root: Path, tmp_path: Path, keep_threads):
+    import torch
+
+    maskfree = load_script("native_maskfree")
+    common = ["--seeds", "0", "--epochs", "1", "--root", str(tiny_coco_root), "--image-size", "64",
+              "--preset", "tiny", "--batch-size", "4", "--threads", "1", "--dense-locality", "4"]
+    maskfree.main(common + ["--workdir", str(tmp_path / "off")])
+    maskfree.main(common + ["--workdir", str(tmp_path / "on"), "--recon-weight", "1", "--recon-levels", "2", "3"])
+    on = json.loads((tmp_path / "on" / "results.json").read_text())["train"][0]
+    assert np.isfinite(on["final_recon"]) and on["final_recon"] > 0
+    assert "final_recon" not in json.loads((tmp_path / "off" / "results.json").read_text())["train"][0]
+    a = torch.load(tmp_path / "off" / "seed0" / "backbone.pt")
+    b = torch.load(tmp_path / "on" / "seed0" / "backbone.pt")
+    assert a.keys() == b.keys()
+    changed = [k for k in a if k.startswith("groupings.") and not torch.equal(a[k], b[k])]
+    assert any(k.startswith(f"groupings.{s}.k.") for k in changed for s in range(3)), changed
+    assert all(any(k.startswith(f"groupings.{s}.") for k in changed) for s in range(3)), changed
