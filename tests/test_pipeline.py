@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from vitp.classifiers import PointViT
 from vitp.module import ViTPModule
 from vitp.pipeline import TwoStagePipeline
-from vitp.proposal_points import proposal_point_targets
+from vitp.proposal_points import ground_truth_point_masks, proposal_point_targets
 from vitp.postprocess import PostProcessConfig
 from vitp.proposers import OracleProposer
 from vitp.structures import Batch, DatasetInfo, Proposals, Target
@@ -104,13 +105,45 @@ def test_no_object_training_adds_a_class_and_proposal_points():
     batch = make_batch()
     batch.points = torch.zeros(2, 5, 2)
     batch.point_labels = torch.tensor([[2, 2, 0, -1, -1], [1, 2, -1, -1, -1]])
-    points, labels = module._with_proposal_points(batch)
+    points, labels, masks = module._with_proposal_points(batch)
+    assert masks is None  # the classifier does not read masks
     assert points.shape[1] == 5 + 3  # oracle masks match themselves; the crowd segment is ignored
     assert [sorted(row) for row in labels[:, 5:].tolist()] == [[-1, 0, 2], [-1, 1, 2]]
     loss = module.training_step(batch, 0)
     assert torch.isfinite(loss)
     loss.backward()
     assert module.classifier.head.weight.grad is not None
+
+
+def test_mask_aware_classifier_gets_each_point_mask_in_training_and_inference():
+    torch.manual_seed(0)
+    clf = PointViT(None, model_name="vit_tiny_patch16_224", image_size=32, point_encoding="sample_pos_embed",
+                   point_glimpse=8, point_glimpse_masks=True,
+                   model_kwargs={"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32}).train()
+    module = ViTPModule(OracleProposer(num_classes=3, label_noise=0.0), clf, dataset_info=INFO,
+                        no_object_points=True, keep_rule="objectness")
+    batch = make_batch()
+    # points on the stuff background (0, 0), in the thing square (pixel 4, 4) and on padding (-1)
+    thing = 2 * 4.5 / 16 - 1
+    batch.points = torch.tensor([[[-0.97, -0.97], [thing, thing]]] * 2)
+    batch.point_labels = torch.tensor([[2, 0], [2, -1]])
+    points, labels, masks = module._with_proposal_points(batch)
+    assert masks is not None and masks.index.shape == points.shape[:2]
+    assert masks.index[:, :2].tolist() == [[0, 1], [0, 1]]       # the ground-truth segment under each point
+    for i in range(2):                                           # proposal points: the proposals, after the GT masks
+        proposal = masks.masks[i][masks.index[i, 2]]
+        assert proposal.shape == (16, 16) and proposal.dtype == torch.bool
+        assert (proposal == batch.targets[i].masks[0, :, :16]).all()  # the oracle's first proposal is segment 0
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert module.classifier.point_glimpse.proj.weight.grad.abs().sum() > 0
+    module.eval()
+    out = module.pipeline(batch, extra_points=batch.points,
+                          extra_point_masks=ground_truth_point_masks(batch, batch.points))
+    assert out.extra_point_logits.shape[:2] == (2, 2) and "vitp" in out.predictions
+    with pytest.raises(ValueError, match="extra_point_masks"):
+        module.pipeline(batch, extra_points=batch.points)
 
 
 def test_objectness_keep_rule_reaches_postprocessing():

@@ -116,7 +116,7 @@ def test_aspect_ratio_kept_and_patch_multiple() -> None:
 def test_sample_pos_embed_hits_cell_centres() -> None:
     m = make(point_encoding="sample_pos_embed", image_size=None)
     with torch.no_grad():
-        _, _, _, grids, vs, pos_grids = m._embed_patches(torch.randn(1, 3, 56, 42), None)
+        _, _, _, grids, vs, pos_grids, _ = m._embed_patches(torch.randn(1, 3, 56, 42), None)
         # centre of patch (row 2, col 1) of a 56x42 image with patch 14
         pt = torch.tensor([[[(2 * 35 / 56) - 1, (2 * 21 / 42) - 1]]])
         tok = m._embed_points(pt, vs, grids, pos_grids)

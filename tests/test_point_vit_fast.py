@@ -32,7 +32,7 @@ def reference(m: PointViT, images, points, valid, one_way: bool = True) -> torch
     """Points join at ``m.point_start_block``; [points ; patches] with one explicit boolean
     ``[P + N, P + N]`` mask per image. ``one_way``: patches never read points, and points read only
     the visible patches and themselves; else full attention over points and visible patches."""
-    seq, key_mask, _, grids, vs, pos_grids = m._embed_patches(images, valid)
+    seq, key_mask, _, grids, vs, pos_grids, _ = m._embed_patches(images, valid)
     B, N, _ = seq.shape
     k = m.point_start_block
     for blk in m.backbone.blocks[:k]:

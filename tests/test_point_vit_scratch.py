@@ -34,7 +34,7 @@ def test_sample_patch_point_starts_as_the_patch_token_under_it():
     m = PointViT(5, model_name="vit_tiny_patch16_224", image_size=64, point_encoding="sample_patch",
                  stem="conv", model_kwargs=KW).eval()
     images = torch.randn(1, 3, 64, 64)
-    seq, _, _, grids, vs, grids_for_points = m._embed_patches(images, torch.tensor([[64, 64]]))
+    seq, _, _, grids, vs, grids_for_points, _ = m._embed_patches(images, torch.tensor([[64, 64]]))
     # the centre of patch (row 2, col 5) of the 8x8 grid
     point = torch.tensor([[[2 * 2.5 / 8 - 1, 2 * 5.5 / 8 - 1]]])
     token = m._embed_points(point, vs, grids, grids_for_points)[0, 0]

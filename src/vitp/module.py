@@ -21,7 +21,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from vitp.checkpoint_heads import reconcile_checkpoint
 from vitp.nonfinite import NonFiniteLossError, check_skip_supported, nonfinite_message
 from vitp.pipeline import TwoStagePipeline
-from vitp.proposal_points import proposal_point_targets
+from vitp.classifiers.glimpse import PointMasks
+from vitp.proposal_points import ground_truth_point_masks, proposal_point_targets, valid_region_logits
 from vitp.postprocess import PostProcessConfig
 from vitp.proposers.base import TASKS, MaskProposer
 from vitp.structures import Batch, DatasetInfo, Prediction
@@ -227,10 +228,13 @@ class ViTPModule(L.LightningModule):
         if self.train_classifier:
             if batch.points is None:
                 raise ValueError("training the classifier needs point supervision: set data.point_sampler")
-            points, labels = batch.points, batch.point_labels
+            points, labels, point_masks = batch.points, batch.point_labels, None
             if self.no_object_points:
-                points, labels = self._with_proposal_points(batch)
-            logits = self.classifier(batch.images, points, batch.valid_tensor())
+                points, labels, point_masks = self._with_proposal_points(batch)
+            elif self.classifier_needs_masks:
+                point_masks = ground_truth_point_masks(batch, points)
+            extra = {} if point_masks is None else {"point_masks": point_masks}
+            logits = self.classifier(batch.images, points, batch.valid_tensor(), **extra)
             losses["point_ce"], logged["point_ce"] = self._point_ce(logits, labels)
         if self.train_proposer:
             proposals = self.proposer(batch.images, "panoptic", batch.targets)
@@ -296,10 +300,17 @@ class ViTPModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_skipped_samples("train")
 
-    def _with_proposal_points(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def classifier_needs_masks(self) -> bool:
+        """The classifier reads each point's segment mask (``PointViT(point_glimpse_masks=True)``)."""
+        return bool(getattr(self.classifier, "needs_point_masks", False))
+
+    def _with_proposal_points(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, PointMasks | None]:
         """The batch's sampled points followed by one point per proposal of the frozen proposer on
         the first ``no_object_images`` images (labelled with the matched class or "no object", see
-        ``proposal_point_targets``); the other images get padding (label -1) there."""
+        ``proposal_point_targets``); the other images get padding (label -1) there. With a
+        mask-aware classifier also the mask of every point: its ground-truth segment, or the
+        proposal (binarised at logit 0, on the valid region) for proposal points; else None."""
         n = len(batch) if self.no_object_images is None else min(len(batch), self.no_object_images)
         sub = Batch(batch.images[:n], batch.targets[:n])
         with torch.no_grad():
@@ -308,12 +319,25 @@ class ViTPModule(L.LightningModule):
         pad = len(batch) - n
         points = torch.cat([points, points.new_zeros((pad, *points.shape[1:]))])
         labels = torch.cat([labels, labels.new_full((pad, labels.shape[1]), -1)])
-        return torch.cat([batch.points, points], 1), torch.cat([batch.point_labels, labels], 1)
+        all_points = torch.cat([batch.points, points], 1)
+        masks = None
+        if self.classifier_needs_masks:
+            gt = ground_truth_point_masks(batch, batch.points)
+            stacks, index = list(gt.masks), [gt.index]
+            q = points.shape[1]
+            extra = torch.full((len(batch), q), -1, dtype=torch.long, device=points.device)
+            for i in range(n):
+                pred = valid_region_logits(proposals, sub, i) > 0
+                extra[i] = len(stacks[i]) + torch.arange(q, device=points.device)
+                stacks[i] = torch.cat([stacks[i], pred.to(stacks[i].device)])
+            masks = PointMasks(stacks, torch.cat(index + [extra], 1))
+        return all_points, torch.cat([batch.point_labels, labels], 1), masks
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Batch, stage: str) -> None:
         supervised = self.classifier is not None and batch.points is not None
-        out = self.pipeline(batch, extra_points=batch.points if supervised else None)
+        extra_masks = ground_truth_point_masks(batch, batch.points) if supervised and self.classifier_needs_masks else None
+        out = self.pipeline(batch, extra_points=batch.points if supervised else None, extra_point_masks=extra_masks)
         if out.extra_point_logits is not None:
             num_classes = self.dataset_info.num_classes
             preds = out.extra_point_logits[..., :num_classes].argmax(-1).flatten()

@@ -9,6 +9,9 @@ The exported graph is ``PointViT`` with a fixed square input frame, the whole fr
     points  float[B, P, 2]      (y, x) in [-1, 1] of the frame; P is dynamic
     logits  float[B, P, K]      (K + 1 with a no-object output)
 
+A mask-aware classifier (``point_glimpse_masks``) takes a third input, the segment each point
+classifies: ``point_masks float[B, P, S, S]`` (1 inside, on the same frame as ``images``).
+
 B is fixed at export (default 1): PointViT loops over images in Python. Points are independent with
 ``one_way`` attention, so any P gives the logits PyTorch gives. ``vitp-export`` checks onnxruntime
 against PyTorch on random inputs and writes ``point_classifier.onnx`` + ``point_classifier.json``
@@ -32,16 +35,40 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from vitp.classifiers.glimpse import PointMasks
+
 
 class PointClassifierForExport(nn.Module):
-    """``(images [B,3,S,S], points [B,P,2]) -> logits [B,P,K]``: a PointViT over the whole frame."""
+    """``(images [B,3,S,S], points [B,P,2][, point_masks [B,P,S,S]]) -> logits [B,P,K]``: a PointViT
+    over the whole frame (``point_masks`` for a mask-aware classifier)."""
 
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
         self.classifier = classifier
 
-    def forward(self, images: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        return self.classifier(images, points, None)
+    def forward(self, images: torch.Tensor, points: torch.Tensor, point_masks: torch.Tensor | None = None) -> torch.Tensor:
+        if point_masks is None:
+            return self.classifier(images, points, None)
+        return self.classifier(images, points, None, point_masks=frame_point_masks(point_masks))
+
+
+def frame_point_masks(point_masks: torch.Tensor) -> PointMasks:
+    """``PointMasks`` of ``float[B, P, S, S]``: point p of image b reads mask p of image b."""
+    B, P = point_masks.shape[:2]
+    index = torch.arange(P, device=point_masks.device)[None].expand(B, P)
+    return PointMasks(list(point_masks.unbind(0)), index)
+
+
+def _random_inputs(classifier: nn.Module, b: int, size: int, p: int, generator: torch.Generator | None = None):
+    images = torch.randn(b, 3, size, size, generator=generator)
+    points = torch.rand(b, p, 2, generator=generator) * 2 - 1
+    if not getattr(classifier, "needs_point_masks", False):
+        return images, points
+    # a disc around each point, of random radius
+    rows = (torch.arange(size) + 0.5) / size * 2 - 1
+    radius = torch.rand(b, p, 1, 1, generator=generator) * 0.4 + 0.05
+    d2 = (rows[None, None, :, None] - points[..., 0, None, None]) ** 2 + (rows[None, None, None, :] - points[..., 1, None, None]) ** 2
+    return images, points, (d2 < radius**2).float()
 
 
 def export_point_classifier(classifier: nn.Module, path: str | os.PathLike, image_size: int | None = None,
@@ -58,14 +85,15 @@ def export_point_classifier(classifier: nn.Module, path: str | os.PathLike, imag
     classifier.point_chunk_size = None  # one pass over all points: P stays a graph dimension
     try:
         wrapper = PointClassifierForExport(classifier).eval()
-        images = torch.randn(batch_size, 3, size, size)
-        points = torch.rand(batch_size, num_points, 2) * 2 - 1
-        frame, _ = classifier.prepare_images(images, None)
+        inputs = _random_inputs(classifier, batch_size, size, num_points)
+        names = ["images", "points", "point_masks"][: len(inputs)]
+        axes = {"points": {1: "num_points"}, "logits": {1: "num_points"}, "point_masks": {1: "num_points"}}
+        frame, _ = classifier.prepare_images(inputs[0], None)
         ph, pw = classifier.patch_size
         with torch.no_grad(), classifier.fixed_pos_grid(frame.shape[-2] // ph, frame.shape[-1] // pw):
             torch.onnx.export(
-                wrapper, (images, points), str(path), input_names=["images", "points"], output_names=["logits"],
-                dynamic_axes={"points": {1: "num_points"}, "logits": {1: "num_points"}}, opset_version=opset,
+                wrapper, inputs, str(path), input_names=names, output_names=["logits"],
+                dynamic_axes={k: v for k, v in axes.items() if k in names + ["logits"]}, opset_version=opset,
                 dynamo=False,
             )
     finally:
@@ -85,12 +113,13 @@ def onnx_parity(classifier: nn.Module, path: str | os.PathLike, num_points: Sequ
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
     classifier.eval()
+    wrapper = PointClassifierForExport(classifier).eval()
     for p in num_points:
-        images = torch.randn(b, 3, size, size, generator=g)
-        points = torch.rand(b, p, 2, generator=g) * 2 - 1
+        inputs = _random_inputs(classifier, b, size, p, g)
         with torch.no_grad():
-            ref = classifier(images, points, None).float().numpy()
-        out = session.run(["logits"], {"images": images.numpy(), "points": points.numpy()})[0]
+            ref = wrapper(*inputs).float().numpy()
+        names = ["images", "points", "point_masks"]
+        out = session.run(["logits"], {n: x.numpy() for n, x in zip(names, inputs)})[0]
         worst = max(worst, float(abs(out - ref).max()))
     return worst
 
@@ -124,7 +153,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     info = seg.dataset_info
     meta = {
         "inputs": {"images": "float[B, 3, S, S] normalised: (rgb / 255 - mean) / std, long side resized to S, "
-                             "zero padding", "points": "float[B, P, 2] (y, x) in [-1, 1]"},
+                             "zero padding", "points": "float[B, P, 2] (y, x) in [-1, 1]"}
+        | ({"point_masks": "float[B, P, S, S], 1 on the segment each point classifies"}
+           if getattr(classifier, "needs_point_masks", False) else {}),
         "outputs": {"logits": "float[B, P, K] (+1 no-object column when trained with one)"},
         "image_size": int(args.image_size or classifier.image_size), "batch_size": args.batch_size,
         "mean": list(seg.transform.mean), "std": list(seg.transform.std),

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from vitp.fusion import fuse_class_probs
-from vitp.proposal_points import match_segments, select_points
+from vitp.classifiers.glimpse import PointMasks
+from vitp.proposal_points import match_segments, select_points, valid_region_logits
 from vitp.postprocess import PostProcessConfig, crop_and_resize, infer
 from vitp.structures import Batch, Prediction, Proposals, Target
 
@@ -139,10 +140,12 @@ class TwoStagePipeline:
         return self.proposer(batch.images, task, targets)
 
     def classify(
-        self, batch: Batch, proposals: list[Proposals], extra_points: torch.Tensor | None = None
+        self, batch: Batch, proposals: list[Proposals], extra_points: torch.Tensor | None = None,
+        extra_point_masks: PointMasks | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Point logits ``float[B, Q, C]`` per proposal set, and those of ``extra_points`` — all
-        from one classifier call (one patch pass)."""
+        from one classifier call (one patch pass). A mask-aware classifier also gets each point's
+        mask: its proposal (binarised at logit 0) or, for an extra point, ``extra_point_masks``."""
         b, k = len(batch), self.inference_top_k
         frame = tuple(batch.images.shape[-2:])
         valid = batch.valid_tensor()
@@ -151,13 +154,36 @@ class TwoStagePipeline:
         ]
         if extra_points is not None:
             chunks.append(extra_points.to(batch.images.device, torch.float32))
-        logits = self.classifier(batch.images, torch.cat(chunks, dim=1), valid)
+        extra = {}
+        if getattr(self.classifier, "needs_point_masks", False):
+            extra["point_masks"] = self._point_masks(batch, proposals, extra_points, extra_point_masks)
+        logits = self.classifier(batch.images, torch.cat(chunks, dim=1), valid, **extra)
         out, start = [], 0
         for p in proposals:
             q = p.mask_logits.shape[1]
             out.append(logits[:, start : start + q * k].reshape(b, q, k, -1).mean(2))
             start += q * k
         return out, (logits[:, start:] if extra_points is not None else None)
+
+    def _point_masks(self, batch: Batch, proposals: list[Proposals], extra_points: torch.Tensor | None,
+                     extra_point_masks: PointMasks | None) -> PointMasks:
+        """Each image's proposals (every set, in the order ``classify`` lays out their points) on its
+        valid region, then the masks of the extra points."""
+        if extra_points is not None and extra_point_masks is None:
+            raise ValueError("a mask-aware classifier needs extra_point_masks for the extra points")
+        stacks, index = [], []
+        k = self.inference_top_k
+        for i in range(len(batch)):
+            masks = [valid_region_logits(p, batch, i) > 0 for p in proposals]
+            count = sum(len(m) for m in masks)
+            idx = [torch.arange(count, device=batch.images.device).repeat_interleave(k)]
+            if extra_point_masks is not None:
+                masks.append(extra_point_masks.masks[i].to(batch.images.device).bool())
+                own = extra_point_masks.index[i].to(batch.images.device)
+                idx.append(torch.where(own >= 0, own + count, own))
+            stacks.append(torch.cat([m.to(batch.images.device) for m in masks]))
+            index.append(torch.cat(idx))
+        return PointMasks(stacks, torch.stack(index))
 
     def variant_probs(
         self, proposals: Proposals, point_logits: torch.Tensor | None, variants: tuple[str, ...]
@@ -179,17 +205,19 @@ class TwoStagePipeline:
 
     @torch.no_grad()
     def __call__(
-        self, batch: Batch, extra_points: torch.Tensor | None = None, variants: tuple[str, ...] | None = None
+        self, batch: Batch, extra_points: torch.Tensor | None = None, variants: tuple[str, ...] | None = None,
+        extra_point_masks: PointMasks | None = None,
     ) -> PipelineOutput:
         """Predictions of ``variants`` (default: all configured ones) for every image of ``batch``;
-        ``extra_points float[B, P, 2]`` are classified in the same classifier call."""
+        ``extra_points float[B, P, 2]`` are classified in the same classifier call (with their
+        ``extra_point_masks`` when the classifier is mask-aware)."""
         variants = self.variants if variants is None else tuple(v for v in variants if v in self.variants)
         groups = self.task_groups()
         proposals = [self.propose(batch, tasks[0]) for tasks in groups]
         point_logits: list[torch.Tensor | None] = [None] * len(groups)
         extra = None
         if self.classifier is not None and ("vitp" in variants or extra_points is not None):
-            point_logits, extra = self.classify(batch, proposals, extra_points)
+            point_logits, extra = self.classify(batch, proposals, extra_points, extra_point_masks)
         # per variant, per image: task -> result, filled group by group
         results: dict[str, list[dict[str, object]]] = {}
         for tasks, props, logits in zip(groups, proposals, point_logits):

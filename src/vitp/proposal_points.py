@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from vitp.classifiers.glimpse import PointMasks
 from vitp.postprocess import crop_and_resize
 from vitp.structures import Batch, Proposals
 
@@ -62,6 +63,35 @@ def select_points(
     return torch.stack([y, x], dim=-1).to(mask_logits.dtype if mask_logits.is_floating_point() else torch.float32)
 
 
+def valid_region_logits(proposals: Proposals, batch: Batch, index: int) -> torch.Tensor:
+    """Image ``index``'s mask logits ``[Q, h, w]`` on the valid region of the input frame (the pixels
+    of ``Target.masks[:, :h, :w]``)."""
+    logits = proposals.mask_logits[index].detach().float()
+    h, w = batch.targets[index].valid_size
+    if proposals.valid_sizes is not None:
+        return crop_and_resize(logits, tuple(proposals.valid_sizes[index].tolist()), (h, w))
+    return crop_and_resize(logits, (h, w), (h, w), tuple(batch.images.shape[-2:]))
+
+
+def ground_truth_point_masks(batch: Batch, points: torch.Tensor) -> PointMasks:
+    """The ground-truth segment under each point (``points float[B, P, 2]``, -1 where no segment or
+    a padding point), with each image's masks on its valid region: what a mask-aware classifier reads
+    for points sampled from ground-truth masks."""
+    masks, index = [], torch.full(points.shape[:2], -1, dtype=torch.long, device=points.device)
+    for i, target in enumerate(batch.targets):
+        h, w = target.valid_size
+        stack = target.masks[:, :h, :w]
+        masks.append(stack)
+        if len(stack) == 0:
+            continue
+        rows = ((points[i, :, 0] + 1) / 2 * h - 0.5).round().long().clamp(0, h - 1)
+        cols = ((points[i, :, 1] + 1) / 2 * w - 0.5).round().long().clamp(0, w - 1)
+        hit = stack[:, rows.to(stack.device), cols.to(stack.device)]  # [N, P]
+        found = hit.any(0).to(points.device)
+        index[i] = torch.where(found, hit.float().argmax(0).to(points.device), index[i])
+    return PointMasks(masks, index)
+
+
 def proposal_point_targets(
     proposals: Proposals, batch: Batch, num_classes: int, iou_threshold: float = 0.5
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,10 +110,7 @@ def proposal_point_targets(
     labels = torch.full(points.shape[:2], num_classes, dtype=torch.long, device=points.device)
     for i, target in enumerate(batch.targets):
         h, w = target.valid_size
-        if proposals.valid_sizes is not None:
-            pred = crop_and_resize(logits[i], tuple(proposals.valid_sizes[i].tolist()), (h, w))
-        else:
-            pred = crop_and_resize(logits[i], (h, w), (h, w), frame)
+        pred = valid_region_logits(proposals, batch, i)
         gt = target.masks[:, :h, :w].to(pred.device)
         if len(gt) == 0:
             continue

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from vitp.classifiers.glimpse import PointGlimpse, PointMasks
 from vitp.classifiers.locality import PointLocalityBias
 from vitp.classifiers.loading import LoadReport, load_into
 from vitp.classifiers.vit_ops import (
@@ -62,6 +63,7 @@ class PatchCache:
     image_grids: ``long[B, 2]`` patch grid covering each image's valid region.
     valid_sizes: ``long[B, 2]`` valid region of each image after rescaling (pixels).
     pos_grids: per image ``[gh, gw, D]`` patch position embedding (for ``sample_pos_embed``).
+    images: the rescaled, padded input images ``[B, 3, H', W']`` (kept only for ``point_glimpse``).
     """
 
     kv: list[tuple[torch.Tensor, torch.Tensor]]
@@ -72,6 +74,7 @@ class PatchCache:
     pos_grids: list[torch.Tensor]
     slot_mask: torch.Tensor | None = None
     start_block: int = 0
+    images: torch.Tensor | None = None
 
 
 def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
@@ -123,6 +126,13 @@ class PointViT(nn.Module):
         point_locality_radius: R; with ``one_way`` attention, add a learned relative-position bias
             to the points' attention over patches within R patches of the point (Gaussian priors
             of several widths per head; see ``vitp.classifiers.locality``). None = off (the paper).
+        point_glimpse: G; add to each point token a small CNN embedding of the ``G x G`` pixel window
+            of the (rescaled) input image centred on the point, zero at init (see
+            ``vitp.classifiers.glimpse``): the outline of objects smaller than a patch. None = off
+            (the paper).
+        point_glimpse_masks: the glimpse also reads the window of each point's own segment mask
+            (``point_masks`` of ``forward``: ground truth in training, the proposal at inference),
+            so the outline comes from the mask. Needs ``point_glimpse``.
         model_kwargs: extra ``timm.create_model`` kwargs (e.g. a tiny architecture for tests).
     """
 
@@ -143,6 +153,8 @@ class PointViT(nn.Module):
         point_start_block: int = 0,
         stem: Literal["patch", "conv"] = "patch",
         point_locality_radius: int | None = None,
+        point_glimpse: int | None = None,
+        point_glimpse_masks: bool = False,
         compile_blocks: bool = False,
     ) -> None:
         super().__init__()
@@ -190,6 +202,10 @@ class PointViT(nn.Module):
             if attention != "one_way":
                 raise ValueError("point_locality_radius needs attention='one_way'")
             self.point_locality = PointLocalityBias(depth, int(be.blocks[0].attn.num_heads), point_locality_radius)
+        if point_glimpse_masks and point_glimpse is None:
+            raise ValueError("point_glimpse_masks needs point_glimpse (the window size)")
+        self.point_glimpse = None if point_glimpse is None else PointGlimpse(
+            point_glimpse, self.embed_dim, masks=point_glimpse_masks)
         self.head: nn.Linear | None = None
         if pos_embed_init == "sincos":
             self._init_sincos_pos_embed()
@@ -200,6 +216,11 @@ class PointViT(nn.Module):
         self.checkpoint_path = checkpoint_path
         if num_classes is not None:
             self.set_num_classes(num_classes)
+
+    @property
+    def needs_point_masks(self) -> bool:
+        """True when ``forward`` needs ``point_masks`` (a mask-aware point glimpse)."""
+        return self.point_glimpse is not None and self.point_glimpse.masks
 
     def set_num_classes(self, num_classes: int) -> None:
         """Build the K-way head (once) and then load ``checkpoint_path`` if one was given."""
@@ -318,10 +339,11 @@ class PointViT(nn.Module):
         seq = be.norm_pre(be.pos_drop(seq))
         n_prefix = seq.shape[1] - Gh * Gw
         key_mask = torch.cat([patch_mask.new_ones(B, n_prefix), patch_mask.reshape(B, -1)], dim=1)
-        return seq, key_mask, (Gh, Gw), grids, vs, pos_grids
+        return seq, key_mask, (Gh, Gw), grids, vs, pos_grids, x
 
     def _embed_points(self, points: torch.Tensor, vs: torch.Tensor, grids: torch.Tensor,
-                      pos_grids: list[torch.Tensor]) -> torch.Tensor:
+                      pos_grids: list[torch.Tensor], images: torch.Tensor | None = None,
+                      point_masks: PointMasks | None = None) -> torch.Tensor:
         be = self.backbone
         B, P, _ = points.shape
         D = self.embed_dim
@@ -349,6 +371,10 @@ class PointViT(nn.Module):
                 base = be.cls_token[0, 0] if be.cls_token is not None else None
         if base is not None:
             tok = tok + base
+        if self.point_glimpse is not None:
+            if images is None:
+                raise ValueError("point_glimpse needs the rescaled input images")
+            tok = tok + self.point_glimpse(images, points, vs, point_masks).to(tok.dtype)
         return be.norm_pre(be.pos_drop(tok))
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
@@ -386,7 +412,7 @@ class PointViT(nn.Module):
         points run (``point_start_block`` on)."""
         if self.attention != "one_way":
             raise RuntimeError("encode_patches / classify_points need attention='one_way'")
-        seq, key_mask, grid, grids, vs, pos_grids = self._embed_patches(images, valid_sizes)
+        seq, key_mask, grid, grids, vs, pos_grids, prepared = self._embed_patches(images, valid_sizes)
         k0 = self.point_start_block
         mask = self._patch_mask(key_mask)
         seq = self._patch_blocks(seq, mask, k0)
@@ -401,11 +427,12 @@ class PointViT(nn.Module):
             kv.append(self_slot_kv(*blk_kv))
         return PatchCache(kv=kv, key_mask=key_mask, grid=grid, image_grids=grids, valid_sizes=vs,
                           pos_grids=pos_grids, slot_mask=None if mask is None else self_slot_mask(key_mask),
-                          start_block=k0)
+                          start_block=k0, images=prepared if self.point_glimpse is not None else None)
 
-    def classify_points(self, cache: PatchCache, points: torch.Tensor) -> torch.Tensor:
+    def classify_points(self, cache: PatchCache, points: torch.Tensor,
+                        point_masks: PointMasks | None = None) -> torch.Tensor:
         """Logits ``[B, P, K]`` of ``points [B, P, 2]`` from a ``PatchCache`` (chunked over P when
-        ``point_chunk_size`` is set and smaller than P)."""
+        ``point_chunk_size`` is set and smaller than P); ``point_masks`` for ``point_glimpse_masks``."""
         B, P, _ = points.shape
         if P == 0:
             return points.new_zeros(B, 0, self.num_classes)
@@ -417,7 +444,8 @@ class PointViT(nn.Module):
         n_prefix = cache.key_mask.shape[1] - cache.grid[0] * cache.grid[1]
         for s in range(0, P, chunk):
             pts = points[:, s : s + chunk]
-            x = self._embed_points(pts, cache.valid_sizes, cache.image_grids, cache.pos_grids)
+            x = self._embed_points(pts, cache.valid_sizes, cache.image_grids, cache.pos_grids, cache.images,
+                                   None if point_masks is None else point_masks.points(s, s + chunk))
             index = None if locality is None else locality.offset_index(
                 pts.float(), cache.valid_sizes, self.patch_size, cache.grid)
             for j, (blk, kv) in enumerate(zip(blocks, cache.kv)):
@@ -433,20 +461,22 @@ class PointViT(nn.Module):
         points: torch.Tensor,
         valid_sizes: torch.Tensor | None = None,
         point_mask: torch.Tensor | None = None,
+        point_masks: PointMasks | None = None,
     ) -> torch.Tensor:
         """``images [B,3,H,W]``, ``points [B,P,2]`` (y, x in [-1,1] of the valid region),
         ``valid_sizes long[B,2]`` (None = whole frame) -> ``logits [B,P,K]``.
 
         ``point_mask bool[B,P]`` (``full`` mode only): False hides padding points from the others.
+        ``point_masks``: the segment mask of every point, for ``point_glimpse_masks``.
         """
         if valid_sizes is not None and not isinstance(valid_sizes, torch.Tensor):
             valid_sizes = torch.as_tensor(valid_sizes, dtype=torch.long, device=images.device)
         if self.attention == "one_way":
-            return self.classify_points(self.encode_patches(images, valid_sizes), points)
+            return self.classify_points(self.encode_patches(images, valid_sizes), points, point_masks)
         B, P, _ = points.shape
-        seq, key_mask, _, grids, vs, pos_grids = self._embed_patches(images, valid_sizes)
+        seq, key_mask, _, grids, vs, pos_grids, prepared = self._embed_patches(images, valid_sizes)
         seq = self._patch_blocks(seq, self._patch_mask(key_mask), self.point_start_block)
-        pts = self._embed_points(points, vs, grids, pos_grids)
+        pts = self._embed_points(points, vs, grids, pos_grids, prepared, point_masks)
         pmask = torch.ones(B, P, dtype=torch.bool, device=seq.device) if point_mask is None else point_mask.bool()
         x = torch.cat([pts, seq], dim=1)
         mask = torch.cat([pmask, key_mask], dim=1)[:, None, None, :]
