@@ -132,3 +132,16 @@ def test_mask_aware_classifier_needs_and_uses_the_masks():
         PointViT(3, model_name="vit_tiny_patch16_224", point_glimpse_masks=True, model_kwargs=KW)
     with pytest.raises(ValueError, match="refers to mask"):
         PointMasks([disc], torch.tensor([[0, 2]]))
+
+
+def test_fewer_samples_cover_the_same_window():
+    image = torch.zeros(1, 3, 32, 32)
+    image[0, :, 10:18, 10:18] = 1.0                                 # an 8 x 8 square
+    point, vs = _point_at_pixel(13, 13, 32, 32), torch.tensor([[32, 32]])
+    full, coarse = PointGlimpse(16, 8), PointGlimpse(16, 8, samples=8)
+    a, b = full.windows(image, point, vs), coarse.windows(image, point, vs)
+    assert a.shape == (1, 3, 16, 16) and b.shape == (1, 3, 8, 8)
+    # the square covers the same share of the window at both sampling densities
+    assert a[0, 0].mean() == pytest.approx(64 / 256, abs=0.02) and b[0, 0].mean() == pytest.approx(64 / 256, abs=0.05)
+    masks = PointMasks([image[0, :1] > 0], torch.tensor([[0]]))
+    torch.testing.assert_close(coarse.mask_windows(masks, point, vs)[0, 0], (b[0, 0] > 0.5).float())

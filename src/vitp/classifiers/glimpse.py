@@ -58,18 +58,22 @@ class PointGlimpse(nn.Module):
     Args:
         size: window side in pixels of the classifier's (rescaled) input image; >= 4.
         embed_dim: D, the point token width.
+        samples: samples per window side (default ``size``: one per pixel); fewer make the CNN
+            cheaper (its cost grows with ``samples ** 2``) at a coarser view of the window.
         width: channels of the first convolution (doubling per stride-2 step).
         masks: add the window of the point's segment mask as a fourth channel (needs ``PointMasks``).
     """
 
-    def __init__(self, size: int, embed_dim: int, width: int = 16, masks: bool = False) -> None:
+    def __init__(self, size: int, embed_dim: int, samples: int | None = None, width: int = 16,
+                 masks: bool = False) -> None:
         super().__init__()
-        if size < 4:
-            raise ValueError(f"point_glimpse must be >= 4 pixels, got {size}")
-        self.size = int(size)
+        samples = size if samples is None else samples
+        if size < 4 or samples < 4:
+            raise ValueError(f"point_glimpse must be >= 4 pixels and samples, got {size} pixels, {samples} samples")
+        self.size, self.samples = int(size), int(samples)
         self.masks = bool(masks)
         layers: list[nn.Module] = []
-        channels, side = 4 if self.masks else 3, self.size
+        channels, side = 4 if self.masks else 3, self.samples
         while side > 4:
             out = width * 2 ** (len(layers) // 3)
             layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
@@ -79,46 +83,52 @@ class PointGlimpse(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
+    def _offsets(self, device: torch.device) -> torch.Tensor:
+        """Sample centres relative to the point, in input pixels (``[samples]``)."""
+        step = self.size / self.samples
+        return (torch.arange(self.samples, device=device, dtype=torch.float32) + 0.5) * step - self.size / 2
+
     def windows(self, images: torch.Tensor, points: torch.Tensor, valid_sizes: torch.Tensor) -> torch.Tensor:
-        """``float[B * P, 3, size, size]``: bilinear samples of ``images [B, 3, H, W]`` on the pixel
-        grid centred on each point (``points [B, P, 2]``, (y, x) in [-1, 1] of the valid region
+        """``float[B * P, 3, n, n]`` (n = ``samples``): bilinear samples of ``images [B, 3, H, W]`` on
+        the grid centred on each point (``points [B, P, 2]``, (y, x) in [-1, 1] of the valid region
         ``valid_sizes long[B, 2]``); zero outside the frame (the padding value of the input)."""
         B, P, _ = points.shape
         H, W = images.shape[-2:]
-        g = self.size
-        centre = (points.to(images.dtype) + 1) / 2 * valid_sizes.to(images.dtype)[:, None, :]  # pixel units
-        offsets = torch.arange(g, device=images.device, dtype=images.dtype) - (g - 1) / 2
-        ys = (centre[..., 0:1] + offsets) / H * 2 - 1  # [B, P, g]
+        n = self.samples
+        centre = (points.float() + 1) / 2 * valid_sizes.float()[:, None, :]  # pixel units
+        offsets = self._offsets(images.device)
+        ys = (centre[..., 0:1] + offsets) / H * 2 - 1  # [B, P, n]
         xs = (centre[..., 1:2] + offsets) / W * 2 - 1
-        grid = torch.stack(torch.broadcast_tensors(xs[..., None, :], ys[..., :, None]), dim=-1)  # [B, P, g, g, 2]
-        out = F.grid_sample(images, grid.reshape(B, P * g, g, 2), mode="bilinear", padding_mode="zeros",
-                            align_corners=False)  # [B, 3, P * g, g]
-        return out.reshape(B, 3, P, g, g).transpose(1, 2).reshape(B * P, 3, g, g)
+        grid = torch.stack(torch.broadcast_tensors(xs[..., None, :], ys[..., :, None]), dim=-1)  # [B, P, n, n, 2]
+        out = F.grid_sample(images, grid.reshape(B, P * n, n, 2).to(images.dtype), mode="bilinear",
+                            padding_mode="zeros", align_corners=False)  # [B, 3, P * n, n]
+        return out.reshape(B, 3, P, n, n).transpose(1, 2).reshape(B * P, 3, n, n)
 
     def mask_windows(self, point_masks: PointMasks, points: torch.Tensor, valid_sizes: torch.Tensor) -> torch.Tensor:
-        """``float[B * P, 1, size, size]``: each point's window of its own segment mask, on the same
-        pixel grid as :meth:`windows` (``valid_sizes`` of the classifier's input), mapped onto the
-        mask's resolution; zero outside the mask's image and for points without a mask."""
+        """``float[B * P, 1, n, n]``: each point's window of its own segment mask, on the same grid as
+        :meth:`windows` (``valid_sizes`` of the classifier's input) mapped onto the mask's resolution,
+        read at the nearest mask pixel (a gather: no per-point copy of the mask); zero outside the
+        mask's image and for points without a mask."""
         B, P, _ = points.shape
         if tuple(point_masks.index.shape) != (B, P):
             raise ValueError(f"point_masks.index is {tuple(point_masks.index.shape)} for {B} x {P} points")
-        g = self.size
-        offsets = torch.arange(g, device=points.device, dtype=torch.float32) - (g - 1) / 2
+        n = self.samples
+        offsets = self._offsets(points.device)
         out = []
         for b in range(B):
             stack, idx = point_masks.masks[b], point_masks.index[b].to(points.device)
-            h, w = stack.shape[-2:]
-            if len(stack) == 0:
-                out.append(points.new_zeros(P, 1, g, g, dtype=torch.float32))
+            N, h, w = stack.shape
+            if N == 0:
+                out.append(points.new_zeros(P, 1, n, n, dtype=torch.float32))
                 continue
-            masks = stack.to(points.device, torch.float32)[idx.clamp(min=0)][:, None]  # [P, 1, h, w]
-            scale = torch.tensor([h, w], device=points.device, dtype=torch.float32) / valid_sizes[b].float()
+            scale = torch.stack([h / valid_sizes[b, 0].float(), w / valid_sizes[b, 1].float()])
             centre = (points[b].float() + 1) / 2 * valid_sizes[b].float()  # input pixels
-            ys = (centre[:, 0:1] + offsets) * scale[0] / h * 2 - 1  # [P, g]
-            xs = (centre[:, 1:2] + offsets) * scale[1] / w * 2 - 1
-            grid = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1)  # [P, g, g, 2]
-            win = F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            out.append(win * (idx >= 0).float()[:, None, None, None])
+            ys = ((centre[:, 0:1] + offsets) * scale[0]).floor().long()  # [P, n] mask rows
+            xs = ((centre[:, 1:2] + offsets) * scale[1]).floor().long()
+            inside = ((ys >= 0) & (ys < h))[:, :, None] & ((xs >= 0) & (xs < w))[:, None, :] & (idx >= 0)[:, None, None]
+            flat = (idx.clamp(min=0)[:, None, None] * h + ys.clamp(0, h - 1)[:, :, None]) * w + xs.clamp(0, w - 1)[:, None, :]
+            values = stack.to(points.device).reshape(-1)[flat].float()
+            out.append((values * inside.float())[:, None])
         return torch.cat(out)
 
     def forward(self, images: torch.Tensor, points: torch.Tensor, valid_sizes: torch.Tensor,

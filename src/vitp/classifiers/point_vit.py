@@ -130,6 +130,8 @@ class PointViT(nn.Module):
             of the (rescaled) input image centred on the point, zero at init (see
             ``vitp.classifiers.glimpse``): the outline of objects smaller than a patch. None = off
             (the paper).
+        point_glimpse_samples: samples per side of the glimpse window (default: one per pixel); the
+            glimpse CNN's cost grows with its square.
         point_glimpse_masks: the glimpse also reads the window of each point's own segment mask
             (``point_masks`` of ``forward``: ground truth in training, the proposal at inference),
             so the outline comes from the mask. Needs ``point_glimpse``.
@@ -154,6 +156,7 @@ class PointViT(nn.Module):
         stem: Literal["patch", "conv"] = "patch",
         point_locality_radius: int | None = None,
         point_glimpse: int | None = None,
+        point_glimpse_samples: int | None = None,
         point_glimpse_masks: bool = False,
         compile_blocks: bool = False,
     ) -> None:
@@ -205,7 +208,7 @@ class PointViT(nn.Module):
         if point_glimpse_masks and point_glimpse is None:
             raise ValueError("point_glimpse_masks needs point_glimpse (the window size)")
         self.point_glimpse = None if point_glimpse is None else PointGlimpse(
-            point_glimpse, self.embed_dim, masks=point_glimpse_masks)
+            point_glimpse, self.embed_dim, samples=point_glimpse_samples, masks=point_glimpse_masks)
         self.head: nn.Linear | None = None
         if pos_embed_init == "sincos":
             self._init_sincos_pos_embed()
