@@ -145,3 +145,20 @@ def test_fewer_samples_cover_the_same_window():
     assert a[0, 0].mean() == pytest.approx(64 / 256, abs=0.02) and b[0, 0].mean() == pytest.approx(64 / 256, abs=0.05)
     masks = PointMasks([image[0, :1] > 0], torch.tensor([[0]]))
     torch.testing.assert_close(coarse.mask_windows(masks, point, vs)[0, 0], (b[0, 0] > 0.5).float())
+
+
+def test_glimpse_head_adds_the_glimpse_own_logits():
+    torch.manual_seed(0)
+    m = PointViT(3, model_name="vit_tiny_patch16_224", image_size=64, point_encoding="sample_patch",
+                 point_glimpse=16, point_glimpse_samples=8, point_glimpse_head=True, model_kwargs=KW).eval()
+    assert m.glimpse_head is not None and m.glimpse_head.out_features == 3
+    torch.nn.init.normal_(m.point_glimpse.proj.weight, std=0.1)
+    images, points, valid = torch.randn(2, 3, 64, 64), torch.rand(2, 4, 2) * 2 - 1, torch.tensor([[64, 64], [64, 40]])
+    with_head = m(images, points, valid)
+    m.head.weight.data.zero_(), m.head.bias.data.zero_()      # only the glimpse's own logits remain
+    prepared, vs = m.prepare_images(images, valid)
+    expected = m.glimpse_head(m.point_glimpse(prepared, points, vs))
+    torch.testing.assert_close(m(images, points, valid), expected)
+    assert (with_head - expected).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="point_glimpse_head needs"):
+        PointViT(3, model_name="vit_tiny_patch16_224", point_glimpse_head=True, model_kwargs=KW)

@@ -135,6 +135,9 @@ class PointViT(nn.Module):
         point_glimpse_masks: the glimpse also reads the window of each point's own segment mask
             (``point_masks`` of ``forward``: ground truth in training, the proposal at inference),
             so the outline comes from the mask. Needs ``point_glimpse``.
+        point_glimpse_head: also classify each point from its glimpse alone (a linear head on the
+            glimpse embedding) and add those logits to the ViT's: a direct path for the shape read
+            from the window. Needs ``point_glimpse``.
         model_kwargs: extra ``timm.create_model`` kwargs (e.g. a tiny architecture for tests).
     """
 
@@ -158,6 +161,7 @@ class PointViT(nn.Module):
         point_glimpse: int | None = None,
         point_glimpse_samples: int | None = None,
         point_glimpse_masks: bool = False,
+        point_glimpse_head: bool = False,
         compile_blocks: bool = False,
     ) -> None:
         super().__init__()
@@ -205,8 +209,11 @@ class PointViT(nn.Module):
             if attention != "one_way":
                 raise ValueError("point_locality_radius needs attention='one_way'")
             self.point_locality = PointLocalityBias(depth, int(be.blocks[0].attn.num_heads), point_locality_radius)
-        if point_glimpse_masks and point_glimpse is None:
-            raise ValueError("point_glimpse_masks needs point_glimpse (the window size)")
+        for name, on in (("point_glimpse_masks", point_glimpse_masks), ("point_glimpse_head", point_glimpse_head)):
+            if on and point_glimpse is None:
+                raise ValueError(f"{name} needs point_glimpse (the window size)")
+        self.use_glimpse_head = bool(point_glimpse_head)
+        self.glimpse_head: nn.Linear | None = None
         self.point_glimpse = None if point_glimpse is None else PointGlimpse(
             point_glimpse, self.embed_dim, samples=point_glimpse_samples, masks=point_glimpse_masks)
         self.head: nn.Linear | None = None
@@ -235,14 +242,18 @@ class PointViT(nn.Module):
             return
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes)
+        if self.use_glimpse_head:
+            self.glimpse_head = nn.Linear(self.embed_dim, num_classes)
         self.reset_head()
         if self.checkpoint_path:
             self.load_checkpoint(self.checkpoint_path)
 
     # ------------------------------------------------------------------ parameters / loading
     def reset_head(self) -> None:
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        for head in (self.head, self.glimpse_head):
+            if head is not None:
+                nn.init.trunc_normal_(head.weight, std=0.02)
+                nn.init.zeros_(head.bias)
 
     def _init_sincos_pos_embed(self) -> None:
         be = self.backbone
@@ -345,8 +356,7 @@ class PointViT(nn.Module):
         return seq, key_mask, (Gh, Gw), grids, vs, pos_grids, x
 
     def _embed_points(self, points: torch.Tensor, vs: torch.Tensor, grids: torch.Tensor,
-                      pos_grids: list[torch.Tensor], images: torch.Tensor | None = None,
-                      point_masks: PointMasks | None = None) -> torch.Tensor:
+                      pos_grids: list[torch.Tensor]) -> torch.Tensor:
         be = self.backbone
         B, P, _ = points.shape
         D = self.embed_dim
@@ -374,19 +384,27 @@ class PointViT(nn.Module):
                 base = be.cls_token[0, 0] if be.cls_token is not None else None
         if base is not None:
             tok = tok + base
-        if self.point_glimpse is not None:
-            if images is None:
-                raise ValueError("point_glimpse needs the rescaled input images")
-            tok = tok + self.point_glimpse(images, points, vs, point_masks).to(tok.dtype)
         return be.norm_pre(be.pos_drop(tok))
 
-    def _head(self, x: torch.Tensor) -> torch.Tensor:
+    def _glimpse(self, images: torch.Tensor | None, points: torch.Tensor, vs: torch.Tensor,
+                 point_masks: PointMasks | None) -> torch.Tensor | None:
+        """The glimpse embedding ``[B, P, D]`` of each point (None without ``point_glimpse``)."""
+        if self.point_glimpse is None:
+            return None
+        if images is None:
+            raise ValueError("point_glimpse needs the rescaled input images")
+        return self.point_glimpse(images, points, vs, point_masks)
+
+    def _head(self, x: torch.Tensor, glimpse: torch.Tensor | None = None) -> torch.Tensor:
         be = self.backbone
         x = be.norm(x)
         x = getattr(be, "fc_norm", nn.Identity())(x)
         if self.head is None:
             raise RuntimeError("PointViT: num_classes is not set (pass it or call set_num_classes)")
-        return self.head(x)
+        logits = self.head(x)
+        if self.glimpse_head is not None and glimpse is not None:
+            logits = logits + self.glimpse_head(glimpse).to(logits.dtype)
+        return logits
 
     # ------------------------------------------------------------------ forward
     def _op(self, name: str):
@@ -447,15 +465,18 @@ class PointViT(nn.Module):
         n_prefix = cache.key_mask.shape[1] - cache.grid[0] * cache.grid[1]
         for s in range(0, P, chunk):
             pts = points[:, s : s + chunk]
-            x = self._embed_points(pts, cache.valid_sizes, cache.image_grids, cache.pos_grids, cache.images,
-                                   None if point_masks is None else point_masks.points(s, s + chunk))
+            x = self._embed_points(pts, cache.valid_sizes, cache.image_grids, cache.pos_grids)
+            glimpse = self._glimpse(cache.images, pts, cache.valid_sizes,
+                                    None if point_masks is None else point_masks.points(s, s + chunk))
+            if glimpse is not None:
+                x = x + glimpse.to(x.dtype)
             index = None if locality is None else locality.offset_index(
                 pts.float(), cache.valid_sizes, self.patch_size, cache.grid)
             for j, (blk, kv) in enumerate(zip(blocks, cache.kv)):
                 mask = cache.slot_mask if index is None else locality.attention_bias(
                     cache.start_block + j, index, cache.key_mask, n_prefix)
                 x = query(blk, x, kv, mask)
-            out.append(self._head(x))
+            out.append(self._head(x, glimpse))
         return torch.cat(out, dim=1)
 
     def forward(
@@ -479,11 +500,14 @@ class PointViT(nn.Module):
         B, P, _ = points.shape
         seq, key_mask, _, grids, vs, pos_grids, prepared = self._embed_patches(images, valid_sizes)
         seq = self._patch_blocks(seq, self._patch_mask(key_mask), self.point_start_block)
-        pts = self._embed_points(points, vs, grids, pos_grids, prepared, point_masks)
+        pts = self._embed_points(points, vs, grids, pos_grids)
+        glimpse = self._glimpse(prepared, points, vs, point_masks)
+        if glimpse is not None:
+            pts = pts + glimpse.to(pts.dtype)
         pmask = torch.ones(B, P, dtype=torch.bool, device=seq.device) if point_mask is None else point_mask.bool()
         x = torch.cat([pts, seq], dim=1)
         mask = torch.cat([pmask, key_mask], dim=1)[:, None, None, :]
         fwd = self._op("block_forward")
         for blk in self.backbone.blocks[self.point_start_block:]:
             x, _ = fwd(blk, x, mask)
-        return self._head(x[:, :P])
+        return self._head(x[:, :P], glimpse)
