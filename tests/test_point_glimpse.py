@@ -19,14 +19,14 @@ def test_window_is_centred_on_the_point_and_zero_outside_the_frame():
     g = PointGlimpse(5, 8)
     image = torch.zeros(1, 3, 20, 30)
     image[0, :, 3, 7] = 1.0
-    win = g.windows(image, _point_at_pixel(3, 7, 20, 30), torch.tensor([[20, 30]]))
+    win = g.windows(image, *g.geometry(_point_at_pixel(3, 7, 20, 30), torch.tensor([[20, 30]])))
     assert win.shape == (1, 3, 5, 5)
     assert win[0, 0, 2, 2] == pytest.approx(1.0) and win.sum() == pytest.approx(3.0)              # the marked pixel, at the centre
-    win = g.windows(image, _point_at_pixel(3, 9, 20, 30), torch.tensor([[20, 30]]))
+    win = g.windows(image, *g.geometry(_point_at_pixel(3, 9, 20, 30), torch.tensor([[20, 30]])))
     assert win[0, 0, 2, 0] == pytest.approx(1.0)                                    # two pixels to the left
     # a point in the corner: the window hangs over the frame, read as zero padding
     image = torch.ones(1, 3, 20, 30)
-    win = g.windows(image, _point_at_pixel(0, 0, 20, 30), torch.tensor([[20, 30]]))
+    win = g.windows(image, *g.geometry(_point_at_pixel(0, 0, 20, 30), torch.tensor([[20, 30]])))
     assert win[0, 0, :2].abs().max() < 1e-6 and win[0, 0, :, :2].abs().max() < 1e-6 and win[0, 0, 2:, 2:].min() == pytest.approx(1.0)
 
 
@@ -36,7 +36,7 @@ def test_window_follows_the_valid_region_of_each_image():
     images[1, :, 5, 3] = 1.0
     # image 1's valid region is 8 x 8 pixels of the padded frame
     points = torch.cat([_point_at_pixel(5, 3, 16, 16), _point_at_pixel(5, 3, 8, 8)])
-    win = g.windows(images, points, torch.tensor([[16, 16], [8, 8]]))
+    win = g.windows(images, *g.geometry(points, torch.tensor([[16, 16], [8, 8]])))
     assert win.shape == (2, 3, 4, 4)
     assert win[1, 0].sum() > 0.99 and win[0].sum() == 0
 
@@ -106,11 +106,12 @@ def test_mask_window_reads_the_point_own_mask_at_any_resolution():
     masks[1, 16:] = True          # bottom half
     points = torch.cat([_point_at_pixel(3, 8, 16, 16), _point_at_pixel(12, 8, 16, 16), _point_at_pixel(12, 8, 16, 16)], 1)
     pm = PointMasks([masks], torch.tensor([[0, 1, -1]]))
-    win = g.mask_windows(pm, points, torch.tensor([[16, 16]]))
+    vs = torch.tensor([[16, 16]])
+    win = g.mask_windows(pm, *g.geometry(points, vs), vs)
     assert win.shape == (3, 1, 4, 4)
     assert win[0].min() == pytest.approx(1.0) and win[1].min() == pytest.approx(1.0) and win[2].abs().max() == 0
     # a window across the border between the halves reads both
-    win = g.mask_windows(PointMasks([masks], torch.tensor([[0]])), _point_at_pixel(8, 8, 16, 16), torch.tensor([[16, 16]]))
+    win = g.mask_windows(PointMasks([masks], torch.tensor([[0]])), *g.geometry(_point_at_pixel(8, 8, 16, 16), vs), vs)
     assert win[0, 0, 0].mean() > 0.9 and win[0, 0, -1].mean() < 0.1
 
 
@@ -139,12 +140,12 @@ def test_fewer_samples_cover_the_same_window():
     image[0, :, 10:18, 10:18] = 1.0                                 # an 8 x 8 square
     point, vs = _point_at_pixel(13, 13, 32, 32), torch.tensor([[32, 32]])
     full, coarse = PointGlimpse(16, 8), PointGlimpse(16, 8, samples=8)
-    a, b = full.windows(image, point, vs), coarse.windows(image, point, vs)
+    a, b = full.windows(image, *full.geometry(point, vs)), coarse.windows(image, *coarse.geometry(point, vs))
     assert a.shape == (1, 3, 16, 16) and b.shape == (1, 3, 8, 8)
     # the square covers the same share of the window at both sampling densities
     assert a[0, 0].mean() == pytest.approx(64 / 256, abs=0.02) and b[0, 0].mean() == pytest.approx(64 / 256, abs=0.05)
     masks = PointMasks([image[0, :1] > 0], torch.tensor([[0]]))
-    torch.testing.assert_close(coarse.mask_windows(masks, point, vs)[0, 0], (b[0, 0] > 0.5).float())
+    torch.testing.assert_close(coarse.mask_windows(masks, *coarse.geometry(point, vs), vs)[0, 0], (b[0, 0] > 0.5).float())
 
 
 def test_glimpse_head_adds_the_glimpse_own_logits():
@@ -162,3 +163,21 @@ def test_glimpse_head_adds_the_glimpse_own_logits():
     assert (with_head - expected).abs().max() > 1e-4
     with pytest.raises(ValueError, match="point_glimpse_head needs"):
         PointViT(3, model_name="vit_tiny_patch16_224", point_glimpse_head=True, model_kwargs=KW)
+
+
+def test_box_fitted_window_frames_the_segment_whatever_its_size():
+    g = PointGlimpse(4, 8, samples=8, masks=True, fit_box=True)
+    vs = torch.tensor([[32, 32]])
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)               # masks at twice the input resolution
+    masks[0, 8:16, 8:16] = True                                    # a 4 x 4 input-pixel square at (4..8)
+    masks[1, 20:60, 10:50] = True                                  # a 20 x 20 one at (10..30, 5..25)
+    points = torch.cat([_point_at_pixel(5, 5, 32, 32), _point_at_pixel(12, 20, 32, 32), _point_at_pixel(1, 1, 32, 32)], 1)
+    pm = PointMasks([masks], torch.tensor([[0, 1, -1]]))
+    centres, extents = g.geometry(points, vs, pm)
+    torch.testing.assert_close(centres[0, :2], torch.tensor([[6.0, 6.0], [20.0, 15.0]]))
+    torch.testing.assert_close(extents[0], torch.tensor([4.4, 22.0, 4.0]))   # box side x 1.1; no mask: size
+    win = g.mask_windows(pm, centres, extents, vs)[:, 0]
+    # both squares fill the middle of their window alike: the same outline at any size
+    assert win[0].sum() == win[1].sum() and win[0, 1:-1, 1:-1].all() and win[2].sum() == 0
+    with pytest.raises(ValueError, match="masks"):
+        PointGlimpse(4, 8, fit_box=True)

@@ -11,6 +11,9 @@ glimpse changes nothing and the point token starts exactly as without it.
 With ``masks=True`` the window has a fourth channel: the same window of the point's own segment
 mask (:class:`PointMasks`: a ground-truth segment in training, the proposal being classified at
 inference). The outline is then read from the mask itself, whatever the object's colour or texture.
+With ``fit_box=True`` the window is the segment's bounding box (a square around it, 10 % margin, at
+least ``size`` pixels) instead of a fixed window around the point: the outline of any object,
+however small or large, fills the same ``samples x samples`` grid (as RoIAlign does for mask heads).
 
 Beyond the paper (ViT-P's point token carries only a position); opt-in via
 ``PointViT(point_glimpse=..., point_glimpse_masks=...)``. Without masks it reads only the image and the
@@ -53,25 +56,30 @@ class PointMasks:
 
 
 class PointGlimpse(nn.Module):
-    """``[B, P, D]`` embedding of the ``size x size`` input-image window centred on each point.
+    """``[B, P, D]`` embedding of the input-image window around each point.
 
     Args:
-        size: window side in pixels of the classifier's (rescaled) input image; >= 4.
+        size: window side in pixels of the classifier's (rescaled) input image (the smallest side
+            with ``fit_box``); >= 4.
         embed_dim: D, the point token width.
         samples: samples per window side (default ``size``: one per pixel); fewer make the CNN
             cheaper (its cost grows with ``samples ** 2``) at a coarser view of the window.
         width: channels of the first convolution (doubling per stride-2 step).
         masks: add the window of the point's segment mask as a fourth channel (needs ``PointMasks``).
+        fit_box: with ``masks``, the window is the square around the point's segment's bounding box
+            (10 % margin, side >= ``size``) rather than ``size`` pixels around the point.
     """
 
     def __init__(self, size: int, embed_dim: int, samples: int | None = None, width: int = 16,
-                 masks: bool = False) -> None:
+                 masks: bool = False, fit_box: bool = False) -> None:
         super().__init__()
         samples = size if samples is None else samples
         if size < 4 or samples < 4:
             raise ValueError(f"point_glimpse must be >= 4 pixels and samples, got {size} pixels, {samples} samples")
+        if fit_box and not masks:
+            raise ValueError("fitting the glimpse to the segment's box needs the masks (masks=True)")
         self.size, self.samples = int(size), int(samples)
-        self.masks = bool(masks)
+        self.masks, self.fit_box = bool(masks), bool(fit_box)
         layers: list[nn.Module] = []
         channels, side = 4 if self.masks else 3, self.samples
         while side > 4:
@@ -83,51 +91,78 @@ class PointGlimpse(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def _offsets(self, device: torch.device) -> torch.Tensor:
-        """Sample centres relative to the point, in input pixels (``[samples]``)."""
-        step = self.size / self.samples
-        return (torch.arange(self.samples, device=device, dtype=torch.float32) + 0.5) * step - self.size / 2
+    def _grid(self, centres: torch.Tensor, extents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample centres ``(rows, cols) float[..., n]`` in input pixels of windows of side ``extents
+        [...]`` centred on ``centres [..., 2]``."""
+        frac = (torch.arange(self.samples, device=centres.device, dtype=torch.float32) + 0.5) / self.samples - 0.5
+        step = extents.float()[..., None] * frac
+        return centres[..., 0:1].float() + step, centres[..., 1:2].float() + step
 
-    def windows(self, images: torch.Tensor, points: torch.Tensor, valid_sizes: torch.Tensor) -> torch.Tensor:
+    def geometry(self, points: torch.Tensor, valid_sizes: torch.Tensor,
+                 point_masks: PointMasks | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Window centres ``float[B, P, 2]`` (input pixels) and sides ``float[B, P]``: the point and
+        ``size``, or (``fit_box``) the point's segment's box, for points that have a non-empty mask."""
+        vs = valid_sizes.float()[:, None, :]
+        centres = (points.float() + 1) / 2 * vs
+        extents = torch.full(points.shape[:2], float(self.size), device=points.device)
+        if not self.fit_box or point_masks is None:
+            return centres, extents
+        for b, stack in enumerate(point_masks.masks):
+            N, h, w = stack.shape
+            if N == 0:
+                continue
+            rows, cols = stack.any(2).to(points.device), stack.any(1).to(points.device)  # [N, h], [N, w]
+            # first / last occupied row and column (argmax finds the first True); ends exclusive
+            y0, x0 = rows.float().argmax(1), cols.float().argmax(1)
+            y1, x1 = h - rows.flip(1).float().argmax(1), w - cols.flip(1).float().argmax(1)
+            box = torch.stack([y0, x0, y1, x1], 1).float()  # [N, 4]
+            scale = torch.tensor([h, w, h, w], device=points.device, dtype=torch.float32) / valid_sizes[b].float().repeat(2)
+            box = box / scale  # input pixels
+            idx = point_masks.index[b].to(points.device)
+            has = (idx >= 0) & rows.any(1)[idx.clamp(min=0)]
+            mine = box[idx.clamp(min=0)]
+            side = torch.maximum(mine[:, 2] - mine[:, 0], mine[:, 3] - mine[:, 1]) * 1.1
+            centres[b] = torch.where(has[:, None], (mine[:, :2] + mine[:, 2:]) / 2, centres[b])
+            extents[b] = torch.where(has, side.clamp(min=float(self.size)), extents[b])
+        return centres, extents
+
+    def windows(self, images: torch.Tensor, centres: torch.Tensor, extents: torch.Tensor) -> torch.Tensor:
         """``float[B * P, 3, n, n]`` (n = ``samples``): bilinear samples of ``images [B, 3, H, W]`` on
-        the grid centred on each point (``points [B, P, 2]``, (y, x) in [-1, 1] of the valid region
-        ``valid_sizes long[B, 2]``); zero outside the frame (the padding value of the input)."""
-        B, P, _ = points.shape
+        the grid of each window (``centres [B, P, 2]`` and sides ``extents [B, P]`` in pixels of the
+        images); zero outside the frame (the padding value of the input)."""
+        B, P, _ = centres.shape
         H, W = images.shape[-2:]
         n = self.samples
-        centre = (points.float() + 1) / 2 * valid_sizes.float()[:, None, :]  # pixel units
-        offsets = self._offsets(images.device)
-        ys = (centre[..., 0:1] + offsets) / H * 2 - 1  # [B, P, n]
-        xs = (centre[..., 1:2] + offsets) / W * 2 - 1
+        rows, cols = self._grid(centres, extents)  # [B, P, n]
+        ys, xs = rows / H * 2 - 1, cols / W * 2 - 1
         grid = torch.stack(torch.broadcast_tensors(xs[..., None, :], ys[..., :, None]), dim=-1)  # [B, P, n, n, 2]
         out = F.grid_sample(images, grid.reshape(B, P * n, n, 2).to(images.dtype), mode="bilinear",
                             padding_mode="zeros", align_corners=False)  # [B, 3, P * n, n]
         return out.reshape(B, 3, P, n, n).transpose(1, 2).reshape(B * P, 3, n, n)
 
-    def mask_windows(self, point_masks: PointMasks, points: torch.Tensor, valid_sizes: torch.Tensor) -> torch.Tensor:
+    def mask_windows(self, point_masks: PointMasks, centres: torch.Tensor, extents: torch.Tensor,
+                     valid_sizes: torch.Tensor) -> torch.Tensor:
         """``float[B * P, 1, n, n]``: each point's window of its own segment mask, on the same grid as
-        :meth:`windows` (``valid_sizes`` of the classifier's input) mapped onto the mask's resolution,
-        read at the nearest mask pixel (a gather: no per-point copy of the mask); zero outside the
-        mask's image and for points without a mask."""
-        B, P, _ = points.shape
+        :meth:`windows` (input pixels, ``valid_sizes`` of the classifier's input) mapped onto the
+        mask's resolution, read at the nearest mask pixel (a gather: no per-point copy of the mask);
+        zero outside the mask's image and for points without a mask."""
+        B, P, _ = centres.shape
         if tuple(point_masks.index.shape) != (B, P):
             raise ValueError(f"point_masks.index is {tuple(point_masks.index.shape)} for {B} x {P} points")
         n = self.samples
-        offsets = self._offsets(points.device)
+        rows, cols = self._grid(centres, extents)  # [B, P, n]
         out = []
         for b in range(B):
-            stack, idx = point_masks.masks[b], point_masks.index[b].to(points.device)
+            stack, idx = point_masks.masks[b], point_masks.index[b].to(centres.device)
             N, h, w = stack.shape
             if N == 0:
-                out.append(points.new_zeros(P, 1, n, n, dtype=torch.float32))
+                out.append(centres.new_zeros(P, 1, n, n, dtype=torch.float32))
                 continue
-            scale = torch.stack([h / valid_sizes[b, 0].float(), w / valid_sizes[b, 1].float()])
-            centre = (points[b].float() + 1) / 2 * valid_sizes[b].float()  # input pixels
-            ys = ((centre[:, 0:1] + offsets) * scale[0]).floor().long()  # [P, n] mask rows
-            xs = ((centre[:, 1:2] + offsets) * scale[1]).floor().long()
+            ys = (rows[b] * (h / valid_sizes[b, 0].float())).floor().long()  # [P, n] mask rows
+            xs = (cols[b] * (w / valid_sizes[b, 1].float())).floor().long()
             inside = ((ys >= 0) & (ys < h))[:, :, None] & ((xs >= 0) & (xs < w))[:, None, :] & (idx >= 0)[:, None, None]
             flat = (idx.clamp(min=0)[:, None, None] * h + ys.clamp(0, h - 1)[:, :, None]) * w + xs.clamp(0, w - 1)[:, None, :]
-            values = stack.to(points.device).reshape(-1)[flat].float()
+            values = stack.to(centres.device).reshape(-1)[flat].float()
             out.append((values * inside.float())[:, None])
         return torch.cat(out)
 
@@ -136,10 +171,12 @@ class PointGlimpse(nn.Module):
         B, P, _ = points.shape
         if P == 0:
             return points.new_zeros(B, 0, self.proj.out_features)
-        windows = self.windows(images, points, valid_sizes)
+        if self.masks and point_masks is None:
+            raise ValueError("a mask-aware point glimpse needs the mask of every point (point_masks)")
+        centres, extents = self.geometry(points, valid_sizes, point_masks)
+        windows = self.windows(images, centres, extents)
         if self.masks:
-            if point_masks is None:
-                raise ValueError("a mask-aware point glimpse needs the mask of every point (point_masks)")
-            windows = torch.cat([windows, self.mask_windows(point_masks, points, valid_sizes).to(windows.dtype)], 1)
+            masks = self.mask_windows(point_masks, centres, extents, valid_sizes)
+            windows = torch.cat([windows, masks.to(windows.dtype)], 1)
         features = self.convs(windows)
         return self.proj(features.flatten(1)).reshape(B, P, -1)

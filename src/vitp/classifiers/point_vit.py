@@ -135,6 +135,9 @@ class PointViT(nn.Module):
         point_glimpse_masks: the glimpse also reads the window of each point's own segment mask
             (``point_masks`` of ``forward``: ground truth in training, the proposal at inference),
             so the outline comes from the mask. Needs ``point_glimpse``.
+        point_glimpse_fit_box: with ``point_glimpse_masks``, the window is the square around the
+            point's segment's bounding box (10 % margin, side >= ``point_glimpse``): every outline,
+            small or large, fills the same grid.
         point_glimpse_head: also classify each point from its glimpse alone (a linear head on the
             glimpse embedding) and add those logits to the ViT's: a direct path for the shape read
             from the window. Needs ``point_glimpse``.
@@ -162,6 +165,7 @@ class PointViT(nn.Module):
         point_glimpse_samples: int | None = None,
         point_glimpse_masks: bool = False,
         point_glimpse_head: bool = False,
+        point_glimpse_fit_box: bool = False,
         compile_blocks: bool = False,
     ) -> None:
         super().__init__()
@@ -209,13 +213,15 @@ class PointViT(nn.Module):
             if attention != "one_way":
                 raise ValueError("point_locality_radius needs attention='one_way'")
             self.point_locality = PointLocalityBias(depth, int(be.blocks[0].attn.num_heads), point_locality_radius)
-        for name, on in (("point_glimpse_masks", point_glimpse_masks), ("point_glimpse_head", point_glimpse_head)):
+        for name, on in (("point_glimpse_masks", point_glimpse_masks), ("point_glimpse_head", point_glimpse_head),
+                         ("point_glimpse_fit_box", point_glimpse_fit_box)):
             if on and point_glimpse is None:
                 raise ValueError(f"{name} needs point_glimpse (the window size)")
         self.use_glimpse_head = bool(point_glimpse_head)
         self.glimpse_head: nn.Linear | None = None
         self.point_glimpse = None if point_glimpse is None else PointGlimpse(
-            point_glimpse, self.embed_dim, samples=point_glimpse_samples, masks=point_glimpse_masks)
+            point_glimpse, self.embed_dim, samples=point_glimpse_samples, masks=point_glimpse_masks,
+            fit_box=point_glimpse_fit_box)
         self.head: nn.Linear | None = None
         if pos_embed_init == "sincos":
             self._init_sincos_pos_embed()
