@@ -181,3 +181,15 @@ def test_box_fitted_window_frames_the_segment_whatever_its_size():
     assert win[0].sum() == win[1].sum() and win[0, 1:-1, 1:-1].all() and win[2].sum() == 0
     with pytest.raises(ValueError, match="masks"):
         PointGlimpse(4, 8, fit_box=True)
+
+
+def test_coarsened_masks_lose_detail_below_the_cell_size():
+    from vitp.proposal_points import coarsen_masks
+
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[0, 8:24, 8:24] = True                  # a square aligned with 4-px cells: kept whole
+    masks[1, 10, 2:30] = True                    # a one-pixel line: gone
+    coarse = coarsen_masks(masks, 4)
+    assert coarse.dtype == torch.bool and coarse.shape == masks.shape
+    assert coarse[0, 10:22, 10:22].all() and not coarse[0, :6].any() and not coarse[1].any()
+    assert torch.equal(coarsen_masks(masks, 1), masks)

@@ -61,6 +61,10 @@ class ViTPModule(L.LightningModule):
             matches (IoU >= ``no_object_iou``) or "no object". The classifier gets a K+1-th
             "no object" output whose probability is fused with the proposer's objectness.
         no_object_iou: IoU with a ground-truth segment for a proposal to count as that segment.
+        train_mask_stride: for a mask-aware classifier (``point_glimpse_masks``), the ground-truth
+            masks it reads in training are drawn as a proposer with this mask cell size would draw
+            them (``vitp.proposal_points.coarsen_masks``; Mask2Former: 4), so the outlines it learns
+            look like the proposals it classifies at test time. 1 = exact masks.
         fuse_objectness: with ``no_object_points``, fuse the classifier's objectness with the
             proposer's (False: keep the proposer's, the reference fusion; an ablation switch).
         no_object_images: the proposer runs on the first this many images of each training batch
@@ -101,6 +105,7 @@ class ViTPModule(L.LightningModule):
         keep_threshold: float = 0.5,
         no_object_points: bool = False,
         no_object_iou: float = 0.5,
+        train_mask_stride: int = 1,
         no_object_images: int | None = 4,
         fuse_objectness: bool = True,
         train_proposer: bool = False,
@@ -142,6 +147,7 @@ class ViTPModule(L.LightningModule):
             raise ValueError("no_object_points=True needs a classifier")
         self.no_object_points = no_object_points
         self.no_object_iou = no_object_iou
+        self.train_mask_stride = int(train_mask_stride)
         self.no_object_images = no_object_images
         if classifier is not None and hasattr(classifier, "set_num_classes"):
             classifier.set_num_classes(dataset_info.num_classes + int(no_object_points))
@@ -232,7 +238,7 @@ class ViTPModule(L.LightningModule):
             if self.no_object_points:
                 points, labels, point_masks = self._with_proposal_points(batch)
             elif self.classifier_needs_masks:
-                point_masks = ground_truth_point_masks(batch, points)
+                point_masks = ground_truth_point_masks(batch, points, self.train_mask_stride)
             extra = {} if point_masks is None else {"point_masks": point_masks}
             logits = self.classifier(batch.images, points, batch.valid_tensor(), **extra)
             losses["point_ce"], logged["point_ce"] = self._point_ce(logits, labels)
@@ -322,7 +328,7 @@ class ViTPModule(L.LightningModule):
         all_points = torch.cat([batch.points, points], 1)
         masks = None
         if self.classifier_needs_masks:
-            gt = ground_truth_point_masks(batch, batch.points)
+            gt = ground_truth_point_masks(batch, batch.points, self.train_mask_stride)
             stacks, index = list(gt.masks), [gt.index]
             q = points.shape[1]
             extra = torch.full((len(batch), q), -1, dtype=torch.long, device=points.device)

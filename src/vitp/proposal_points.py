@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from vitp.classifiers.glimpse import PointMasks
 from vitp.postprocess import crop_and_resize
@@ -73,15 +74,27 @@ def valid_region_logits(proposals: Proposals, batch: Batch, index: int) -> torch
     return crop_and_resize(logits, (h, w), (h, w), tuple(batch.images.shape[-2:]))
 
 
-def ground_truth_point_masks(batch: Batch, points: torch.Tensor) -> PointMasks:
+def coarsen_masks(masks: torch.Tensor, stride: int) -> torch.Tensor:
+    """``bool[N, h, w]`` masks as a proposer with ``stride``-pixel mask cells draws them: the share of
+    each cell inside (area pooling), upsampled bilinearly and thresholded at 0.5 (rounded corners,
+    no detail below the cell size). ``stride`` 1 returns the masks unchanged."""
+    if stride <= 1 or len(masks) == 0:
+        return masks
+    h, w = masks.shape[-2:]
+    cells = F.avg_pool2d(masks[None].float(), stride, ceil_mode=True)
+    return F.interpolate(cells, size=(h, w), mode="bilinear", align_corners=False)[0] > 0.5
+
+
+def ground_truth_point_masks(batch: Batch, points: torch.Tensor, coarsen: int = 1) -> PointMasks:
     """The ground-truth segment under each point (``points float[B, P, 2]``, -1 where no segment or
     a padding point), with each image's masks on its valid region: what a mask-aware classifier reads
-    for points sampled from ground-truth masks."""
+    for points sampled from ground-truth masks. ``coarsen > 1`` passes the masks through
+    :func:`coarsen_masks` (the segment under each point is found on the exact masks)."""
     masks, index = [], torch.full(points.shape[:2], -1, dtype=torch.long, device=points.device)
     for i, target in enumerate(batch.targets):
         h, w = target.valid_size
         stack = target.masks[:, :h, :w]
-        masks.append(stack)
+        masks.append(coarsen_masks(stack, coarsen))
         if len(stack) == 0:
             continue
         rows = ((points[i, :, 0] + 1) / 2 * h - 0.5).round().long().clamp(0, h - 1)
