@@ -321,7 +321,9 @@ class ViTPModule(L.LightningModule):
         sub = Batch(batch.images[:n], batch.targets[:n])
         with torch.no_grad():
             proposals = self.pipeline.propose(sub, "panoptic")
-            points, labels = proposal_point_targets(proposals, sub, self.dataset_info.num_classes, self.no_object_iou)
+            region = [valid_region_logits(proposals, sub, i) for i in range(n)]
+            points, labels = proposal_point_targets(proposals, sub, self.dataset_info.num_classes, self.no_object_iou,
+                                                    region)
         pad = len(batch) - n
         points = torch.cat([points, points.new_zeros((pad, *points.shape[1:]))])
         labels = torch.cat([labels, labels.new_full((pad, labels.shape[1]), -1)])
@@ -333,7 +335,7 @@ class ViTPModule(L.LightningModule):
             q = points.shape[1]
             extra = torch.full((len(batch), q), -1, dtype=torch.long, device=points.device)
             for i in range(n):
-                pred = valid_region_logits(proposals, sub, i) > 0
+                pred = region[i] > 0
                 extra[i] = len(stacks[i]) + torch.arange(q, device=points.device)
                 stacks[i] = torch.cat([stacks[i], pred.to(stacks[i].device)])
             masks = PointMasks(stacks, torch.cat(index + [extra], 1))

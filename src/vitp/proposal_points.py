@@ -106,7 +106,8 @@ def ground_truth_point_masks(batch: Batch, points: torch.Tensor, coarsen: int = 
 
 
 def proposal_point_targets(
-    proposals: Proposals, batch: Batch, num_classes: int, iou_threshold: float = 0.5
+    proposals: Proposals, batch: Batch, num_classes: int, iou_threshold: float = 0.5,
+    region_logits: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Training points from a (frozen) proposer's own proposals, with a "no object" label.
 
@@ -114,7 +115,8 @@ def proposal_point_targets(
     with the class of the non-crowd ground-truth segment it matches (IoU >= ``iou_threshold``,
     measured on the valid region of the input frame), or ``num_classes`` ("no object") when it
     matches none. A proposal whose best match is a crowd region is ignored (label -1): it is not
-    wrong. Returns ``points float[B, Q, 2]`` and ``labels long[B, Q]``.
+    wrong. Returns ``points float[B, Q, 2]`` and ``labels long[B, Q]``. ``region_logits``: each
+    image's ``valid_region_logits`` when the caller has them already (else computed here).
     """
     frame = tuple(batch.images.shape[-2:])
     valid = batch.valid_tensor()
@@ -123,7 +125,7 @@ def proposal_point_targets(
     labels = torch.full(points.shape[:2], num_classes, dtype=torch.long, device=points.device)
     for i, target in enumerate(batch.targets):
         h, w = target.valid_size
-        pred = valid_region_logits(proposals, batch, i)
+        pred = valid_region_logits(proposals, batch, i) if region_logits is None else region_logits[i]
         gt = target.masks[:, :h, :w].to(pred.device)
         if len(gt) == 0:
             continue
