@@ -44,11 +44,16 @@ class PointMasks:
     def __post_init__(self) -> None:
         if len(self.masks) != self.index.shape[0]:
             raise ValueError(f"PointMasks: {len(self.masks)} mask stacks for {self.index.shape[0]} images")
-        for b, (m, idx) in enumerate(zip(self.masks, self.index)):
+        for b, m in enumerate(self.masks):
             if m.dim() != 3:
                 raise ValueError(f"PointMasks: image {b}'s masks must be [N, h, w], got {tuple(m.shape)}")
-            if len(idx) and int(idx.max()) >= len(m):
-                raise ValueError(f"PointMasks: image {b} has {len(m)} masks, a point refers to mask {int(idx.max())}")
+        # one device sync for all images (this runs on every classifier call and chunk)
+        counts = torch.tensor([len(m) for m in self.masks], device=self.index.device)
+        beyond = (self.index >= counts[:, None]).any(1)
+        if self.index.numel() and bool(beyond.any()):
+            b = int(beyond.nonzero()[0])
+            raise ValueError(f"PointMasks: image {b} has {len(self.masks[b])} masks, a point refers to mask "
+                             f"{int(self.index[b].max())}")
 
     def points(self, start: int, stop: int) -> "PointMasks":
         """The masks of points ``start:stop`` (same stacks)."""
