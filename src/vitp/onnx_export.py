@@ -37,6 +37,8 @@ from torch import nn
 
 from vitp.classifiers.glimpse import PointMasks
 
+INPUT_NAMES = ("images", "points", "point_masks")  # the last only for a mask-aware classifier
+
 
 class PointClassifierForExport(nn.Module):
     """``(images [B,3,S,S], points [B,P,2][, point_masks [B,P,S,S]]) -> logits [B,P,K]``: a PointViT
@@ -86,7 +88,7 @@ def export_point_classifier(classifier: nn.Module, path: str | os.PathLike, imag
     try:
         wrapper = PointClassifierForExport(classifier).eval()
         inputs = _random_inputs(classifier, batch_size, size, num_points)
-        names = ["images", "points", "point_masks"][: len(inputs)]
+        names = list(INPUT_NAMES[: len(inputs)])
         axes = {"points": {1: "num_points"}, "logits": {1: "num_points"}, "point_masks": {1: "num_points"}}
         frame, _ = classifier.prepare_images(inputs[0], None)
         ph, pw = classifier.patch_size
@@ -118,8 +120,7 @@ def onnx_parity(classifier: nn.Module, path: str | os.PathLike, num_points: Sequ
         inputs = _random_inputs(classifier, b, size, p, g)
         with torch.no_grad():
             ref = wrapper(*inputs).float().numpy()
-        names = ["images", "points", "point_masks"]
-        out = session.run(["logits"], {n: x.numpy() for n, x in zip(names, inputs)})[0]
+        out = session.run(["logits"], {n: x.numpy() for n, x in zip(INPUT_NAMES, inputs)})[0]
         worst = max(worst, float(abs(out - ref).max()))
     return worst
 
