@@ -9,7 +9,8 @@ from torch import nn
 from vitp.classifiers import PointViT
 from vitp.module import ViTPModule
 from vitp.pipeline import TwoStagePipeline
-from vitp.proposal_points import ground_truth_point_masks, proposal_point_targets
+from vitp.classifiers.glimpse import PointMasks
+from vitp.proposal_points import ground_truth_point_masks, matched_proposal_index, proposal_point_targets
 from vitp.postprocess import PostProcessConfig
 from vitp.proposers import OracleProposer
 from vitp.structures import Batch, DatasetInfo, Proposals, Target
@@ -165,3 +166,38 @@ def test_fuse_objectness_switch_keeps_the_proposer_objectness():
     torch.testing.assert_close(p_kept["vitp"][..., -1], p_kept["proposer"][..., -1])
     p_fused = fused.variant_probs(proposals, logits[0], ("vitp",))
     assert not torch.allclose(p_fused["vitp"][..., -1], p_kept["proposer"][..., -1])
+
+
+def test_matched_proposal_index_moves_points_to_the_proposal_of_their_segment():
+    gt = torch.zeros(3, 8, 8, dtype=torch.bool)
+    gt[0, :4], gt[1, 4:, :4], gt[2, 4:, 4:] = True, True, True
+    proposals = torch.zeros(2, 8, 8, dtype=torch.bool)
+    proposals[0, 5:, :4] = True    # 3/4 of segment 1: IoU 0.75
+    proposals[1, 7:, 7:] = True    # 1/16 of segment 2: IoU 0.0625, no match
+    masks = PointMasks([torch.cat([gt, proposals])], torch.tensor([[0, 1, 2, -1, 1]]))
+    index = matched_proposal_index(masks, 0, proposals, gt, offset=3, iou_threshold=0.5)
+    assert index.tolist() == [0, 3, 2, -1, 3]
+    assert matched_proposal_index(masks, 0, proposals, gt, offset=3, iou_threshold=0.8).tolist() == [0, 1, 2, -1, 1]
+
+
+def test_training_on_proposal_masks_reads_the_matched_proposal():
+    torch.manual_seed(0)
+    clf = PointViT(None, model_name="vit_tiny_patch16_224", image_size=32, point_encoding="sample_pos_embed",
+                   point_glimpse=8, point_glimpse_masks=True,
+                   model_kwargs={"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32}).train()
+    with pytest.raises(ValueError, match="no_object_points"):
+        ViTPModule(OracleProposer(num_classes=3), clf, dataset_info=INFO, train_on_proposal_masks=True)
+    module = ViTPModule(OracleProposer(num_classes=3, label_noise=0.0), clf, dataset_info=INFO,
+                        no_object_points=True, keep_rule="objectness", train_on_proposal_masks=True,
+                        no_object_images=1)
+    batch = make_batch()
+    thing = 2 * 4.5 / 16 - 1
+    batch.points = torch.tensor([[[-0.97, -0.97], [thing, thing]]] * 2)
+    batch.point_labels = torch.tensor([[2, 0], [2, 1]])
+    points, labels, masks = module._with_proposal_points(batch)
+    assert masks.index[1, :2].tolist() == [0, 1]  # image 1 has no proposals: exact masks
+    assert (masks.index[0, :2] >= 3).all()        # image 0: after its 3 ground-truth masks, a proposal
+    for p, segment in ((0, 0), (1, 1)):
+        read = masks.masks[0][masks.index[0, p]]
+        assert (read == batch.targets[0].masks[segment, :, :16]).all()  # the oracle proposal of that segment
+    assert torch.isfinite(module.training_step(batch, 0))

@@ -22,7 +22,8 @@ from vitp.checkpoint_heads import reconcile_checkpoint
 from vitp.nonfinite import NonFiniteLossError, check_skip_supported, nonfinite_message
 from vitp.pipeline import TwoStagePipeline
 from vitp.classifiers.glimpse import PointMasks
-from vitp.proposal_points import ground_truth_point_masks, proposal_point_targets, valid_region_logits
+from vitp.proposal_points import (ground_truth_point_masks, matched_proposal_index, proposal_point_targets,
+                                  valid_region_logits)
 from vitp.postprocess import PostProcessConfig
 from vitp.proposers.base import TASKS, MaskProposer
 from vitp.structures import Batch, DatasetInfo, Prediction
@@ -65,6 +66,10 @@ class ViTPModule(L.LightningModule):
             masks it reads in training are drawn as a proposer with this mask cell size would draw
             them (``vitp.proposal_points.coarsen_masks``; Mask2Former: 4), so the outlines it learns
             look like the proposals it classifies at test time. 1 = exact masks.
+        train_on_proposal_masks: with ``no_object_points`` and a mask-aware classifier, ground-truth
+            points on the images the proposer runs on read the mask of the proposal that matches
+            their segment (IoU >= ``no_object_iou``) instead of the exact one: the outline they
+            will read at test time (see ``vitp.proposal_points.matched_proposal_index``).
         fuse_objectness: with ``no_object_points``, fuse the classifier's objectness with the
             proposer's (False: keep the proposer's, the reference fusion; an ablation switch).
         no_object_images: the proposer runs on the first this many images of each training batch
@@ -107,6 +112,7 @@ class ViTPModule(L.LightningModule):
         no_object_iou: float = 0.5,
         train_mask_stride: int = 1,
         no_object_images: int | None = 4,
+        train_on_proposal_masks: bool = False,
         fuse_objectness: bool = True,
         train_proposer: bool = False,
         train_classifier: bool = True,
@@ -149,6 +155,10 @@ class ViTPModule(L.LightningModule):
         self.no_object_iou = no_object_iou
         self.train_mask_stride = int(train_mask_stride)
         self.no_object_images = no_object_images
+        if train_on_proposal_masks and not (no_object_points and getattr(classifier, "needs_point_masks", False)):
+            raise ValueError("train_on_proposal_masks=True needs no_object_points=True and a mask-aware classifier "
+                             "(PointViT(point_glimpse_masks=True))")
+        self.train_on_proposal_masks = train_on_proposal_masks
         if classifier is not None and hasattr(classifier, "set_num_classes"):
             classifier.set_num_classes(dataset_info.num_classes + int(no_object_points))
         self.tasks = tuple(tasks or TASKS)
@@ -336,7 +346,12 @@ class ViTPModule(L.LightningModule):
             extra = torch.full((len(batch), q), -1, dtype=torch.long, device=points.device)
             for i in range(n):
                 pred = region[i] > 0
-                extra[i] = len(stacks[i]) + torch.arange(q, device=points.device)
+                offset = len(stacks[i])
+                extra[i] = offset + torch.arange(q, device=points.device)
+                if self.train_on_proposal_masks:
+                    h, w = batch.targets[i].valid_size
+                    index[0][i] = matched_proposal_index(gt, i, pred, batch.targets[i].masks[:, :h, :w], offset,
+                                                         self.no_object_iou)
                 stacks[i] = torch.cat([stacks[i], pred.to(stacks[i].device)])
             masks = PointMasks(stacks, torch.cat(index + [extra], 1))
         return all_points, torch.cat([batch.point_labels, labels], 1), masks

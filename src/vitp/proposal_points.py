@@ -105,6 +105,28 @@ def ground_truth_point_masks(batch: Batch, points: torch.Tensor, coarsen: int = 
     return PointMasks(masks, index)
 
 
+def matched_proposal_index(
+    point_masks: PointMasks, image: int, proposal_masks: torch.Tensor, gt_masks: torch.Tensor,
+    offset: int, iou_threshold: float = 0.5,
+) -> torch.Tensor:
+    """Image ``image``'s mask indices of ``point_masks`` with each ground-truth point moved to the
+    proposal that matches its segment best (IoU >= ``iou_threshold``), if any: ``long[P]``.
+
+    ``proposal_masks bool[Q, h, w]`` and the exact ``gt_masks bool[N, h, w]`` (the stack the points
+    index) lie on the image's valid region; the proposals sit at ``offset`` onwards in the image's
+    stack. A point then reads the mask it would read at test time: the proposal's outline, with
+    the proposer's errors, instead of the exact one.
+    """
+    own = point_masks.index[image]
+    if len(gt_masks) == 0 or len(proposal_masks) == 0:
+        return own
+    iou, best = match_segments(gt_masks.flatten(1).to(proposal_masks.device), proposal_masks.flatten(1))
+    iou, best = iou.to(own.device), best.to(own.device)
+    safe = own.clamp(min=0)
+    swap = (own >= 0) & (iou[safe] >= iou_threshold)
+    return torch.where(swap, offset + best[safe], own)
+
+
 def proposal_point_targets(
     proposals: Proposals, batch: Batch, num_classes: int, iou_threshold: float = 0.5,
     region_logits: Sequence[torch.Tensor] | None = None,
