@@ -201,3 +201,21 @@ def test_training_on_proposal_masks_reads_the_matched_proposal():
         read = masks.masks[0][masks.index[0, p]]
         assert (read == batch.targets[0].masks[segment, :, :16]).all()  # the oracle proposal of that segment
     assert torch.isfinite(module.training_step(batch, 0))
+
+
+def test_mask_jitter_reaches_the_ground_truth_masks_in_training_only():
+    clf = PointViT(None, model_name="vit_tiny_patch16_224", image_size=32, point_encoding="sample_pos_embed",
+                   point_glimpse=8, point_glimpse_masks=True,
+                   model_kwargs={"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32}).train()
+    with pytest.raises(ValueError, match="train_mask_jitter"):
+        ViTPModule(OracleProposer(num_classes=3), clf, dataset_info=INFO, train_mask_jitter=1.5)
+    module = ViTPModule(OracleProposer(num_classes=3, label_noise=0.0), clf, dataset_info=INFO,
+                        no_object_points=True, keep_rule="objectness", train_mask_jitter=1.0)
+    batch = make_batch()
+    batch.points = torch.tensor([[[2 * 4.5 / 16 - 1] * 2]] * 2)
+    batch.point_labels = torch.tensor([[0], [1]])
+    torch.manual_seed(0)
+    _, _, masks = module._with_proposal_points(batch)
+    exact = [t.masks[:, :16, :16] for t in batch.targets]
+    assert any(not torch.equal(masks.masks[i][:3], exact[i]) for i in range(2))
+    assert torch.equal(ground_truth_point_masks(batch, batch.points).masks[0], exact[0])  # evaluation: exact

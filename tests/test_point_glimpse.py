@@ -193,3 +193,24 @@ def test_coarsened_masks_lose_detail_below_the_cell_size():
     assert coarse.dtype == torch.bool and coarse.shape == masks.shape
     assert coarse[0, 10:22, 10:22].all() and not coarse[0, :6].any() and not coarse[1].any()
     assert torch.equal(coarsen_masks(masks, 1), masks)
+
+
+def test_jittered_masks_have_proposer_like_errors_and_follow_the_seed():
+    from vitp.proposal_points import jitter_masks
+
+    masks = torch.zeros(6, 40, 40, dtype=torch.bool)
+    for k in range(6):
+        masks[k, 5 + k: 25 + k, 10:30] = True
+    assert torch.equal(jitter_masks(masks, 0.0), masks)
+    torch.manual_seed(1)
+    first = jitter_masks(masks, 1.0, max_cell=8, max_shift=3)
+    torch.manual_seed(1)
+    assert torch.equal(jitter_masks(masks, 1.0, max_cell=8, max_shift=3), first)  # same seed, same masks
+    assert not torch.equal(first, masks) and first.dtype == torch.bool
+    inter = (first & masks).flatten(1).sum(1).float()
+    iou = inter / (first | masks).flatten(1).sum(1)
+    assert (iou > 0.3).all() and (iou < 1).any()  # still the same segment, not exactly it
+    empty = torch.zeros(1, 40, 40, dtype=torch.bool)
+    empty[0, 20, 20] = True                           # a one-pixel segment that coarsening would erase
+    torch.manual_seed(0)
+    assert jitter_masks(empty, 1.0, max_cell=16, max_shift=0).any()

@@ -66,6 +66,10 @@ class ViTPModule(L.LightningModule):
             masks it reads in training are drawn as a proposer with this mask cell size would draw
             them (``vitp.proposal_points.coarsen_masks``; Mask2Former: 4), so the outlines it learns
             look like the proposals it classifies at test time. 1 = exact masks.
+        train_mask_jitter: for a mask-aware classifier, the probability that each ground-truth mask
+            it reads in training gets proposer-like errors (coarser, grown or shrunk, shifted; see
+            ``vitp.proposal_points.jitter_masks``), so imperfect proposals at test time still show
+            their segment's class. 0 = never.
         train_on_proposal_masks: with ``no_object_points`` and a mask-aware classifier, ground-truth
             points on the images the proposer runs on read the mask of the proposal that matches
             their segment (IoU >= ``no_object_iou``) instead of the exact one: the outline they
@@ -113,6 +117,7 @@ class ViTPModule(L.LightningModule):
         train_mask_stride: int = 1,
         no_object_images: int | None = 4,
         train_on_proposal_masks: bool = False,
+        train_mask_jitter: float = 0.0,
         fuse_objectness: bool = True,
         train_proposer: bool = False,
         train_classifier: bool = True,
@@ -159,6 +164,9 @@ class ViTPModule(L.LightningModule):
             raise ValueError("train_on_proposal_masks=True needs no_object_points=True and a mask-aware classifier "
                              "(PointViT(point_glimpse_masks=True))")
         self.train_on_proposal_masks = train_on_proposal_masks
+        if not 0.0 <= train_mask_jitter <= 1.0:
+            raise ValueError(f"train_mask_jitter is a probability in [0, 1], got {train_mask_jitter}")
+        self.train_mask_jitter = train_mask_jitter
         if classifier is not None and hasattr(classifier, "set_num_classes"):
             classifier.set_num_classes(dataset_info.num_classes + int(no_object_points))
         self.tasks = tuple(tasks or TASKS)
@@ -248,7 +256,7 @@ class ViTPModule(L.LightningModule):
             if self.no_object_points:
                 points, labels, point_masks = self._with_proposal_points(batch)
             elif self.classifier_needs_masks:
-                point_masks = ground_truth_point_masks(batch, points, self.train_mask_stride)
+                point_masks = ground_truth_point_masks(batch, points, self.train_mask_stride, self.train_mask_jitter)
             extra = {} if point_masks is None else {"point_masks": point_masks}
             logits = self.classifier(batch.images, points, batch.valid_tensor(), **extra)
             losses["point_ce"], logged["point_ce"] = self._point_ce(logits, labels)
@@ -340,7 +348,7 @@ class ViTPModule(L.LightningModule):
         all_points = torch.cat([batch.points, points], 1)
         masks = None
         if self.classifier_needs_masks:
-            gt = ground_truth_point_masks(batch, batch.points, self.train_mask_stride)
+            gt = ground_truth_point_masks(batch, batch.points, self.train_mask_stride, self.train_mask_jitter)
             stacks, index = list(gt.masks), [gt.index]
             q = points.shape[1]
             extra = torch.full((len(batch), q), -1, dtype=torch.long, device=points.device)

@@ -85,16 +85,51 @@ def coarsen_masks(masks: torch.Tensor, stride: int) -> torch.Tensor:
     return F.interpolate(cells, size=(h, w), mode="bilinear", align_corners=False)[0] > 0.5
 
 
-def ground_truth_point_masks(batch: Batch, points: torch.Tensor, coarsen: int = 1) -> PointMasks:
+def _shift(mask: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``mask [h, w]`` moved by (dy, dx) pixels, zeros coming in."""
+    h, w = mask.shape
+    out = torch.zeros_like(mask)
+    out[max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = mask[max(-dy, 0): h - max(dy, 0),
+                                                                        max(-dx, 0): w - max(dx, 0)]
+    return out
+
+
+def jitter_masks(masks: torch.Tensor, probability: float, max_cell: int = 16, max_shift: int = 4) -> torch.Tensor:
+    """``bool[N, h, w]`` masks with proposer-like errors: each mask, with ``probability``, is drawn
+    with a cell of random size (1 to ``max_cell`` pixels: area pooling, bilinear upsampling), cut at
+    a random level in [0.3, 0.7] (so it grows or shrinks) and moved by up to ``max_shift`` pixels.
+    Draws come from torch's global RNG (seeded per training step by ``ViTPModule``). A mask that
+    would vanish stays as it was."""
+    n, h, w = masks.shape
+    if probability <= 0 or n == 0:
+        return masks
+    chosen = torch.rand(n) < probability
+    cells = torch.randint(1, max_cell + 1, (n,))
+    levels = torch.empty(n).uniform_(0.3, 0.7)
+    shifts = torch.randint(-max_shift, max_shift + 1, (n, 2))
+    out = masks.clone()
+    for k in chosen.nonzero()[:, 0].tolist():
+        m = masks[k][None, None].float()
+        cell = int(cells[k])
+        if cell > 1:
+            m = F.interpolate(F.avg_pool2d(m, cell, ceil_mode=True), size=(h, w), mode="bilinear", align_corners=False)
+        drawn = _shift(m[0, 0] > float(levels[k]), int(shifts[k, 0]), int(shifts[k, 1]))
+        if bool(drawn.any()):
+            out[k] = drawn
+    return out
+
+
+def ground_truth_point_masks(batch: Batch, points: torch.Tensor, coarsen: int = 1, jitter: float = 0.0) -> PointMasks:
     """The ground-truth segment under each point (``points float[B, P, 2]``, -1 where no segment or
     a padding point), with each image's masks on its valid region: what a mask-aware classifier reads
     for points sampled from ground-truth masks. ``coarsen > 1`` passes the masks through
-    :func:`coarsen_masks` (the segment under each point is found on the exact masks)."""
+    :func:`coarsen_masks`, ``jitter > 0`` through :func:`jitter_masks` with that probability (the
+    segment under each point is found on the exact masks)."""
     masks, index = [], torch.full(points.shape[:2], -1, dtype=torch.long, device=points.device)
     for i, target in enumerate(batch.targets):
         h, w = target.valid_size
         stack = target.masks[:, :h, :w]
-        masks.append(coarsen_masks(stack, coarsen))
+        masks.append(jitter_masks(coarsen_masks(stack, coarsen), jitter))
         if len(stack) == 0:
             continue
         rows = ((points[i, :, 0] + 1) / 2 * h - 0.5).round().long().clamp(0, h - 1)
