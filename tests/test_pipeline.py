@@ -10,7 +10,8 @@ from vitp.classifiers import PointViT
 from vitp.module import ViTPModule
 from vitp.pipeline import TwoStagePipeline
 from vitp.classifiers.glimpse import PointMasks
-from vitp.proposal_points import ground_truth_point_masks, matched_proposal_index, proposal_point_targets
+from vitp.proposal_points import (ground_truth_point_masks, matched_proposal_index, point_components,
+                                  proposal_point_targets)
 from vitp.postprocess import PostProcessConfig
 from vitp.proposers import OracleProposer
 from vitp.structures import Batch, DatasetInfo, Proposals, Target
@@ -219,3 +220,42 @@ def test_mask_jitter_reaches_the_ground_truth_masks_in_training_only():
     exact = [t.masks[:, :16, :16] for t in batch.targets]
     assert any(not torch.equal(masks.masks[i][:3], exact[i]) for i in range(2))
     assert torch.equal(ground_truth_point_masks(batch, batch.points).masks[0], exact[0])  # evaluation: exact
+
+
+def test_point_components_keep_the_part_of_each_mask_under_its_point():
+    masks = torch.zeros(3, 16, 16, dtype=torch.bool)
+    masks[0, 2:6, 2:6] = True      # the segment ...
+    masks[0, 12:14, 12:14] = True  # ... and stray pixels far away
+    masks[0, 6, 6] = True          # a diagonal neighbour: 8-connected to the segment
+    masks[1, 8:10, 8:10] = True    # a point that misses its mask: kept whole
+    masks[1, 0, 0] = True
+    at = lambda r, c: [2 * (r + 0.5) / 16 - 1, 2 * (c + 0.5) / 16 - 1]  # noqa: E731
+    points = torch.tensor([at(3, 3), at(4, 4), at(0, 0)])
+    cut = point_components(masks, points)
+    expected = masks[0].clone()
+    expected[12:14, 12:14] = False
+    assert torch.equal(cut[0], expected)
+    assert torch.equal(cut[1], masks[1]) and torch.equal(cut[2], masks[2])
+
+
+def test_mask_aware_classifier_reads_the_proposal_part_under_its_point():
+    """A proposal with stray pixels far away reads, by default, the part under its point; the glimpse's
+    box then frames the segment alone."""
+    torch.manual_seed(0)
+    clf = PointViT(3, model_name="vit_tiny_patch16_224", image_size=32, point_encoding="sample_pos_embed",
+                   point_glimpse=8, point_glimpse_masks=True, point_glimpse_fit_box=True,
+                   model_kwargs={"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32}).eval()
+    seen = []
+    clf.point_glimpse.register_forward_pre_hook(lambda mod, args: seen.append(args[3]))
+    logits = torch.full((1, 1, 16, 20), -10.0)
+    logits[0, 0, 2:8, 2:8] = 10.0
+    logits[0, 0, 3, 3] = 12.0
+    logits[0, 0, 14, 14] = 10.0   # a stray pixel
+    batch = make_batch()
+    batch = Batch(batch.images[:1], batch.targets[:1])
+    for components, stray in ((True, False), (False, True)):
+        pipe = TwoStagePipeline(OracleProposer(num_classes=3), clf, 3, INFO.thing_mask(), ("semantic",), ("vitp",),
+                                point_mask_components=components)
+        pipe.classify(batch, [Proposals(mask_logits=logits)])
+        read = seen[-1].masks[0][seen[-1].index[0, 0]]
+        assert read[2:8, 2:8].all() and bool(read[14, 14]) == stray

@@ -22,8 +22,8 @@ from vitp.checkpoint_heads import reconcile_checkpoint
 from vitp.nonfinite import NonFiniteLossError, check_skip_supported, nonfinite_message
 from vitp.pipeline import TwoStagePipeline
 from vitp.classifiers.glimpse import PointMasks
-from vitp.proposal_points import (ground_truth_point_masks, matched_proposal_index, proposal_point_targets,
-                                  valid_region_logits)
+from vitp.proposal_points import (ground_truth_point_masks, matched_proposal_index, point_components,
+                                  proposal_point_targets, valid_region_logits)
 from vitp.postprocess import PostProcessConfig
 from vitp.proposers.base import TASKS, MaskProposer
 from vitp.structures import Batch, DatasetInfo, Prediction
@@ -66,6 +66,9 @@ class ViTPModule(L.LightningModule):
             masks it reads in training are drawn as a proposer with this mask cell size would draw
             them (``vitp.proposal_points.coarsen_masks``; Mask2Former: 4), so the outlines it learns
             look like the proposals it classifies at test time. 1 = exact masks.
+        point_mask_components: a mask-aware classifier reads each proposal (at test time, and for the
+            proposal points in training) cut to its connected part under the proposal's point, so
+            stray pixels do not stretch the segment's box (see ``TwoStagePipeline``).
         train_mask_jitter: for a mask-aware classifier, the probability that each ground-truth mask
             it reads in training gets proposer-like errors (coarser, grown or shrunk, shifted; see
             ``vitp.proposal_points.jitter_masks``), so imperfect proposals at test time still show
@@ -118,6 +121,7 @@ class ViTPModule(L.LightningModule):
         no_object_images: int | None = 4,
         train_on_proposal_masks: bool = False,
         train_mask_jitter: float = 0.0,
+        point_mask_components: bool = True,
         fuse_objectness: bool = True,
         train_proposer: bool = False,
         train_classifier: bool = True,
@@ -197,7 +201,7 @@ class ViTPModule(L.LightningModule):
         self.pipeline = TwoStagePipeline(
             proposer, classifier, dataset_info.num_classes, dataset_info.thing_mask(), self.tasks,
             tuple(self.variant_names), fusion_alpha, no_object_points, inference_top_k,
-            self.postprocess_config, fuse_objectness,
+            self.postprocess_config, fuse_objectness, point_mask_components,
         )
         self._exporter: Any = None
         self._overlays: Any = None
@@ -354,6 +358,8 @@ class ViTPModule(L.LightningModule):
             extra = torch.full((len(batch), q), -1, dtype=torch.long, device=points.device)
             for i in range(n):
                 pred = region[i] > 0
+                if self.pipeline.point_mask_components:
+                    pred = point_components(pred, points[i])
                 offset = len(stacks[i])
                 extra[i] = offset + torch.arange(q, device=points.device)
                 if self.train_on_proposal_masks:

@@ -22,7 +22,7 @@ from torch import nn
 
 from vitp.fusion import fuse_class_probs
 from vitp.classifiers.glimpse import PointMasks
-from vitp.proposal_points import match_segments, select_points, valid_region_logits
+from vitp.proposal_points import match_segments, point_components, select_points, valid_region_logits
 from vitp.postprocess import PostProcessConfig, crop_and_resize, infer
 from vitp.structures import Batch, Prediction, Proposals, Target
 
@@ -98,6 +98,9 @@ class TwoStagePipeline:
             keeps the proposer's, as the reference fusion does.
         inference_top_k: points per proposal (logits averaged).
         config: post-processing thresholds and the keep rule.
+        point_mask_components: a mask-aware classifier reads each proposal cut to its connected part
+            under the proposal's inference point (``vitp.proposal_points.point_components``), not
+            the whole binarised proposal.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class TwoStagePipeline:
         inference_top_k: int = 1,
         config: PostProcessConfig = PostProcessConfig(),
         fuse_objectness: bool = True,
+        point_mask_components: bool = True,
     ) -> None:
         unknown = set(variants) - set(VARIANTS)
         if unknown:
@@ -128,6 +132,7 @@ class TwoStagePipeline:
         self.fuse_objectness = fuse_objectness
         self.inference_top_k = inference_top_k
         self.config = config
+        self.point_mask_components = point_mask_components
 
     def task_groups(self) -> list[tuple[str, ...]]:
         """Tasks that share one proposer pass (each task alone for task-conditioned proposers)."""
@@ -156,7 +161,8 @@ class TwoStagePipeline:
             chunks.append(extra_points.to(batch.images.device, torch.float32))
         extra = {}
         if getattr(self.classifier, "needs_point_masks", False):
-            extra["point_masks"] = self._point_masks(batch, proposals, extra_points, extra_point_masks)
+            extra["point_masks"] = self._point_masks(batch, proposals, chunks[: len(proposals)], extra_points,
+                                                     extra_point_masks)
         logits = self.classifier(batch.images, torch.cat(chunks, dim=1), valid, **extra)
         out, start = [], 0
         for p in proposals:
@@ -165,16 +171,18 @@ class TwoStagePipeline:
             start += q * k
         return out, (logits[:, start:] if extra_points is not None else None)
 
-    def _point_masks(self, batch: Batch, proposals: list[Proposals], extra_points: torch.Tensor | None,
-                     extra_point_masks: PointMasks | None) -> PointMasks:
-        """Each image's proposals (every set, in the order ``classify`` lays out their points) on its
-        valid region, then the masks of the extra points."""
+    def _point_masks(self, batch: Batch, proposals: list[Proposals], points: list[torch.Tensor],
+                     extra_points: torch.Tensor | None, extra_point_masks: PointMasks | None) -> PointMasks:
+        """Each image's proposals (every set, in the order ``classify`` lays out their ``points``
+        ``[B, Q * k, 2]``) on its valid region, then the masks of the extra points."""
         if extra_points is not None and extra_point_masks is None:
             raise ValueError("a mask-aware classifier needs extra_point_masks for the extra points")
         stacks, index = [], []
         k = self.inference_top_k
         for i in range(len(batch)):
             masks = [valid_region_logits(p, batch, i) > 0 for p in proposals]
+            if self.point_mask_components:  # cut at each proposal's first (most confident) point
+                masks = [point_components(m, pts[i, ::k]) for m, pts in zip(masks, points)]
             count = sum(len(m) for m in masks)
             idx = [torch.arange(count, device=batch.images.device).repeat_interleave(k)]
             if extra_point_masks is not None:

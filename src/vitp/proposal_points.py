@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from vitp.classifiers.glimpse import PointMasks
 from vitp.postprocess import crop_and_resize
@@ -138,6 +140,28 @@ def ground_truth_point_masks(batch: Batch, points: torch.Tensor, coarsen: int = 
         found = hit.any(0).to(points.device)
         index[i] = torch.where(found, hit.float().argmax(0).to(points.device), index[i])
     return PointMasks(masks, index)
+
+
+def point_components(masks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``bool[Q, h, w]`` masks (on an image's valid region) each cut to its 8-connected part under
+    its point (``points float[Q, 2]``, this module's convention); a mask its point misses is kept
+    whole. A proposal's stray pixels far from its segment would otherwise stretch the box a
+    box-framed glimpse reads (``PointGlimpse(fit_box=True)``): exact ground-truth masks have none."""
+    q, h, w = masks.shape
+    if q == 0:
+        return masks
+    rows = ((points[:, 0] + 1) / 2 * h - 0.5).round().long().clamp(0, h - 1).tolist()
+    cols = ((points[:, 1] + 1) / 2 * w - 0.5).round().long().clamp(0, w - 1).tolist()
+    array = masks.detach().cpu().numpy()
+    out = masks.clone()
+    eight = np.ones((3, 3), dtype=bool)
+    for k in range(q):
+        if not array[k, rows[k], cols[k]]:
+            continue
+        labels, count = ndimage.label(array[k], structure=eight)
+        if count > 1:
+            out[k] = torch.from_numpy(labels == labels[rows[k], cols[k]]).to(masks.device)
+    return out
 
 
 def matched_proposal_index(
