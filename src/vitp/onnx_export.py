@@ -10,7 +10,9 @@ The exported graph is ``PointViT`` with a fixed square input frame, the whole fr
     logits  float[B, P, K]      (K + 1 with a no-object output)
 
 A mask-aware classifier (``point_glimpse_masks``) takes a third input, the segment each point
-classifies: ``point_masks float[B, P, S, S]`` (1 inside, on the same frame as ``images``).
+classifies: ``point_masks float[B, P, S, S]`` (1 inside, on the same frame as ``images``). vitp gives
+each proposal's binarised mask cut to its connected part under the point
+(``vitp.proposal_points.point_components``); feed the exported model the same.
 
 B is fixed at export (default 1): PointViT loops over images in Python. Points are independent with
 ``one_way`` attention, so any P gives the logits PyTorch gives. ``vitp-export`` checks onnxruntime
