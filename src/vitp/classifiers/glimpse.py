@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitp.points import mask_boxes
+
 
 @dataclass
 class PointMasks:
@@ -116,15 +118,12 @@ class PointGlimpse(nn.Module):
             N, h, w = stack.shape
             if N == 0:
                 continue
-            rows, cols = stack.any(2).to(points.device), stack.any(1).to(points.device)  # [N, h], [N, w]
-            # first / last occupied row and column (argmax finds the first True); ends exclusive
-            y0, x0 = rows.float().argmax(1), cols.float().argmax(1)
-            y1, x1 = h - rows.flip(1).float().argmax(1), w - cols.flip(1).float().argmax(1)
-            box = torch.stack([y0, x0, y1, x1], 1).float()  # [N, 4]
+            box = mask_boxes(stack.bool()).to(points.device).float()  # [N, 4] inclusive
+            box[:, 2:] += 1  # ends exclusive
             scale = torch.tensor([h, w, h, w], device=points.device, dtype=torch.float32) / valid_sizes[b].float().repeat(2)
             box = box / scale  # input pixels
             idx = point_masks.index[b].to(points.device)
-            has = (idx >= 0) & rows.any(1)[idx.clamp(min=0)]
+            has = (idx >= 0) & stack.flatten(1).any(1).to(points.device)[idx.clamp(min=0)]
             mine = box[idx.clamp(min=0)]
             side = torch.maximum(mine[:, 2] - mine[:, 0], mine[:, 3] - mine[:, 1]) * 1.1
             centres[b] = torch.where(has[:, None], (mine[:, :2] + mine[:, 2:]) / 2, centres[b])
