@@ -176,9 +176,9 @@ def test_matched_proposal_index_moves_points_to_the_proposal_of_their_segment():
     proposals[0, 5:, :4] = True    # 3/4 of segment 1: IoU 0.75
     proposals[1, 7:, 7:] = True    # 1/16 of segment 2: IoU 0.0625, no match
     masks = PointMasks([torch.cat([gt, proposals])], torch.tensor([[0, 1, 2, -1, 1]]))
-    index = matched_proposal_index(masks, 0, proposals, gt, offset=3, iou_threshold=0.5)
+    index = matched_proposal_index(masks.index[0], proposals, gt, offset=3, iou_threshold=0.5)
     assert index.tolist() == [0, 3, 2, -1, 3]
-    assert matched_proposal_index(masks, 0, proposals, gt, offset=3, iou_threshold=0.8).tolist() == [0, 1, 2, -1, 1]
+    assert matched_proposal_index(masks.index[0], proposals, gt, offset=3, iou_threshold=0.8).tolist() == [0, 1, 2, -1, 1]
 
 
 def test_training_on_proposal_masks_reads_the_matched_proposal():

@@ -164,7 +164,7 @@ class ViTPModule(L.LightningModule):
         self.no_object_iou = no_object_iou
         self.train_mask_stride = int(train_mask_stride)
         self.no_object_images = no_object_images
-        if train_on_proposal_masks and not (no_object_points and getattr(classifier, "needs_point_masks", False)):
+        if train_on_proposal_masks and not (no_object_points and self.classifier_needs_masks):
             raise ValueError("train_on_proposal_masks=True needs no_object_points=True and a mask-aware classifier "
                              "(PointViT(point_glimpse_masks=True))")
         self.train_on_proposal_masks = train_on_proposal_masks
@@ -353,7 +353,7 @@ class ViTPModule(L.LightningModule):
         masks = None
         if self.classifier_needs_masks:
             gt = ground_truth_point_masks(batch, batch.points, self.train_mask_stride, self.train_mask_jitter)
-            stacks, index = list(gt.masks), [gt.index]
+            stacks, gt_index = list(gt.masks), gt.index
             q = points.shape[1]
             extra = torch.full((len(batch), q), -1, dtype=torch.long, device=points.device)
             for i in range(n):
@@ -364,10 +364,10 @@ class ViTPModule(L.LightningModule):
                 extra[i] = offset + torch.arange(q, device=points.device)
                 if self.train_on_proposal_masks:
                     h, w = batch.targets[i].valid_size
-                    index[0][i] = matched_proposal_index(gt, i, pred, batch.targets[i].masks[:, :h, :w], offset,
-                                                         self.no_object_iou)
+                    exact = batch.targets[i].masks[:, :h, :w]
+                    gt_index[i] = matched_proposal_index(gt_index[i], pred, exact, offset, self.no_object_iou)
                 stacks[i] = torch.cat([stacks[i], pred.to(stacks[i].device)])
-            masks = PointMasks(stacks, torch.cat(index + [extra], 1))
+            masks = PointMasks(stacks, torch.cat([gt_index, extra], 1))
         return all_points, torch.cat([batch.point_labels, labels], 1), masks
 
     # ------------------------------------------------------------------ evaluation

@@ -29,6 +29,15 @@ def pixel_to_point(rows: torch.Tensor, cols: torch.Tensor, valid_size: tuple[int
     return torch.stack([y, x], dim=-1)
 
 
+def point_to_pixel(points: torch.Tensor, valid_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``float[..., 2]`` (y, x) in [-1, 1] -> the (rows, cols) ``long[...]`` of the valid-region pixel
+    each point falls in (the inverse of :func:`pixel_to_point`, clamped to the region)."""
+    h, w = valid_size
+    rows = ((points[..., 0] + 1) / 2 * h - 0.5).round().long().clamp(0, h - 1)
+    cols = ((points[..., 1] + 1) / 2 * w - 0.5).round().long().clamp(0, w - 1)
+    return rows, cols
+
+
 class PointSampler:
     """Base class of training point samplers.
 

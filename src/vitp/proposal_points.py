@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from vitp.classifiers.glimpse import PointMasks
+from vitp.points import point_to_pixel
 from vitp.postprocess import crop_and_resize
 from vitp.structures import Batch, Proposals
 
@@ -76,15 +77,21 @@ def valid_region_logits(proposals: Proposals, batch: Batch, index: int) -> torch
     return crop_and_resize(logits, (h, w), (h, w), tuple(batch.images.shape[-2:]))
 
 
-def coarsen_masks(masks: torch.Tensor, stride: int) -> torch.Tensor:
-    """``bool[N, h, w]`` masks as a proposer with ``stride``-pixel mask cells draws them: the share of
-    each cell inside (area pooling), upsampled bilinearly and thresholded at 0.5 (rounded corners,
-    no detail below the cell size). ``stride`` 1 returns the masks unchanged."""
-    if stride <= 1 or len(masks) == 0:
-        return masks
+def _cell_share(masks: torch.Tensor, stride: int) -> torch.Tensor:
+    """``float[N, h, w]``: the share of each ``stride``-pixel cell inside ``bool[N, h, w]`` masks (area
+    pooling), upsampled bilinearly back to ``h x w``."""
     h, w = masks.shape[-2:]
     cells = F.avg_pool2d(masks[None].float(), stride, ceil_mode=True)
-    return F.interpolate(cells, size=(h, w), mode="bilinear", align_corners=False)[0] > 0.5
+    return F.interpolate(cells, size=(h, w), mode="bilinear", align_corners=False)[0]
+
+
+def coarsen_masks(masks: torch.Tensor, stride: int) -> torch.Tensor:
+    """``bool[N, h, w]`` masks as a proposer with ``stride``-pixel mask cells draws them: the share of
+    each cell inside, upsampled and thresholded at 0.5 (rounded corners, no detail below the cell
+    size). ``stride`` 1 returns the masks unchanged."""
+    if stride <= 1 or len(masks) == 0:
+        return masks
+    return _cell_share(masks, stride) > 0.5
 
 
 def _shift(mask: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -111,11 +118,9 @@ def jitter_masks(masks: torch.Tensor, probability: float, max_cell: int = 16, ma
     shifts = torch.randint(-max_shift, max_shift + 1, (n, 2))
     out = masks.clone()
     for k in chosen.nonzero()[:, 0].tolist():
-        m = masks[k][None, None].float()
         cell = int(cells[k])
-        if cell > 1:
-            m = F.interpolate(F.avg_pool2d(m, cell, ceil_mode=True), size=(h, w), mode="bilinear", align_corners=False)
-        drawn = _shift(m[0, 0] > float(levels[k]), int(shifts[k, 0]), int(shifts[k, 1]))
+        share = _cell_share(masks[k : k + 1], cell)[0] if cell > 1 else masks[k].float()
+        drawn = _shift(share > float(levels[k]), int(shifts[k, 0]), int(shifts[k, 1]))
         if bool(drawn.any()):
             out[k] = drawn
     return out
@@ -134,8 +139,7 @@ def ground_truth_point_masks(batch: Batch, points: torch.Tensor, coarsen: int = 
         masks.append(jitter_masks(coarsen_masks(stack, coarsen), jitter))
         if len(stack) == 0:
             continue
-        rows = ((points[i, :, 0] + 1) / 2 * h - 0.5).round().long().clamp(0, h - 1)
-        cols = ((points[i, :, 1] + 1) / 2 * w - 0.5).round().long().clamp(0, w - 1)
+        rows, cols = point_to_pixel(points[i], (h, w))
         hit = stack[:, rows.to(stack.device), cols.to(stack.device)]  # [N, P]
         found = hit.any(0).to(points.device)
         index[i] = torch.where(found, hit.float().argmax(0).to(points.device), index[i])
@@ -150,8 +154,7 @@ def point_components(masks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     q, h, w = masks.shape
     if q == 0:
         return masks
-    rows = ((points[:, 0] + 1) / 2 * h - 0.5).round().long().clamp(0, h - 1).tolist()
-    cols = ((points[:, 1] + 1) / 2 * w - 0.5).round().long().clamp(0, w - 1).tolist()
+    rows, cols = (t.tolist() for t in point_to_pixel(points, (h, w)))
     array = masks.detach().cpu().numpy()
     out = masks.clone()
     eight = np.ones((3, 3), dtype=bool)
@@ -165,18 +168,18 @@ def point_components(masks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def matched_proposal_index(
-    point_masks: PointMasks, image: int, proposal_masks: torch.Tensor, gt_masks: torch.Tensor,
-    offset: int, iou_threshold: float = 0.5,
+    own: torch.Tensor, proposal_masks: torch.Tensor, gt_masks: torch.Tensor, offset: int,
+    iou_threshold: float = 0.5,
 ) -> torch.Tensor:
-    """Image ``image``'s mask indices of ``point_masks`` with each ground-truth point moved to the
-    proposal that matches its segment best (IoU >= ``iou_threshold``), if any: ``long[P]``.
+    """One image's point mask indices ``own long[P]`` (into ``gt_masks``; -1 = none) with each
+    ground-truth point moved to the proposal that matches its segment best (IoU >=
+    ``iou_threshold``), if any: ``long[P]``.
 
-    ``proposal_masks bool[Q, h, w]`` and the exact ``gt_masks bool[N, h, w]`` (the stack the points
-    index) lie on the image's valid region; the proposals sit at ``offset`` onwards in the image's
-    stack. A point then reads the mask it would read at test time: the proposal's outline, with
-    the proposer's errors, instead of the exact one.
+    ``proposal_masks bool[Q, h, w]`` and the exact ``gt_masks bool[N, h, w]`` lie on the image's
+    valid region; the proposals sit at ``offset`` onwards in the image's mask stack. A point then
+    reads the mask it would read at test time: the proposal's outline, with the proposer's errors,
+    instead of the exact one.
     """
-    own = point_masks.index[image]
     if len(gt_masks) == 0 or len(proposal_masks) == 0:
         return own
     iou, best = match_segments(gt_masks.flatten(1).to(proposal_masks.device), proposal_masks.flatten(1))
