@@ -72,7 +72,15 @@ def cli(args: list[str] | None = None, run: bool = True) -> VitpCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point (``args`` defaults to the command line)."""
+    """Console entry point (``args`` defaults to the command line). ``vitp weights ...`` writes
+    pretrained weights (``vitp.weights.cli``); everything else is LightningCLI."""
+    import sys
+
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["weights"]:
+        from vitp.weights.cli import main as weights_main
+
+        sys.exit(weights_main(argv[1:]))
     cli(args)
 
 

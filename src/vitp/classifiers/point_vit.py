@@ -99,7 +99,9 @@ class PointViT(nn.Module):
             when None the head (and ``checkpoint_path``) waits for :meth:`set_num_classes`.
         model_name: timm ViT name (default DINOv2 ViT-B/14).
         pretrained: load timm's pretrained weights (needs the hub).
-        checkpoint_path: local checkpoint (timm / DINOv2 state dict, or a vitp / Lightning one).
+        checkpoint_path: local checkpoint (``.safetensors`` or torch file): timm / original DINOv2,
+            Hugging Face DINOv2 (with or without registers), an official ViT-P classifier, or a
+            vitp / Lightning one (see ``vitp.weights.keymaps``). ``vitp weights dinov2-small`` writes one.
         image_size: rescale each image so its valid region's long side has this size (aspect ratio
             kept); None = use the input resolution.
         attention: ``"one_way"`` (points read patches only) or ``"full"`` (reference).
@@ -142,6 +144,9 @@ class PointViT(nn.Module):
             glimpse embedding) and add those logits to the ViT's: a direct path for the shape read
             from the window. Needs ``point_glimpse``.
         model_kwargs: extra ``timm.create_model`` kwargs (e.g. a tiny architecture for tests).
+        strict_load: refuse a ``checkpoint_path`` with entries that have no place in the model.
+        allow_unsafe_load: let ``checkpoint_path`` be unpickled with ``weights_only=False`` (runs
+            code from the file; only for files you trust). Off: such a file is refused by name.
     """
 
     def __init__(
@@ -167,6 +172,8 @@ class PointViT(nn.Module):
         point_glimpse_head: bool = False,
         point_glimpse_fit_box: bool = False,
         compile_blocks: bool = False,
+        strict_load: bool = True,
+        allow_unsafe_load: bool = False,
     ) -> None:
         super().__init__()
         if attention not in ("one_way", "full"):
@@ -230,6 +237,8 @@ class PointViT(nn.Module):
         self.reset_point_embed()
         self.load_report: LoadReport | None = None
         self.checkpoint_path = checkpoint_path
+        self.strict_load = bool(strict_load)
+        self.allow_unsafe_load = bool(allow_unsafe_load)
         if num_classes is not None:
             self.set_num_classes(num_classes)
 
@@ -276,7 +285,8 @@ class PointViT(nn.Module):
 
     def load_checkpoint(self, source: str | Path | dict[str, Any], reinit_head: bool | None = None) -> LoadReport:
         """Load a local checkpoint (see ``vitp.classifiers.loading.load_into``); sets ``load_report``."""
-        self.load_report = load_into(self, source, self.reinit_head if reinit_head is None else reinit_head)
+        self.load_report = load_into(self, source, self.reinit_head if reinit_head is None else reinit_head,
+                                     strict=self.strict_load, allow_unsafe_load=self.allow_unsafe_load)
         return self.load_report
 
     # ------------------------------------------------------------------ embeddings
