@@ -197,10 +197,10 @@ def test_vitp_export_onnx_matches_pytorch(run, tmp_path: Path):
     exported one."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from vitp.onnx_export import main
+    from vitp.onnx_export import run as export
 
     os.chdir(run["workdir"])
-    result = main(["--config", str(CONFIG), "--ckpt_path", str(run["ckpt"]), "--out", str(tmp_path / "onnx"),
+    result = export(["--config", str(CONFIG), "--ckpt_path", str(run["ckpt"]), "--out", str(tmp_path / "onnx"),
                    "--", *_args(run["root"])])
     assert result["max_abs_diff"] < 1e-4
     meta = json.loads((tmp_path / "onnx" / "point_classifier.json").read_text())

@@ -92,6 +92,8 @@ class Segmenter:
         self.batch_size = batch_size
         self.dataset_info: DatasetInfo = module.dataset_info
         self.datamodule: Any = None  # set by from_datamodule / from_cli / from_checkpoint
+        self.config: dict[str, Any] | None = None  # the parsed config (from_cli): what save_pretrained writes
+        self.training: dict[str, Any] = {}  # training data and metrics as recorded (model card)
 
     @property
     def device(self) -> torch.device:
@@ -113,7 +115,11 @@ class Segmenter:
     @classmethod
     def from_cli(cls, cli: Any, **kwargs: Any) -> "Segmenter":
         """From a ``vitp.cli.cli(args, run=False)`` (its model and data module)."""
-        return cls.from_datamodule(cli.model, cli.datamodule, **kwargs)
+        from vitp.cli_hooks import config_to_dict
+
+        seg = cls.from_datamodule(cli.model, cli.datamodule, **kwargs)
+        seg.config = config_to_dict(cli.config)
+        return seg
 
     @classmethod
     def from_checkpoint(cls, ckpt_path: str | os.PathLike, config: str | os.PathLike | Sequence[str],
@@ -122,25 +128,67 @@ class Segmenter:
         """The model that ``vitp predict --config CONFIG --ckpt_path CKPT`` runs.
 
         ``config``: the training YAML (or several, applied in order); it says how to build the
-        proposer (e.g. where its saved weights are, relative to the working directory) and the
-        classifier, and its data section gives the label space and the evaluation transform.
+        proposer (e.g. where its saved weights are: a relative path missing from the working
+        directory is looked up next to the config file and the checkpoint, and their parents) and
+        the classifier; its data section gives the evaluation transform. The label space is the
+        checkpoint's when it stores one (no dataset needed), else the data section's.
         ``overrides``: more ``vitp`` arguments (``["--data.init_args.root", "/data/coco"]``).
         The checkpoint's ``state_dict`` is then loaded strictly (class-sized layers that do not fit
-        the label space: see ``vitp.checkpoint_heads``).
+        the label space are an error, never re-initialised: see ``vitp.checkpoint_heads``); a
+        missing, truncated or corrupt checkpoint is an error naming the file.
         """
+        from vitp.checkpoint_heads import TRAINING_KEY, read_checkpoint, reconcile_head_shapes
         from vitp.cli import cli as build_cli
+        from vitp.pretrained import checkpoint_overrides, quiet_lightning
 
         configs = [config] if isinstance(config, (str, os.PathLike)) else list(config)
+        checkpoint = read_checkpoint(ckpt_path)  # errors name the file
         args: list[str] = []
         for c in configs:
             args += ["--config", str(c)]
-        args += ["--trainer.logger", "false", "--trainer.accelerator", "cpu", *overrides]
-        built = build_cli(args, run=False)
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        args += ["--trainer.logger", "false", "--trainer.accelerator", "cpu",
+                 *checkpoint_overrides(configs, ckpt_path, checkpoint, overrides), *overrides]
+        with quiet_lightning():
+            built = build_cli(args, run=False)
         state = checkpoint.get("state_dict", checkpoint)
-        built.model.on_load_checkpoint({"state_dict": state})  # class-count check, see vitp.checkpoint_heads
+        # class-count check (vitp.checkpoint_heads); heads are never re-initialised for inference
+        reconcile_head_shapes(built.model, state, built.model.dataset_info.num_classes, reinit=False, fitting=False)
         built.model.load_state_dict(state, strict=True)
-        return cls.from_cli(built, device=device, **kwargs)
+        seg = cls.from_cli(built, device=device, **kwargs)
+        seg.training = dict(checkpoint.get(TRAINING_KEY) or {})
+        return seg
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, device: str | torch.device = "cpu",
+                        revision: str | None = None, **kwargs: Any) -> "Segmenter":
+        """A model saved by :meth:`save_pretrained` (or ``vitp fit --export_pretrained DIR``): a
+        folder, or a Hugging Face hub id holding one (``huggingface_hub.snapshot_download``). Needs
+        no dataset and no particular working directory (see ``vitp.pretrained``)."""
+        from vitp.pretrained import load_pretrained
+
+        return load_pretrained(source, device=str(device), revision=revision, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike, metrics: dict[str, float] | None = None,
+                        training: dict[str, Any] | None = None) -> Path:
+        """Write this model as one shareable folder (config, label space, safetensors weights,
+        model card; see ``vitp.pretrained``). ``metrics`` / ``training``: what the model card
+        reports (default: as recorded in the checkpoint or the pretrained folder)."""
+        from vitp.pretrained import save_pretrained
+
+        if self.config is None or self.datamodule is None:
+            raise ValueError("save_pretrained needs the model's config: build the Segmenter with from_checkpoint, "
+                             "from_cli or from_pretrained")
+        return save_pretrained(self.module, self.datamodule, self.config, directory, metrics,
+                               training if training is not None else self.training)
+
+    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool | None = None) -> str:
+        """:meth:`save_pretrained` into a temporary folder and upload it to the Hugging Face hub."""
+        import tempfile
+
+        from vitp.pretrained import push_to_hub
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return push_to_hub(self.save_pretrained(tmp), repo_id, token=token, private=private)
 
     # ------------------------------------------------------------------ inference
     @staticmethod

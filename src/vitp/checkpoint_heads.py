@@ -10,11 +10,16 @@ the parameters, their shapes and the way out, instead of torch's bare size misma
 
 from __future__ import annotations
 
+import json
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from vitp.structures import IGNORE_INDEX, DatasetInfo
 
 OPTION = "model.init_args.reinit_heads_on_mismatch"
 
@@ -26,13 +31,16 @@ def _class_sized(found: tuple[int, ...], expected: tuple[int, ...], num_classes:
 
 
 def reconcile_head_shapes(model: nn.Module, state_dict: dict[str, Any], num_classes: int,
-                          reinit: bool) -> list[str]:
+                          reinit: bool, fitting: bool = True) -> list[str]:
     """Compare ``state_dict``'s tensor shapes with ``model``'s.
 
     Returns the class-sized entries replaced (in ``state_dict``, in place) by the model's own fresh
     tensors when ``reinit`` is True (strict loading then still checks every other entry); raises
     ``ValueError`` on any other shape mismatch, and on class-sized ones when ``reinit`` is False.
+    ``fitting=False`` (predict, test, validate, the Python API): fresh heads would give random classes
+    without an error, so class-sized mismatches always raise, whatever ``reinit``.
     """
+    reinit = reinit and fitting
     own = model.state_dict()
     shapes = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
               if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape}
@@ -52,9 +60,13 @@ def reconcile_head_shapes(model: nn.Module, state_dict: dict[str, Any], num_clas
         message += (f"\nThe class-sized layers ({', '.join(heads)}) follow the label space: the data module has "
                     f"{num_classes} classes (layers sized K, or K+1 with 'no object'); the checkpoint was trained "
                     "on another.")
-        if not others:
-            message += (f" To load everything else and start those layers afresh (fine-tuning or evaluating on "
-                        f"the new label space), set {OPTION}=true (--{OPTION} true).")
+        if not others and fitting:
+            message += (f" To load everything else and start those layers afresh (fine-tuning on the new label "
+                        f"space), set {OPTION}=true (--{OPTION} true).")
+        elif not others:
+            message += (" Outside `fit` the class-sized layers are never re-initialised (they would give random "
+                        "classes): build the model in the checkpoint's label space (`vitp predict/test --ckpt_path` "
+                        "reads it from checkpoints that store one; otherwise give the training data's root).")
     if others:
         message += (f"\nNot a class-count difference ({', '.join(others)}): the checkpoint comes from another "
                     "architecture; check the model section of the config.")
@@ -62,12 +74,115 @@ def reconcile_head_shapes(model: nn.Module, state_dict: dict[str, Any], num_clas
 
 
 def reconcile_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
-    """``ViTPModule.on_load_checkpoint``: the shape check above, refusing to resume a fit (optimizer
-    state included) into re-initialised heads, whose optimizer state could not follow."""
+    """``ViTPModule.on_load_checkpoint``: the shape check above (heads never re-initialised in
+    ``validate`` / ``test`` / ``predict``),
+    refusing to resume a fit (optimizer state included) into re-initialised heads, whose optimizer
+    state could not follow."""
+    # validate / test / predict never re-initialise; without a trainer (``load_from_checkpoint`` in
+    # Python, e.g. to fine-tune next) the option decides; ``vitp.Segmenter`` refuses by itself
+    fitting = module._trainer is None or module.trainer.state.fn == "fit"
     heads = reconcile_head_shapes(module, checkpoint["state_dict"], module.dataset_info.num_classes,
-                                  module.reinit_heads_on_mismatch)
+                                  module.reinit_heads_on_mismatch, fitting=fitting)
     if heads and "optimizer_states" in checkpoint and module._trainer is not None and module.trainer.state.fn == "fit":
         raise ValueError(
             "`fit --ckpt_path` resumes the optimizer too, whose state cannot follow re-initialised heads; to fine-tune "
             "on a new label space, start a new fit from the weights, e.g. --model.init_args.classifier.init_args."
             "checkpoint_path CKPT --model.init_args.classifier.init_args.reinit_head true")
+
+
+# ---------------------------------------------------------------------------------- reading, label space
+LABEL_SPACE_KEY = "vitp_label_space"
+"""Checkpoint entry holding the label space the model was trained on (``ViTPModule.on_save_checkpoint``)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated or not a checkpoint (the message names the file)."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load`` of a checkpoint file (tensors memory-mapped, no pickled code), with errors that
+    name the file: missing, truncated / corrupt, or not a dictionary."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 (zip / pickle / torch errors alike)
+        size = path.stat().st_size
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({size} bytes): the file is truncated, corrupt "
+                              f"or not a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (a {type(checkpoint).__name__}, expected a dictionary)")
+    return checkpoint
+
+
+def label_space_to_dict(info: DatasetInfo) -> dict[str, Any]:
+    """The JSON form of a label space: ``classes`` as ``{id, name, isthing}`` (COCO ``categories``)."""
+    return {"classes": [{"id": int(c), "name": str(n), "isthing": bool(t)}
+                        for c, n, t in zip(info.category_ids, info.class_names, info.is_thing)],
+            "ignore_index": int(info.ignore_index)}
+
+
+def label_space_from_dict(data: dict[str, Any], source: str) -> DatasetInfo:
+    """Inverse of :func:`label_space_to_dict` (``source`` names the file in errors)."""
+    try:
+        classes = data["classes"]
+        return DatasetInfo(tuple(str(c["name"]) for c in classes), tuple(int(c["id"]) for c in classes),
+                           tuple(bool(c["isthing"]) for c in classes), int(data.get("ignore_index", IGNORE_INDEX)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: malformed label space ({type(e).__name__}: {e})") from e
+
+
+def checkpoint_label_space(checkpoint: dict[str, Any], source: str) -> DatasetInfo | None:
+    """The label space stored in a checkpoint (None for checkpoints written before vitp stored it)."""
+    data = checkpoint.get(LABEL_SPACE_KEY)
+    return None if data is None else label_space_from_dict(data, source)
+
+
+def read_label_space(path: str | os.PathLike) -> DatasetInfo:
+    """The label space of a checkpoint (``.ckpt``), a pretrained folder (its ``label_space.json``)
+    or a label-space JSON; an error naming the file when it has none."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "label_space.json"
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise CheckpointError(f"{path}: label space file not found")
+        return label_space_from_dict(json.loads(path.read_text()), str(path))
+    info = checkpoint_label_space(read_checkpoint(path), str(path))
+    if info is None:
+        raise CheckpointError(f"{path}: the checkpoint stores no label space (written before vitp stored one); "
+                              "give the training data's root instead")
+    return info
+
+
+TRAINING_KEY = "vitp_training"
+"""Checkpoint entry describing the run: the training data and the last measured metrics."""
+
+
+def checkpoint_extras(module: Any) -> dict[str, Any]:
+    """What ``ViTPModule.on_save_checkpoint`` adds: the label space (so ``predict`` / ``test`` and the
+    Python API need no training data on disk) and, under a trainer, the training data's description
+    and the last logged ``val/`` and ``test/`` metrics (for the model card of ``save_pretrained``)."""
+    extras: dict[str, Any] = {LABEL_SPACE_KEY: label_space_to_dict(module.dataset_info)}
+    trainer = module._trainer
+    if trainer is None:
+        return extras
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+               if k.startswith(("val/", "test/")) and isinstance(v, torch.Tensor) and v.numel() == 1}
+    extras[TRAINING_KEY] = {"data": describe_data(getattr(trainer, "datamodule", None)), "metrics": metrics,
+                            "epoch": int(trainer.current_epoch), "global_step": int(trainer.global_step)}
+    return extras
+
+
+def describe_data(datamodule: Any) -> dict[str, Any] | None:
+    """The data module's class and root (None without one)."""
+    if datamodule is None:
+        return None
+    cls = type(datamodule)
+    out: dict[str, Any] = {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
+    if getattr(datamodule, "root", None) is not None:
+        out["root"] = str(datamodule.root)
+    if getattr(datamodule, "synthetic", False):
+        out["generated"] = True  # vitp's procedurally generated dataset (vitp-generate)
+    return out

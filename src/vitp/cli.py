@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -21,14 +22,44 @@ class VitpCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (LightningArgumentParser)
-        parser.link_arguments("data.dataset_info", "model.init_args.dataset_info", apply_on="instantiate")
+        parser.add_argument("--export_pretrained", type=Optional[str], default=None,
+                            help="fit only: at the end, write the trained model as one shareable folder here "
+                                 "(vitp.Segmenter.from_pretrained(DIR) loads it; see vitp.pretrained)")
+        parser.link_arguments("data.model_label_space", "model.init_args.dataset_info", apply_on="instantiate")
         # Every proposer receives the dataset's label space (see vitp.proposers.base.MaskProposer).
         proposer = "model.init_args.proposer.init_args"
         parser.link_arguments("data.num_classes", f"{proposer}.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.dataset_info", f"{proposer}.class_names", compute_fn=_class_names,
+        parser.link_arguments("data.model_label_space", f"{proposer}.class_names", compute_fn=_class_names,
                               apply_on="instantiate")
-        parser.link_arguments("data.dataset_info", f"{proposer}.is_thing", compute_fn=_is_thing,
+        parser.link_arguments("data.model_label_space", f"{proposer}.is_thing", compute_fn=_is_thing,
                               apply_on="instantiate")
+
+
+    def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (LightningArgumentParser, CLI args)
+        """Parse, then read ``--ckpt_path`` once (an unreadable file stops here, named); ``validate`` /
+        ``test`` / ``predict`` build the model in the checkpoint's label space
+        (``data.init_args.label_space``); ``predict`` without ``model.init_args.export_dir`` writes to
+        ``<default_root_dir>/predictions`` (``vitp.cli_hooks.prepare_run``)."""
+        from vitp.cli_hooks import prepare_run
+
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        prepare_run(subcommand, self.config[subcommand] if subcommand else self.config)
+
+    def after_fit(self) -> None:
+        from vitp.cli_hooks import after_fit
+
+        after_fit(self.trainer, self.model, self.datamodule, self.config["fit"])
+
+    def after_predict(self) -> None:
+        from vitp.cli_hooks import report_exports
+
+        report_exports(self.trainer, self.model, "predict")
+
+    def after_test(self) -> None:
+        from vitp.cli_hooks import report_exports
+
+        report_exports(self.trainer, self.model, "test")
 
 
 def default_loggers(root: str | os.PathLike) -> list:

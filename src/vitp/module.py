@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from vitp.checkpoint_heads import reconcile_checkpoint
+from vitp.checkpoint_heads import checkpoint_extras, reconcile_checkpoint
 from vitp.nonfinite import NonFiniteLossError, check_skip_supported, nonfinite_message
 from vitp.pipeline import TwoStagePipeline
 from vitp.classifiers.glimpse import PointMasks
@@ -315,6 +315,7 @@ class ViTPModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vitp_counters"] = {"skipped_nonfinite": self.skipped_nonfinite}
+        checkpoint.update(checkpoint_extras(self))  # label space, training data, last metrics
 
     def _log_skipped_samples(self, stage: str) -> None:
         """``{stage}/skipped_samples``: samples the data module skipped (``on_bad_sample=skip``),

@@ -127,8 +127,14 @@ def onnx_parity(classifier: nn.Module, path: str | os.PathLike, num_points: Sequ
     return worst
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``vitp-export --config CONFIG --ckpt_path CKPT --out DIR [-- vitp overrides]``."""
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point of ``vitp-export`` (exit status 0 on success; see :func:`run`)."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """``vitp-export --config CONFIG --ckpt_path CKPT --out DIR [-- vitp overrides]``: the paths
+    written and onnxruntime's max difference from PyTorch (``max_abs_diff``)."""
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)

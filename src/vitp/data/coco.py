@@ -293,7 +293,7 @@ class CocoPanopticDataModule(SegmentationDataModule):
                                       image_size=synthetic_image_size, seed=synthetic_seed)
 
     def prepare_data(self) -> None:
-        if self.synthetic:
+        if self.synthetic and not self.predicts_own_images:
             ensure_synthetic_dataset(self.root, **self._synthetic_params)
 
     @cached_property

@@ -62,6 +62,11 @@ class SegmentationDataModule(L.LightningDataModule):
             naming the file and counted (``skip``): logged as ``train/skipped_samples``,
             ``val/skipped_samples``, ``test/skipped_samples``; ``predict`` writes nothing for it.
             Problems of a whole file (duplicate image ids, missing keys, wrong root) always stop.
+        label_space: a checkpoint (``.ckpt``), a pretrained folder or a ``label_space.json`` whose
+            label space (category ids, names, thing/stuff) the model is built with instead of the
+            dataset's. ``vitp validate|test|predict --ckpt_path CKPT`` sets it to CKPT when the
+            checkpoint stores its label space, so predicting on ``path`` needs no dataset on disk
+            (none is read or generated); a dataset that is read must have the same label space.
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class SegmentationDataModule(L.LightningDataModule):
         val_points: bool = False,
         seed: int | None = None,
         on_bad_sample: Literal["error", "skip"] = "error",
+        label_space: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["point_sampler"])  # with the subclass's arguments
@@ -113,6 +119,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.test_dataset: Dataset | None = None
         self.predict_dataset: Dataset | None = None
         self.source_samplers: dict[str, PointSampler] = {}  # samples with a point_source (coarse, box)
+        self.label_space = label_space
 
     # -- what a dataset's data module provides
     @property
@@ -126,11 +133,42 @@ class SegmentationDataModule(L.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        return self.dataset_info.num_classes
+        return self.model_label_space.num_classes
+
+    @functools.cached_property
+    def model_label_space(self) -> DatasetInfo:
+        """The label space the model is built with (linked by the ``vitp`` CLI): ``label_space``'s
+        when set, else the dataset's."""
+        if self.label_space is None:
+            return self.dataset_info
+        from vitp.checkpoint_heads import read_label_space
+
+        return read_label_space(self.label_space)
+
+    @property
+    def predicts_own_images(self) -> bool:
+        """``predict`` on ``path`` with a ``label_space``: no dataset file is needed (nor generated)."""
+        fn = getattr(getattr(getattr(self, "trainer", None), "state", None), "fn", None)
+        return self.path is not None and self.label_space is not None and fn in (None, "predict")
+
+    def _check_label_space(self, stage: str) -> None:
+        """The dataset a stage reads must have the label space the model was built with."""
+        if self.label_space is None or self.dataset_info == self.model_label_space:
+            return
+        ours, theirs = self.dataset_info, self.model_label_space
+        raise ValueError(
+            f"{stage}: the dataset's label space ({ours.num_classes} classes, ids {list(ours.category_ids)[:20]}, "
+            f"names {list(ours.class_names)[:20]}) differs from the model's, read from {self.label_space} "
+            f"({theirs.num_classes} classes, ids {list(theirs.category_ids)[:20]}, names {list(theirs.class_names)[:20]})")
 
     # -- lightning hooks
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict" and self.predicts_own_images:
+            self.predict_dataset = ImageFolderDataset(self.path, self.image_size, self.mean, self.std)
+            return
         self.prepare_data()
+        if stage != "predict" or self.path is None:
+            self._check_label_space(stage or "setup")
         if stage in (None, "fit"):
             self.train_dataset = self.build_dataset("train")
         if stage in (None, "fit", "validate"):

@@ -1,0 +1,110 @@
+"""What the ``vitp`` command does around Lightning's own ``fit`` / ``test`` / ``predict``.
+
+* before the classes are built (:func:`prepare_run`): ``--ckpt_path`` is read once, so a missing,
+  truncated or corrupt checkpoint stops with an error naming the file; ``validate`` / ``test`` /
+  ``predict`` build the model in the label space stored in the checkpoint
+  (``data.init_args.label_space``), so no training data is needed to predict on your own images;
+  ``predict`` without ``model.init_args.export_dir`` writes to ``<default_root_dir>/predictions``.
+* after ``fit`` (:func:`after_fit`): a run too short for its checkpoint callback to have saved
+  anything (e.g. validation every 10 epochs, 1 epoch run) saves ``last.ckpt`` in the callback's
+  folder; the checkpoints are named; ``--export_pretrained DIR`` writes the shareable folder.
+* after ``test`` / ``predict`` (:func:`report_exports`): where the files went.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+SPECIAL_CKPT = ("best", "last", "hpc", "registry")  # Lightning's ckpt_path keywords
+
+
+def _get(namespace: Any, dotted: str) -> Any:
+    node = namespace
+    for key in dotted.split("."):
+        if node is None or not hasattr(node, "__contains__") or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def prepare_run(subcommand: str | None, config: Any) -> None:
+    """See the module docstring (``config``: the subcommand's parsed namespace, changed in place)."""
+    from vitp.checkpoint_heads import checkpoint_label_space, read_checkpoint
+
+    ckpt = _get(config, "ckpt_path")
+    if ckpt and str(ckpt).split(":")[0] not in SPECIAL_CKPT:
+        info = checkpoint_label_space(read_checkpoint(ckpt), str(ckpt))
+        data_args = _get(config, "data.init_args")
+        if (subcommand in ("validate", "test", "predict") and info is not None and data_args is not None
+                and "label_space" in data_args and data_args["label_space"] is None):
+            data_args["label_space"] = str(ckpt)
+    model_args = _get(config, "model.init_args")
+    if subcommand == "predict" and model_args is not None and "export_dir" in model_args \
+            and not model_args["export_dir"]:
+        root = _get(config, "trainer.default_root_dir") or os.getcwd()
+        model_args["export_dir"] = str(Path(root) / "predictions")
+
+
+def report_exports(trainer: Any, model: Any, stage: str) -> None:
+    """Print where ``test`` / ``predict`` wrote their files (rank zero)."""
+    export_dir = getattr(getattr(model, "hp", None), "export_dir", None)
+    if not export_dir or not trainer.is_global_zero:
+        return
+    out = Path(export_dir).resolve()
+    if stage == "predict":
+        n = len(list((out / "segments").glob("*.json")))
+        print(f"vitp predict: {n} image(s) written to {out}: panoptic/<stem>.png + panoptic.json, "
+              f"semantic/<stem>.png, segments/<stem>.json, instances.json, overlays/{{panoptic,semantic}}/<stem>.jpg")
+    else:
+        print(f"vitp test: predictions and metrics.json written to {out}")
+
+
+def ensure_checkpoint(trainer: Any) -> list[Path]:
+    """The checkpoints the fit left (saving ``last.ckpt`` when its callbacks saved none)."""
+    callbacks = list(trainer.checkpoint_callbacks)
+    if not callbacks:
+        return []
+    saved = [Path(p) for cb in callbacks for p in {cb.last_model_path, cb.best_model_path} if p]
+    if not saved:
+        dirpath = callbacks[0].dirpath or os.path.join(trainer.default_root_dir, "checkpoints")
+        path = Path(dirpath) / "last.ckpt"
+        trainer.save_checkpoint(path)  # every rank takes part; rank zero writes
+        saved = [path]
+    return sorted(set(saved))
+
+
+def after_fit(trainer: Any, model: Any, datamodule: Any, config: Any) -> None:
+    """See the module docstring."""
+    saved = ensure_checkpoint(trainer)
+    if trainer.is_global_zero:
+        for path in saved:
+            print(f"vitp fit: checkpoint {path.resolve()}")
+        if not saved:
+            print("vitp fit: no checkpoint written (trainer.enable_checkpointing is false)")
+    export = _get(config, "export_pretrained")
+    if export:
+        from vitp.pretrained import save_pretrained
+
+        if trainer.is_global_zero:
+            save_pretrained(model, datamodule, config_to_dict(config), export)
+            print(f"vitp fit: pretrained model written to {Path(export).resolve()} "
+                  "(vitp.Segmenter.from_pretrained loads it)")
+        trainer.strategy.barrier("vitp-export-pretrained")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A parsed (sub)command namespace as plain YAML-able data."""
+    data = config.as_dict() if hasattr(config, "as_dict") else dict(config)
+    return _plain(data)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

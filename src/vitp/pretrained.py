@@ -1,0 +1,283 @@
+"""A trained model as one folder you can share (``Segmenter.save_pretrained`` / ``from_pretrained``).
+
+The folder holds everything the model needs and nothing outside it::
+
+    vitp_config.yaml        the model section of the training config (+ evaluation transform); its
+                            only paths are relative to the folder (listed in vitp_pretrained.json)
+    label_space.json        category ids, names, thing / stuff
+    classifier.safetensors  the point classifier's weights
+    proposer/               the proposer's own save_pretrained (Hugging Face: config.json +
+                            model.safetensors), or proposer.safetensors for proposers without one
+    vitp_pretrained.json    format version, relative paths, training data and metrics as recorded
+    README.md               model card: label space, training data, measured metrics, how to load
+
+``load_pretrained`` reads it from any working directory, or downloads a Hugging Face hub repo
+holding such a folder (``huggingface_hub.snapshot_download``); ``push_to_hub`` uploads one
+(``HfApi.upload_folder``). Loading builds the model with the ``vitp`` CLI's own parser (same links,
+same classes) with Lightning's start-up messages silenced (:func:`quiet_lightning`).
+
+``resolve_config_paths`` and ``checkpoint_overrides`` serve ``Segmenter.from_checkpoint``: paths in
+a training config (e.g. the proposer's ``model: outputs/...``) that do not exist from the working
+directory are looked up next to the config file and the checkpoint (and their parents).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import yaml
+
+from vitp.checkpoint_heads import TRAINING_KEY, label_space_to_dict
+
+CONFIG_FILE, LABEL_SPACE_FILE, MANIFEST_FILE = "vitp_config.yaml", "label_space.json", "vitp_pretrained.json"
+CLASSIFIER_FILE, PROPOSER_FILE, PROPOSER_DIR = "classifier.safetensors", "proposer.safetensors", "proposer"
+FORMAT = "vitp-pretrained"
+QUIET_TRAINER = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
+                 "enable_progress_bar": False, "enable_model_summary": False}
+
+
+class PretrainedError(ValueError):
+    """A pretrained folder is missing, incomplete or not a vitp model (the message names it)."""
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's informational start-up lines (seed, accelerators, logger tips) and the
+    "LightningCLI's args parameter" warning while a model is built in-process; warnings and errors
+    still show."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning",
+                                              "lightning_fabric")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+# ------------------------------------------------------------------------------------ from_checkpoint
+def _string_leaves(node: Any, prefix: str) -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _string_leaves(value, f"{prefix}.{key}")
+    elif isinstance(node, str):
+        yield prefix, node
+
+
+def _looks_like_path(value: str) -> bool:
+    return ("/" in value or os.sep in value) and not os.path.isabs(value) and "://" not in value
+
+
+def resolve_config_paths(configs: Sequence[str | os.PathLike], anchors: Sequence[str | os.PathLike]) -> list[str]:
+    """``--key /absolute/path`` overrides for the relative paths in the configs' ``model`` sections
+    that do not exist from the working directory but exist from one of ``anchors`` or their parents
+    (tried in order: each anchor, then its parent, ...). Hub ids and existing paths are left alone."""
+    bases: list[Path] = []
+    for anchor in anchors:
+        for base in (Path(anchor).resolve(), *Path(anchor).resolve().parents):
+            if base not in bases:
+                bases.append(base)
+    found: dict[str, str] = {}
+    for config in configs:
+        data = yaml.safe_load(Path(config).read_text()) or {}
+        for key, value in _string_leaves(data.get("model"), "model"):
+            if not _looks_like_path(value) or Path(value).exists():
+                continue
+            for base in bases:
+                if (base / value).exists():
+                    found[key] = str(base / value)
+                    break
+    return [x for key, value in found.items() for x in (f"--{key}", value)]
+
+
+def _data_class(configs: Sequence[str | os.PathLike], overrides: Sequence[str]) -> Any:
+    """The data module class the configs (and ``--data.class_path`` overrides) name, or None."""
+    import importlib
+
+    name = None
+    for config in configs:
+        data = (yaml.safe_load(Path(config).read_text()) or {}).get("data")
+        if isinstance(data, dict) and data.get("class_path"):
+            name = data["class_path"]
+    args = list(overrides)
+    for i, arg in enumerate(args[:-1]):
+        if arg in ("--data", "--data.class_path"):
+            name = args[i + 1]
+    if not name or "." not in name:
+        return None
+    module, _, cls = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError):
+        return None
+
+
+def checkpoint_overrides(configs: Sequence[str | os.PathLike], ckpt_path: str | os.PathLike,
+                         checkpoint: dict[str, Any], overrides: Sequence[str]) -> list[str]:
+    """Extra ``vitp`` arguments for ``Segmenter.from_checkpoint``: config paths resolved next to the
+    config files and the checkpoint, and the checkpoint's own label space (when it stores one and
+    the data module takes ``label_space``)."""
+    from vitp.data.datamodule import SegmentationDataModule
+
+    anchors = [Path(c).parent for c in configs] + [Path(ckpt_path).parent]
+    extra = resolve_config_paths(configs, anchors)
+    data_class = _data_class(configs, overrides)
+    given = any(a.startswith("--data.init_args.label_space") for a in overrides)
+    if ("vitp_label_space" in checkpoint and not given and isinstance(data_class, type)
+            and issubclass(data_class, SegmentationDataModule)):
+        extra += ["--data.init_args.label_space", str(ckpt_path)]
+    return extra
+
+
+# ------------------------------------------------------------------------------------ saving
+def _pop(node: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        node.pop(key, None)
+
+
+def _model_section(module: Any, config: dict[str, Any], directory: Path) -> tuple[dict[str, Any], list[str]]:
+    """The model section with the weights' outside references replaced by the folder's files."""
+    from safetensors.torch import save_model
+
+    model = copy.deepcopy(config["model"])
+    init = model.setdefault("init_args", {})
+    _pop(init, "dataset_info")  # linked from the data module
+    init["export_dir"] = None
+    relative: list[str] = []
+    proposer = init["proposer"]
+    pinit = proposer.setdefault("init_args", {})
+    _pop(pinit, "num_classes", "class_names", "is_thing")  # linked
+    if hasattr(module.proposer, "save_pretrained"):
+        module.proposer.save_pretrained(directory / PROPOSER_DIR)
+        pinit.update(model=PROPOSER_DIR)
+        for key, value in (("preset", None), ("reinit_head", False)):
+            if key in pinit:
+                pinit[key] = value
+        relative.append("model.init_args.proposer.init_args.model")
+    elif module.proposer.state_dict():
+        save_model(module.proposer, str(directory / PROPOSER_FILE))
+    if module.classifier is not None:
+        cinit = init["classifier"].setdefault("init_args", {})
+        for key, value in (("checkpoint_path", None), ("pretrained", False), ("reinit_head", False)):
+            if key in cinit:
+                cinit[key] = value
+        save_model(module.classifier, str(directory / CLASSIFIER_FILE))
+    outside = [f"{k}: {v}" for k, v in _string_leaves(model, "model")
+               if _looks_like_path(v) and Path(v).exists() and k not in relative]
+    if outside:
+        raise PretrainedError(f"{directory}: the model config refers to files outside the folder ({', '.join(outside)}); "
+                              "their content would not travel with it")
+    return model, relative
+
+
+def save_pretrained(module: Any, datamodule: Any, config: dict[str, Any], directory: str | os.PathLike,
+                    metrics: dict[str, float] | None = None, training: dict[str, Any] | None = None) -> Path:
+    """Write ``module`` (a ``ViTPModule``) as a pretrained folder (module docstring).
+
+    ``config``: the run's parsed config (``model`` section; the ``data`` one is not copied: only the
+    data module's evaluation transform is); ``metrics``: measured metrics for the model card (default:
+    the module's trainer's last ``val/`` and ``test/`` values, if any); ``training``: the training
+    data's description (default: the trainer's data module).
+    """
+    from vitp.checkpoint_heads import checkpoint_extras
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    recorded = checkpoint_extras(module).get(TRAINING_KEY) or {}
+    training = dict(training or recorded)
+    if metrics is not None:
+        training["metrics"] = dict(metrics)
+    model, relative = _model_section(module, config, directory)
+    data_args = {"label_space": LABEL_SPACE_FILE, "image_size": int(datamodule.image_size),
+                 "size_divisor": int(datamodule.size_divisor), "pad_to_square": bool(datamodule.pad_to_square),
+                 "mean": [float(x) for x in datamodule.mean], "std": [float(x) for x in datamodule.std],
+                 "eval_batch_size": int(datamodule.eval_batch_size), "num_workers": 0}
+    full = {"seed_everything": False, "trainer": dict(QUIET_TRAINER), "model": model,
+            "data": {"class_path": "vitp.data.SegmentationDataModule", "init_args": data_args}}
+    header = "# vitp pretrained model: vitp.Segmenter.from_pretrained(<this folder>); paths relative to it\n"
+    (directory / CONFIG_FILE).write_text(header + yaml.safe_dump(full, sort_keys=False))
+    (directory / LABEL_SPACE_FILE).write_text(json.dumps(label_space_to_dict(module.dataset_info), indent=2) + "\n")
+    manifest = {"format": FORMAT, "version": 1, "relative_paths": relative + ["data.init_args.label_space"],
+                "training": training}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    from vitp.model_card import model_card
+
+    (directory / "README.md").write_text(model_card(module, model, data_args, training))
+    return directory
+
+
+# ------------------------------------------------------------------------------------ loading
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        data = data[key]
+    return data
+
+
+def local_folder(source: str | os.PathLike, revision: str | None = None) -> Path:
+    """``source`` itself when it is a folder, else the local copy of the hub repo ``source``."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if path.is_absolute() or str(source).startswith(".") or str(source).count("/") != 1:
+        raise PretrainedError(f"{source}: no such folder (nor a Hugging Face hub id 'owner/name')")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id=str(source), revision=revision))
+
+
+def load_pretrained(source: str | os.PathLike, device: str = "cpu", revision: str | None = None,
+                    **kwargs: Any) -> Any:
+    """The ``vitp.Segmenter`` of a pretrained folder or hub repo (module docstring); ``kwargs`` go
+    to the Segmenter (e.g. ``batch_size``)."""
+    from safetensors.torch import load_model
+
+    from vitp.api import Segmenter
+    from vitp.cli import cli
+
+    folder = local_folder(source, revision).resolve()
+    manifest_path = folder / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise PretrainedError(f"{folder}: not a vitp pretrained folder ({MANIFEST_FILE} missing; write one with "
+                              "Segmenter.save_pretrained or `vitp fit --export_pretrained DIR`)")
+    manifest = json.loads(manifest_path.read_text())
+    config = yaml.safe_load((folder / CONFIG_FILE).read_text())
+    args = ["--config", str(folder / CONFIG_FILE)]
+    for key in manifest["relative_paths"]:
+        args += [f"--{key}", str(folder / _lookup(config, key))]
+    with quiet_lightning():
+        built = cli(args, run=False)
+    module = built.model
+    for name, part in (("classifier", module.classifier), ("proposer", module.proposer)):
+        path = folder / (CLASSIFIER_FILE if name == "classifier" else PROPOSER_FILE)
+        if part is not None and path.is_file():
+            load_model(part, str(path), strict=True)
+        elif name == "classifier" and part is not None:
+            raise PretrainedError(f"{path}: missing (the config has a classifier)")
+    seg = Segmenter.from_cli(built, device=device, **kwargs)
+    seg.config, seg.training = config, manifest.get("training") or {}
+    return seg
+
+
+def push_to_hub(directory: str | os.PathLike, repo_id: str, token: str | None = None, private: bool | None = None,
+                commit_message: str = "vitp pretrained model") -> str:
+    """Upload a pretrained folder to the Hugging Face hub (creates the repo when missing); its URL."""
+    from huggingface_hub import HfApi
+
+    directory = Path(directory)
+    if not (directory / MANIFEST_FILE).is_file():
+        raise PretrainedError(f"{directory}: not a vitp pretrained folder ({MANIFEST_FILE} missing)")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(folder_path=str(directory), repo_id=repo_id, commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))

@@ -1,0 +1,224 @@
+"""A new user's first hour (issue 26, part B): console scripts exit 0, a 1-epoch fit leaves a
+checkpoint and says where, `vitp predict` with only the checkpoint (its stored label space, no
+training data on disk) gives the segments it gives with the training root, predict without an
+output folder writes to a default one, a shareable pretrained folder loads in a fresh process from
+another working directory, truncated checkpoints are named, the custom-data config runs as
+documented without boxes, `docs/first_hour.py` runs.
+
+One module-scoped run trains the default ViT-P config (tiny sizes) for one batch on a tiny
+generated dataset relabelled into its own label space (10 classes, other ids and names), so the
+default generated dataset's label space (11 classes) can never pass for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PROJECT_ROOT
+from test_cli import vitp_in_process
+
+CONFIG = PROJECT_ROOT / "configs" / "synthetic" / "vitp" / "tiny_mask2former.yaml"
+PROPOSER_DIR = Path("outputs/synthetic/proposer_mask2former/hf_model")  # where the config looks
+RUN_DIR = Path("outputs/synthetic/vitp_tiny_mask2former")  # the config's default_root_dir
+BIN = Path(sys.executable).parent
+SMALL = ["--data.init_args.image_size", "64", "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "4",
+         "--data.init_args.eval_batch_size", "2", "--model.init_args.classifier.init_args.image_size", "64",
+         "--model.init_args.keep_threshold", "0.0", "--model.init_args.overlap_threshold", "0.0",
+         "--trainer.accelerator", "cpu"]
+CHATTER = ("Seed set", "GPU available", "TPU available", "Tip:", "LightningCLI's args parameter", "litlogger")
+
+
+def _script(name: str) -> str:
+    path = BIN / name
+    if not path.is_file():
+        pytest.skip(f"console script {name} not installed in {BIN}")
+    return str(path)
+
+
+def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "tests")})
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def relabel(root: Path) -> None:
+    """Give a generated dataset its own label space: ids + 100, names prefixed ``my_``, the last
+    stuff class merged into the first (10 classes instead of 11)."""
+    for split in ("train", "val"):
+        path = root / "annotations" / f"panoptic_{split}2017.json"
+        data = json.loads(path.read_text())
+        stuff = [c["id"] for c in data["categories"] if not c["isthing"]]
+        merged = {stuff[-1]: stuff[0]}
+        data["categories"] = [{**c, "id": c["id"] + 100, "name": f"my_{c['name']}"} for c in data["categories"]
+                              if c["id"] != stuff[-1]]
+        for ann in data["annotations"]:
+            for s in ann["segments_info"]:
+                s["category_id"] = merged.get(s["category_id"], s["category_id"]) + 100
+        path.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`vitp-generate` + relabel, a saved tiny proposer, then `vitp fit` (console script, one batch,
+    `--export_pretrained`) in a fresh working directory."""
+    from vitp.data.coco import read_dataset_info
+    from vitp.proposers import Mask2FormerProposer
+
+    workdir = tmp_path_factory.mktemp("first_hour")
+    data = workdir / "my_data"
+    generate = _run([_script("vitp-generate"), str(data), "--num-train", "4", "--num-val", "2", "--image-size", "64",
+                     "--seed", "1"], cwd=workdir)
+    relabel(data)
+    info = read_dataset_info(data, "val")
+    assert info.num_classes == 10 and all(n.startswith("my_") for n in info.class_names)
+    torch.manual_seed(0)
+    Mask2FormerProposer(preset="tiny", num_classes=info.num_classes, class_names=list(info.class_names),
+                        is_thing=list(info.is_thing)).save_pretrained(workdir / PROPOSER_DIR)
+    fit = _run([_script("vitp"), "fit", "--config", str(CONFIG), "--data.init_args.root", str(data), *SMALL,
+                "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.logger", "false",
+                "--export_pretrained", "pretrained"], cwd=workdir)
+    images = workdir / "photos"
+    images.mkdir()
+    for src in sorted((data / "val2017").glob("*.jpg")):
+        shutil.copy(src, images / src.name)
+    return {"workdir": workdir, "data": data, "info": info, "ckpt": workdir / RUN_DIR / "checkpoints" / "last.ckpt",
+            "pretrained": workdir / "pretrained", "images": images, "generate": generate, "fit": fit}
+
+
+def test_console_scripts_exit_zero(trained: dict, tmp_path: Path):
+    """`vitp-generate` and `vitp fit` (the fixture) exit 0; so do `vitp --help` and `vitp-export`."""
+    assert "4 train / 2 val images" in trained["generate"].stdout
+    _run([_script("vitp"), "--help"], cwd=tmp_path)
+    pytest.importorskip("onnxruntime")
+    out = _run([_script("vitp-export"), "--config", str(CONFIG), "--ckpt_path", str(trained["ckpt"]),
+                "--out", str(tmp_path / "onnx"), "--", *SMALL], cwd=trained["workdir"])
+    assert json.loads(out.stdout[out.stdout.index("{"):])["max_abs_diff"] < 1e-4
+    assert (tmp_path / "onnx" / "point_classifier.onnx").is_file()
+
+
+def test_one_epoch_fit_leaves_a_checkpoint_with_its_label_space(trained: dict):
+    """Validation every 16 epochs, 1 epoch run: `last.ckpt` is saved anyway, and named."""
+    from vitp.checkpoint_heads import checkpoint_label_space, read_checkpoint
+
+    ckpt = trained["ckpt"]
+    assert ckpt.is_file() and f"vitp fit: checkpoint {ckpt.resolve()}" in trained["fit"].stdout
+    assert checkpoint_label_space(read_checkpoint(ckpt), str(ckpt)) == trained["info"]
+    assert "pretrained model written to" in trained["fit"].stdout
+
+
+def _predict(trained: dict, out: Path | None, *extra: str) -> str:
+    os.chdir(trained["workdir"])
+    args = ["predict", "--config", str(CONFIG), "--ckpt_path", str(trained["ckpt"]), *SMALL,
+            "--data.init_args.path", str(trained["images"]), *extra]
+    return vitp_in_process(*args, *([] if out is None else ["--model.init_args.export_dir", str(out)]))
+
+
+def _segments(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "segments").glob("*.json"))}
+
+
+def test_predict_with_only_the_checkpoint_matches_the_training_root(trained: dict, tmp_path: Path):
+    from vitp.data.io import load_panoptic_png
+
+    _predict(trained, tmp_path / "with_root", "--data.init_args.root", str(trained["data"]))
+    printed = _predict(trained, tmp_path / "no_root")  # the config's root: null = the generated dataset
+    assert not (trained["workdir"] / "data").exists(), "the default dataset was generated"
+    assert f"written to {(tmp_path / 'no_root').resolve()}" in printed
+    with_root, no_root = _segments(tmp_path / "with_root"), _segments(tmp_path / "no_root")
+    assert len(no_root) == 2 and no_root == with_root
+    labels = {s["label"] for record in no_root.values() for s in record["panoptic"]}
+    assert labels and labels <= set(trained["info"].class_names)
+    for stem in no_root:
+        assert np.array_equal(load_panoptic_png(tmp_path / "no_root" / "panoptic" / f"{stem}.png"),
+                              load_panoptic_png(tmp_path / "with_root" / "panoptic" / f"{stem}.png"))
+
+
+def test_predict_without_output_folder_writes_a_default_one_and_says_where(trained: dict):
+    default = trained["workdir"] / RUN_DIR / "predictions"
+    printed = _predict(trained, None)
+    assert f"vitp predict: 2 image(s) written to {default.resolve()}" in printed
+    assert sorted(p.name for p in (default / "panoptic").iterdir()) == \
+        sorted(f"{p.stem}.png" for p in trained["images"].iterdir())
+
+
+def test_truncated_checkpoint_error_names_the_file(trained: dict, tmp_path: Path):
+    from vitp import Segmenter
+    from vitp.checkpoint_heads import CheckpointError
+
+    bad = tmp_path / "truncated.ckpt"
+    bad.write_bytes(trained["ckpt"].read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=f"{bad}: cannot read the checkpoint .*truncated"):
+        _predict(trained, tmp_path / "out", "--ckpt_path", str(bad))
+    with pytest.raises(CheckpointError, match=f"{bad}: cannot read"):
+        Segmenter.from_checkpoint(bad, config=CONFIG, overrides=SMALL)
+
+
+FRESH = """
+import json, sys
+from vitp import Segmenter
+seg = Segmenter.from_pretrained(sys.argv[1])
+print(json.dumps([seg(p).record for p in sys.argv[2:]]))
+"""
+
+
+def test_from_pretrained_in_a_fresh_process_from_another_directory(trained: dict, tmp_path: Path):
+    """The folder written by `vitp fit --export_pretrained` loads from elsewhere, silently, and gives
+    the segments of `Segmenter.from_checkpoint` (whose config paths resolve next to the checkpoint)."""
+    from vitp import Segmenter
+
+    folder = trained["pretrained"]
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["README.md", "classifier.safetensors", "label_space.json", "proposer", "vitp_config.yaml",
+                     "vitp_pretrained.json"]
+    assert (folder / "proposer" / "model.safetensors").is_file()
+    config = (folder / "vitp_config.yaml").read_text()
+    assert str(trained["workdir"]) not in config and "outputs/" not in config
+    card = (folder / "README.md").read_text()
+    assert "my_" in card and str(trained["data"]) in card and "10 classes" in card
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "script.py").write_text(FRESH)
+    images = sorted(str(p) for p in trained["images"].iterdir())
+    proc = _run([sys.executable, "script.py", str(folder), *images], cwd=other)
+    for line in CHATTER:
+        assert line not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    fresh = json.loads(proc.stdout.strip().splitlines()[-1])
+    os.chdir(other)
+    seg = Segmenter.from_checkpoint(trained["ckpt"], config=CONFIG, overrides=SMALL)
+    assert seg.class_names == trained["info"].class_names
+    expected = [seg(p).record for p in images]
+    assert fresh == json.loads(json.dumps(expected))
+    assert not (other / "data").exists()
+
+
+def test_segmenter_save_pretrained_round_trip(trained: dict, tmp_path: Path):
+    from vitp import Segmenter
+
+    os.chdir(tmp_path)
+    seg = Segmenter.from_checkpoint(trained["ckpt"], config=CONFIG, overrides=SMALL)
+    folder = seg.save_pretrained(tmp_path / "model", metrics={"val/pq": 12.5})
+    assert "| val/pq | 12.5 |" in (folder / "README.md").read_text()
+    again = Segmenter.from_pretrained(folder)
+    image = sorted(trained["images"].iterdir())[0]
+    assert again(image).record == seg(image).record
+    with pytest.raises(ValueError, match="no such folder"):
+        Segmenter.from_pretrained(tmp_path / "missing")
+
+
+def test_first_hour_script(trained: dict, tmp_path: Path):
+    """docs/first_hour.py, as a newcomer runs it, against the pretrained folder of the fit."""
+    image = sorted(trained["images"].iterdir())[0]
+    proc = _run([sys.executable, str(PROJECT_ROOT / "docs" / "first_hour.py"), "--model", str(trained["pretrained"]),
+                 "--image", str(image), "--out", str(tmp_path / "mine")], cwd=tmp_path)
+    assert (tmp_path / "mine" / f"{image.stem}_overlay.png").is_file()
+    assert "segments" in proc.stdout
