@@ -11,6 +11,7 @@ detection JSON used as box-only point supervision, mixable with mask data of the
 
 from __future__ import annotations
 
+import warnings
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +55,33 @@ def category_map(categories: list[dict[str, Any]], info: DatasetInfo, match_by: 
         raise DatasetError(f"{source}: categories {missing[:10]} are not in the label space (matched by "
                            f"{match_by}); set unknown categories to 'skip' to leave them out")
     return out
+
+
+POLYGON_TOLERANCE = 1.0
+"""Pixels a polygon vertex may lie outside the image (rounding in exported annotations)."""
+
+
+def check_polygons(polygons: list[Any], h: int, w: int, where: str) -> None:
+    """COCO polygons ``[[x0, y0, x1, y1, ...], ...]``: each a list of numbers of even length, at
+    least 3 points, every vertex inside the ``w x h`` image (within ``POLYGON_TOLERANCE``); a
+    ``DatasetError`` starting with ``where`` otherwise (a per-sample problem: skipped with a warning
+    under ``on_bad_sample: skip``)."""
+    if not polygons:
+        raise DatasetError(f"{where}: empty segmentation (no polygon)")
+    for i, poly in enumerate(polygons):
+        if not isinstance(poly, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly):
+            raise DatasetError(f"{where}: polygon {i} is not a flat list of numbers [x0, y0, x1, y1, ...]")
+        if len(poly) % 2:
+            raise DatasetError(f"{where}: polygon {i} has an odd number of coordinates ({len(poly)}); expected "
+                               "x, y pairs")
+        if len(poly) < 6:
+            raise DatasetError(f"{where}: polygon {i} has {len(poly) // 2} point(s); a polygon needs at least 3")
+        xs, ys = np.asarray(poly[0::2], dtype=float), np.asarray(poly[1::2], dtype=float)
+        t = POLYGON_TOLERANCE
+        if not np.isfinite(xs).all() or not np.isfinite(ys).all() or xs.min() < -t or ys.min() < -t \
+                or xs.max() > w + t or ys.max() > h + t:
+            raise DatasetError(f"{where}: polygon {i} lies outside the {w}x{h} (WxH) image: x in "
+                               f"[{xs.min():g}, {xs.max():g}], y in [{ys.min():g}, {ys.max():g}]")
 
 
 class CocoInstancesDataset(Dataset):
@@ -106,7 +134,7 @@ class CocoInstancesDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _region(self, ann: dict[str, Any], h: int, w: int) -> np.ndarray:
+    def _region(self, ann: dict[str, Any], h: int, w: int, image: Path) -> np.ndarray:
         if self.supervision == "boxes":
             x, y, bw, bh = (float(v) for v in ann["bbox"])
             x0, y0 = min(max(int(np.floor(x)), 0), w - 1), min(max(int(np.floor(y)), 0), h - 1)
@@ -115,6 +143,8 @@ class CocoInstancesDataset(Dataset):
             m[y0:y1, x0:x1] = True
             return m
         seg = ann["segmentation"]
+        if isinstance(seg, list):
+            check_polygons(seg, h, w, f"{self.json_path}: annotation {ann.get('id')} (image {image})")
         try:
             rles = mask_utils.frPyObjects(seg, h, w) if not isinstance(seg, dict) or isinstance(seg.get("counts"), list) \
                 else seg
@@ -132,7 +162,7 @@ class CocoInstancesDataset(Dataset):
         if (h, w) != (rec["height"], rec["width"]):
             raise DatasetError(f"{path}: image is {w}x{h} (WxH) but {self.json_path} says "
                                f"{rec['width']}x{rec['height']}")
-        regions = [self._region(a, h, w) for a in rec["anns"]]
+        regions = [self._region(a, h, w, path) for a in rec["anns"]]
         segments = np.full((h, w), -1, dtype=np.int64)
         for i in sorted(range(len(regions)), key=lambda j: -int(regions[j].sum())):  # largest first
             segments[regions[i]] = i
@@ -168,6 +198,7 @@ class CocoFormatDataModule(SegmentationDataModule):
             (polygons / RLE), or ``auto``: panoptic when that PNG folder exists.
         box_datasets: extra training data with boxes only, e.g. ``[{images: o365/train, json:
             o365/train.json}]``; their categories are matched to this label space (``box_match_by``).
+            An entry with ``optional: true`` whose JSON does not exist is left out with a warning.
             Needs ``point_sampler``: points are drawn inside the central part of each box
             (``box_center_fraction``); keep the proposer frozen.
         box_match_by: match box categories by ``id`` or ``name``.
@@ -187,7 +218,7 @@ class CocoFormatDataModule(SegmentationDataModule):
         test_images: str | None = None,
         test_json: str | None = None,
         annotation_format: Literal["auto", "panoptic", "instances"] = "auto",
-        box_datasets: list[dict[str, str]] | None = None,
+        box_datasets: list[dict[str, str | bool]] | None = None,
         box_match_by: Literal["id", "name"] = "id",
         box_unknown: Literal["error", "skip"] = "error",
         box_center_fraction: float = 0.5,
@@ -202,8 +233,9 @@ class CocoFormatDataModule(SegmentationDataModule):
         self.annotation_format = annotation_format
         self.box_datasets = [dict(d) for d in box_datasets or []]
         for d in self.box_datasets:
-            if set(d) != {"images", "json"}:
-                raise ValueError(f"box_datasets entries need exactly the keys 'images' and 'json', got {d}")
+            if not {"images", "json"} <= set(d) <= {"images", "json", "optional"}:
+                raise ValueError(f"box_datasets entries need the keys 'images' and 'json' (and may set 'optional'), "
+                                 f"got {d}")
         self.box_match_by, self.box_unknown = box_match_by, box_unknown
         self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
         if self.box_datasets:
@@ -248,8 +280,17 @@ class CocoFormatDataModule(SegmentationDataModule):
             self._path(d["images"]), self._path(d["json"]), supervision="boxes", dataset_info=self.dataset_info,
             match_by=self.box_match_by, unknown=self.box_unknown, train=True, image_size=self.image_size,
             scale_range=self.scale_range, hflip_prob=self.hflip_prob, mean=self.mean, std=self.std,
-            max_samples=self.max_train_samples) for d in self.box_datasets]
-        return ConcatDataset([ds, *boxes])
+            max_samples=self.max_train_samples) for d in self.box_datasets if self._box_source_present(d)]
+        return ConcatDataset([ds, *boxes]) if boxes else ds
+
+    def _box_source_present(self, source: dict[str, str | bool]) -> bool:
+        """False (with a warning) for an ``optional`` box dataset whose JSON does not exist."""
+        path = self._path(str(source["json"]))
+        if path.is_file() or not source.get("optional", False):
+            return True
+        warnings.warn(f"{path}: not found; this box dataset is optional (box_datasets ... optional: true), "
+                      "training on the mask annotations only", UserWarning, stacklevel=2)
+        return False
 
 
 __all__ = ["CocoFormatDataModule", "CocoInstancesDataset", "read_categories"]
