@@ -144,6 +144,9 @@ class PointViT(nn.Module):
             glimpse embedding) and add those logits to the ViT's: a direct path for the shape read
             from the window. Needs ``point_glimpse``.
         model_kwargs: extra ``timm.create_model`` kwargs (e.g. a tiny architecture for tests).
+        freeze_backbone: keep the ViT (patch and position embedding, blocks, norms) fixed: only the
+            point embedding, the head and the point-side extras train, and the patch pass runs
+            without autograd (a pretrained trunk as a frozen feature extractor).
         strict_load: refuse a ``checkpoint_path`` with entries that have no place in the model.
         allow_unsafe_load: let ``checkpoint_path`` be unpickled with ``weights_only=False`` (runs
             code from the file; only for files you trust). Off: such a file is refused by name.
@@ -174,6 +177,7 @@ class PointViT(nn.Module):
         compile_blocks: bool = False,
         strict_load: bool = True,
         allow_unsafe_load: bool = False,
+        freeze_backbone: bool = False,
     ) -> None:
         super().__init__()
         if attention not in ("one_way", "full"):
@@ -236,6 +240,9 @@ class PointViT(nn.Module):
             raise ValueError(f"pos_embed_init must be 'timm' or 'sincos', got {pos_embed_init!r}")
         self.reset_point_embed()
         self.load_report: LoadReport | None = None
+        self.freeze_backbone = bool(freeze_backbone)
+        if self.freeze_backbone:
+            self.backbone.requires_grad_(False)
         self.checkpoint_path = checkpoint_path
         self.strict_load = bool(strict_load)
         self.allow_unsafe_load = bool(allow_unsafe_load)
@@ -264,6 +271,12 @@ class PointViT(nn.Module):
             self.load_checkpoint(self.checkpoint_path)
 
     # ------------------------------------------------------------------ parameters / loading
+    def train(self, mode: bool = True) -> "PointViT":
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
     def reset_head(self) -> None:
         for head in (self.head, self.glimpse_head):
             if head is not None:
@@ -402,6 +415,16 @@ class PointViT(nn.Module):
             tok = tok + base
         return be.norm_pre(be.pos_drop(tok))
 
+    def _joining_grids(self, seq: torch.Tensor, grid: tuple[int, int], grids: torch.Tensor,
+                       pos_grids: list[torch.Tensor]) -> list[torch.Tensor]:
+        """With ``sample_patch`` and points joining at block k > 0: per image the patch tokens
+        entering block k (``[gh, gw, D]``), which the points sample; otherwise ``pos_grids``."""
+        if self.point_encoding != "sample_patch" or self.point_start_block == 0:
+            return pos_grids
+        Gh, Gw = grid
+        patches = seq[:, seq.shape[1] - Gh * Gw:].reshape(seq.shape[0], Gh, Gw, -1)
+        return [patches[b, :gh, :gw] for b, (gh, gw) in enumerate(grids.tolist())]
+
     def _glimpse(self, images: torch.Tensor | None, points: torch.Tensor, vs: torch.Tensor,
                  point_masks: PointMasks | None) -> torch.Tensor | None:
         """The glimpse embedding ``[B, P, D]`` of each point (None without ``point_glimpse``)."""
@@ -449,19 +472,21 @@ class PointViT(nn.Module):
         points run (``point_start_block`` on)."""
         if self.attention != "one_way":
             raise RuntimeError("encode_patches / classify_points need attention='one_way'")
-        seq, key_mask, grid, grids, vs, pos_grids, prepared = self._embed_patches(images, valid_sizes)
-        k0 = self.point_start_block
-        mask = self._patch_mask(key_mask)
-        seq = self._patch_blocks(seq, mask, k0)
-        blocks = self.backbone.blocks
-        fwd = self._op("block_forward")
-        kv = []
-        for i in range(k0, len(blocks)):
-            if i == len(blocks) - 1:  # the last block's output is never used: keys / values only
-                kv.append(self_slot_kv(*block_kv(blocks[i], seq)))
-                break
-            seq, blk_kv = fwd(blocks[i], seq, mask, return_kv=True)
-            kv.append(self_slot_kv(*blk_kv))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+            seq, key_mask, grid, grids, vs, pos_grids, prepared = self._embed_patches(images, valid_sizes)
+            k0 = self.point_start_block
+            mask = self._patch_mask(key_mask)
+            seq = self._patch_blocks(seq, mask, k0)
+            pos_grids = self._joining_grids(seq, grid, grids, pos_grids)
+            blocks = self.backbone.blocks
+            fwd = self._op("block_forward")
+            kv = []
+            for i in range(k0, len(blocks)):
+                if i == len(blocks) - 1:  # the last block's output is never used: keys / values only
+                    kv.append(self_slot_kv(*block_kv(blocks[i], seq)))
+                    break
+                seq, blk_kv = fwd(blocks[i], seq, mask, return_kv=True)
+                kv.append(self_slot_kv(*blk_kv))
         return PatchCache(kv=kv, key_mask=key_mask, grid=grid, image_grids=grids, valid_sizes=vs,
                           pos_grids=pos_grids, slot_mask=None if mask is None else self_slot_mask(key_mask),
                           start_block=k0, images=prepared if self.point_glimpse is not None else None)
@@ -514,8 +539,9 @@ class PointViT(nn.Module):
         if self.attention == "one_way":
             return self.classify_points(self.encode_patches(images, valid_sizes), points, point_masks)
         B, P, _ = points.shape
-        seq, key_mask, _, grids, vs, pos_grids, prepared = self._embed_patches(images, valid_sizes)
+        seq, key_mask, grid, grids, vs, pos_grids, prepared = self._embed_patches(images, valid_sizes)
         seq = self._patch_blocks(seq, self._patch_mask(key_mask), self.point_start_block)
+        pos_grids = self._joining_grids(seq, grid, grids, pos_grids)
         pts = self._embed_points(points, vs, grids, pos_grids)
         glimpse = self._glimpse(prepared, points, vs, point_masks)
         if glimpse is not None:

@@ -15,6 +15,7 @@ _LAZY = {
     "Mask2FormerProposer": "vitp.proposers.mask2former",
     "OneFormerProposer": "vitp.proposers.oneformer",
     "NativeProposer": "vitp.proposers.native",
+    "EomtProposer": "vitp.proposers.eomt",
 }
 
 __all__ = ["MaskProposer", "OracleProposer", *_LAZY]

@@ -231,7 +231,7 @@ class HFUniversalProposer(MaskProposer):
         class_labels = [c.to(masks.device) for c in class_labels]
         num_masks = global_num_masks(sum(len(c) for c in class_labels), masks.device)
         cfg = self.hf.config
-        layers = proposals.layers if cfg.use_auxiliary_loss else []
+        layers = proposals.layers if getattr(cfg, "use_auxiliary_loss", True) else []
         out = set_prediction_loss(
             self.hf.criterion, cfg, (masks, self._output_logits(proposals.raw_class_logits)),
             [(layer.mask_logits, self._output_logits(layer.class_logits)) for layer in layers],
