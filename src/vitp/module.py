@@ -95,6 +95,12 @@ class ViTPModule(L.LightningModule):
             writes one JSON per image, ``segments/<stem>.json``; see ``vitp.export``).
         export_overlays: with ``export_dir``, ``predict`` also writes overlays on the images
             (coloured segments, outlines, class names).
+        score_threshold: ``predict`` (and ``vitp.Segmenter``) keeps only panoptic segments and
+            instances scoring at least this (``vitp.postprocess.PostProcessConfig``); validation and
+            test keep all (AP needs the low-scoring instances too).
+        max_image_side: ``predict`` post-processes images whose long side is larger at this size and
+            maps the results back to the original size (memory and time stay those of this size);
+            None: always at the original size. Validation and test: always the original size.
         on_nonfinite_loss: a NaN / infinite training loss ``stop``s the run with an error naming the
             global step, epoch, batch and loss terms, or (``skip``, single process only) skips that
             batch's optimizer step with a warning, counted in ``train/skipped_nonfinite``
@@ -139,6 +145,8 @@ class ViTPModule(L.LightningModule):
         warmup_steps: int = 0,
         export_dir: str | None = None,
         export_overlays: bool = True,
+        score_threshold: float = 0.0,
+        max_image_side: int | None = 1333,
         on_nonfinite_loss: Literal["stop", "skip"] = "stop",
         reinit_heads_on_mismatch: bool = False,
     ) -> None:
@@ -153,7 +161,7 @@ class ViTPModule(L.LightningModule):
             evaluate_oracle_classes=evaluate_oracle_classes, optimizer=optimizer, lr=lr,
             weight_decay=weight_decay, momentum=momentum, point_embed_lr=point_embed_lr,
             layer_decay=layer_decay, warmup_steps=warmup_steps, export_dir=export_dir,
-            export_overlays=export_overlays,
+            export_overlays=export_overlays, score_threshold=score_threshold, max_image_side=max_image_side,
         )
         self.proposer = proposer
         self.classifier = classifier
@@ -242,9 +250,17 @@ class ViTPModule(L.LightningModule):
         return self
 
     # ------------------------------------------------------------------ inference
-    def predict_batch(self, batch: Batch) -> dict[str, list[Prediction]]:
-        """All variants' predictions for a batch (see ``vitp.pipeline.TwoStagePipeline``)."""
-        return self.pipeline(batch, variants=(self.main_variant,)).predictions
+    def predict_batch(self, batch: Batch, score_threshold: float | None = None,
+                      max_image_side: int | None | str = "config",
+                      variants: tuple[str, ...] | None = None) -> dict[str, list[Prediction]]:
+        """``variants``' predictions for a batch (default: the main variant; see
+        ``vitp.pipeline.TwoStagePipeline``) with ``score_threshold`` / ``max_image_side``
+        (default, ``None`` / ``"config"``: this module's settings)."""
+        return self.pipeline(
+            batch, variants=variants or (self.main_variant,),
+            score_threshold=self.hp.score_threshold if score_threshold is None else score_threshold,
+            max_image_side=self.hp.max_image_side if max_image_side == "config" else max_image_side,
+        ).predictions
 
     # ------------------------------------------------------------------ training
     def on_fit_start(self) -> None:

@@ -15,7 +15,7 @@ tokens are encoded once. With one-way attention each point's logits do not depen
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from torch import nn
 from vitp.fusion import fuse_class_probs
 from vitp.classifiers.glimpse import PointMasks
 from vitp.proposal_points import match_segments, point_components, select_points, valid_region_logits
-from vitp.postprocess import PostProcessConfig, crop_and_resize, infer
+from vitp.postprocess import PostProcessConfig, UpsampledLogits, crop_and_resize, crop_logits, infer, resize_prediction
 from vitp.structures import Batch, Prediction, Proposals, Target
 
 VARIANTS = ("vitp", "proposer", "oracle")
@@ -43,23 +43,42 @@ def original_size_logits(proposals: Proposals, batch: Batch, index: int) -> torc
     return crop_and_resize(logits, target.valid_size, target.orig_size, tuple(batch.images.shape[-2:]))
 
 
-def oracle_class_probs(mask_logits: torch.Tensor, target: Target, num_classes: int) -> torch.Tensor:
+def lazy_logits(proposals: Proposals, batch: Batch, index: int, size: tuple[int, int]) -> UpsampledLogits:
+    """:func:`original_size_logits` seen at ``size`` band by band (``vitp.postprocess.UpsampledLogits``),
+    never materialised at full size."""
+    logits = proposals.mask_logits[index]
+    if proposals.valid_sizes is not None:
+        return crop_logits(logits, tuple(proposals.valid_sizes[index].tolist()), size)
+    return crop_logits(logits, batch.targets[index].valid_size, size, tuple(batch.images.shape[-2:]))
+
+
+def capped_size(size: tuple[int, int], max_image_side: int | None) -> tuple[int, int]:
+    """``size`` scaled down so that its long side is at most ``max_image_side`` (None: unchanged)."""
+    h, w = size
+    if max_image_side is None or max(h, w) <= max_image_side:
+        return (h, w)
+    scale = max_image_side / max(h, w)
+    return (max(1, round(h * scale)), max(1, round(w * scale)))
+
+
+def oracle_class_probs(mask_logits: torch.Tensor | UpsampledLogits, target: Target, num_classes: int) -> torch.Tensor:
     """``float[Q, K + 1]``: one-hot ground-truth class of the best-overlapping segment.
 
     ``mask_logits`` are one image's proposals at the original size; crowd segments count as
     matches too (a proposal covering a crowd region is not wrong).
     """
     q = mask_logits.shape[0]
-    probs = mask_logits.new_zeros((q, num_classes + 1), dtype=torch.float)
+    binary = mask_logits.binary() if isinstance(mask_logits, UpsampledLogits) else mask_logits > 0
+    probs = torch.zeros((q, num_classes + 1), dtype=torch.float, device=binary.device)
     probs[:, -1] = 1.0
     n = len(target.labels)
     if q == 0 or n == 0:
         return probs
     gt_index = target.segments.flatten()
-    gt = torch.zeros((n, gt_index.numel()), dtype=torch.bool, device=mask_logits.device)
+    gt = torch.zeros((n, gt_index.numel()), dtype=torch.bool, device=binary.device)
     valid = gt_index >= 0
     gt[gt_index[valid], valid.nonzero()[:, 0]] = True
-    best_iou, best = match_segments((mask_logits > 0).flatten(1), gt)
+    best_iou, best = match_segments(binary.flatten(1), gt)
     matched = best_iou >= 0.5
     probs[matched, -1] = 0.0
     probs[matched, target.labels[best[matched]]] = 1.0
@@ -214,11 +233,16 @@ class TwoStagePipeline:
     @torch.no_grad()
     def __call__(
         self, batch: Batch, extra_points: torch.Tensor | None = None, variants: tuple[str, ...] | None = None,
-        extra_point_masks: PointMasks | None = None,
+        extra_point_masks: PointMasks | None = None, score_threshold: float | None = None,
+        max_image_side: int | None = None,
     ) -> PipelineOutput:
         """Predictions of ``variants`` (default: all configured ones) for every image of ``batch``;
         ``extra_points float[B, P, 2]`` are classified in the same classifier call (with their
-        ``extra_point_masks`` when the classifier is mask-aware)."""
+        ``extra_point_masks`` when the classifier is mask-aware). ``score_threshold`` overrides the
+        config's (``PostProcessConfig.score_threshold``); with ``max_image_side``, images whose long
+        side is larger are post-processed at that size and the results mapped back to the original
+        size (nearest neighbour)."""
+        config = self.config if score_threshold is None else replace(self.config, score_threshold=score_threshold)
         variants = self.variants if variants is None else tuple(v for v in variants if v in self.variants)
         groups = self.task_groups()
         proposals = [self.propose(batch, tasks[0]) for tasks in groups]
@@ -231,7 +255,8 @@ class TwoStagePipeline:
         for tasks, props, logits in zip(groups, proposals, point_logits):
             probs = self.variant_probs(props, logits, variants)
             for i, target in enumerate(batch.targets):
-                mask_logits = original_size_logits(props, batch, i)
+                size = capped_size(tuple(target.orig_size), max_image_side)
+                mask_logits = lazy_logits(props, batch, i, size)
                 for name in variants:
                     if name == "oracle":
                         p = oracle_class_probs(mask_logits, target, self.num_classes)
@@ -239,7 +264,9 @@ class TwoStagePipeline:
                         p = probs[name][i]
                     else:
                         continue
-                    pred = infer(mask_logits, p, self.is_thing, tasks, self.config)
+                    pred = infer(mask_logits, p, self.is_thing, tasks, config)
+                    if size != tuple(target.orig_size):
+                        pred = resize_prediction(pred, tuple(target.orig_size))
                     per_image = results.setdefault(name, [{} for _ in batch.targets])[i]
                     per_image.update({t: getattr(pred, t) for t in tasks})
         predictions = {name: [Prediction(**r) for r in per_image] for name, per_image in results.items()}

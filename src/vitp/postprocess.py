@@ -4,20 +4,30 @@ One implementation, used by validation, test and predict. Semantics follow Mask2
 inference (object-mask threshold, overlap threshold, stuff of one class merged into one segment,
 top-k instances rescored by mask confidence); results are at the original image size with the
 padding removed.
+
+Memory is bounded by design: the mask logits stay at mask resolution (padding cropped) in
+:class:`UpsampledLogits`, and each task reads them back at the output size a band of rows at a
+time (about ``chunk_elements`` floats per band), so no ``float[Q, H0, W0]`` tensor is ever built.
+Peak memory is the low-resolution logits, one band, and the outputs (``long[H0, W0]`` maps and
+the kept instances' ``bool[H0, W0]`` masks). The bands (``vitp.upsampling``) are computed with
+the arithmetic of torch's own bilinear kernel (``F.interpolate``, ``align_corners=False``), so the
+results equal those of interpolating the whole stack at once (``tests/reference_postprocess.py`` is the old code;
+``tests/test_postprocess_memory.py`` compares them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from vitp.structures import InstancePrediction, PanopticPrediction, Prediction
+from vitp.upsampling import CHUNK_ELEMENTS, UpsampledLogits
 
-__all__ = ["PostProcessConfig", "crop_and_resize", "panoptic_inference", "semantic_inference",
-           "instance_inference", "infer"]
+__all__ = ["PostProcessConfig", "UpsampledLogits", "crop_and_resize", "panoptic_inference",
+           "semantic_inference", "instance_inference", "infer", "resize_prediction"]
 
 KEEP_RULES = ("objectness", "reference")
 
@@ -39,6 +49,8 @@ class PostProcessConfig:
     overlap_threshold: a segment is kept only if the part it wins in the argmax is at least this
         fraction of its own (sigmoid >= 0.5) mask.
     topk_instances: number of (query, class) pairs kept for instance segmentation.
+    score_threshold: panoptic segment candidates whose score is below it are not kept (before
+        they compete for pixels), nor instances whose final score is below it; 0 keeps all.
     """
 
     object_mask_threshold: float = 0.8
@@ -46,19 +58,21 @@ class PostProcessConfig:
     topk_instances: int = 100
     keep_rule: Literal["objectness", "reference"] = "reference"
     keep_threshold: float = 0.5
+    score_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         if self.keep_rule not in KEEP_RULES:
             raise ValueError(f"keep_rule must be one of {KEEP_RULES}, got {self.keep_rule!r}")
 
 
-def crop_and_resize(
+def crop_logits(
     mask_logits: torch.Tensor,
     valid_size: tuple[int, int],
     orig_size: tuple[int, int],
     frame_size: tuple[int, int] | None = None,
-) -> torch.Tensor:
-    """Remove padding from ``float[Q, h, w]`` mask logits and resize them to ``orig_size``.
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> UpsampledLogits:
+    """Remove padding from ``float[Q, h, w]`` mask logits; seen at ``orig_size`` (lazily).
 
     ``valid_size`` is the region holding the image, in the coordinates of ``frame_size`` (the
     padded input frame); with ``frame_size=None`` it is already in mask coordinates. When the
@@ -76,111 +90,220 @@ def crop_and_resize(
     else:
         cropped = F.interpolate(mask_logits[None], size=frame_size, mode="bilinear", align_corners=False)[0]
         cropped = cropped[:, : valid_size[0], : valid_size[1]]
-    if tuple(cropped.shape[-2:]) == tuple(orig_size):
-        return cropped
-    if q == 0:
-        return cropped.new_zeros((0, *orig_size))
-    return F.interpolate(cropped[None], size=orig_size, mode="bilinear", align_corners=False)[0]
+    return UpsampledLogits(cropped, orig_size, chunk_elements)
 
 
-def semantic_inference(mask_logits: torch.Tensor, class_probs: torch.Tensor) -> torch.Tensor:
+def crop_and_resize(
+    mask_logits: torch.Tensor,
+    valid_size: tuple[int, int],
+    orig_size: tuple[int, int],
+    frame_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """:func:`crop_logits` materialised: ``float[Q, H0, W0]`` (small images, tests, analysis)."""
+    return crop_logits(mask_logits, valid_size, orig_size, frame_size).full()
+
+
+def _lazy(mask_logits: torch.Tensor | UpsampledLogits) -> UpsampledLogits:
+    if isinstance(mask_logits, UpsampledLogits):
+        return mask_logits
+    return UpsampledLogits(mask_logits, tuple(mask_logits.shape[-2:]))
+
+
+class _Semantic:
+    """``argmax_k sum_q p[q, k] sigmoid(logit_q)`` per pixel."""
+
+    def __init__(self, logits: UpsampledLogits, class_probs: torch.Tensor) -> None:
+        self.queries = torch.arange(logits.shape[0], device=logits.low.device)
+        self.probs = class_probs[:, :-1].float()
+        self.out = torch.empty(logits.size, dtype=torch.long, device=logits.low.device)
+
+    def update(self, y0: int, y1: int, band: torch.Tensor, sigmoid: torch.Tensor) -> None:
+        self.out[y0:y1] = torch.einsum("qk,qhw->khw", self.probs, sigmoid).argmax(0)
+
+
+class _Panoptic:
+    """Kept queries compete for pixels (``score * sigmoid``); areas decide which become segments."""
+
+    def __init__(self, logits: UpsampledLogits, class_probs: torch.Tensor, is_thing: torch.Tensor,
+                 config: PostProcessConfig) -> None:
+        num_classes = class_probs.shape[-1] - 1
+        if config.keep_rule == "reference":
+            scores, labels = class_probs.float().max(-1)
+            keep = (labels != num_classes) & (scores > config.object_mask_threshold)
+        else:
+            scores, labels = class_probs[:, :-1].float().max(-1)
+            keep = (1.0 - class_probs[:, -1].float()) > config.keep_threshold
+        if config.score_threshold > 0:
+            keep &= scores >= config.score_threshold
+        self.queries = keep.nonzero()[:, 0]
+        self.scores, self.labels = scores[keep], labels[keep]
+        self.is_thing, self.config = is_thing, config
+        q, device = len(self.queries), logits.low.device
+        self.winner = torch.empty(logits.size, dtype=torch.int32, device=device)
+        self.inside = torch.zeros(logits.size, dtype=torch.bool, device=device)
+        self.won_area, self.win_anywhere, self.own_area = (torch.zeros(q, dtype=torch.long, device=device)
+                                                           for _ in range(3))
+
+    def update(self, y0: int, y1: int, band: torch.Tensor, sigmoid: torch.Tensor) -> None:
+        q = len(self.queries)
+        winner = (self.scores[:, None, None] * sigmoid).argmax(0)
+        binary = sigmoid >= 0.5
+        inside = binary.gather(0, winner[None])[0]  # the winning query's own mask covers the pixel
+        self.won_area += torch.bincount(winner[inside], minlength=q)
+        self.win_anywhere += torch.bincount(winner.flatten(), minlength=q)
+        self.own_area += torch.count_nonzero(binary, dim=(1, 2))
+        self.winner[y0:y1] = winner
+        self.inside[y0:y1] = inside
+
+    def finish(self) -> PanopticPrediction:
+        q, device = len(self.queries), self.winner.device
+        segment_of = torch.full((q,), -1, dtype=torch.long, device=device)
+        stuff_segment: dict[int, int] = {}
+        out_labels: list[int] = []
+        out_scores: list[float] = []
+        for k in range(q):
+            label = int(self.labels[k])
+            if self.win_anywhere[k] == 0 or self.own_area[k] == 0 or self.won_area[k] == 0:
+                continue
+            if self.win_anywhere[k] / self.own_area[k] < self.config.overlap_threshold:
+                continue
+            if not bool(self.is_thing[label]) and label in stuff_segment:
+                segment_of[k] = stuff_segment[label]
+                continue
+            index = len(out_labels)
+            if not bool(self.is_thing[label]):
+                stuff_segment[label] = index
+            segment_of[k] = index
+            out_labels.append(label)
+            out_scores.append(float(self.scores[k]))
+        if q == 0:
+            segments = torch.full(self.winner.shape, -1, dtype=torch.long, device=device)
+        else:
+            segments = torch.where(self.inside, segment_of[self.winner.long()], -1)
+        return PanopticPrediction(segments, torch.tensor(out_labels, dtype=torch.long, device=device),
+                                  torch.tensor(out_scores, dtype=torch.float, device=device))
+
+
+class _Instance:
+    """Top-k (query, thing class) pairs rescored by mask quality; masks stored only for instances
+    that pass ``score_threshold`` (in the same pass when it is 0, else in a second pass)."""
+
+    def __init__(self, logits: UpsampledLogits, class_probs: torch.Tensor, is_thing: torch.Tensor,
+                 config: PostProcessConfig) -> None:
+        num_classes = class_probs.shape[-1] - 1
+        probs = class_probs[:, :-1].float() * is_thing[None, :].to(class_probs.device)
+        scores, flat_index = probs.flatten().topk(min(config.topk_instances, probs.numel()))
+        labels, query = flat_index % num_classes, flat_index // num_classes
+        positive = scores > 0
+        self.scores, self.labels, query = scores[positive], labels[positive], query[positive]
+        self.queries, self.slot = torch.unique(query, return_inverse=True)
+        device, n = logits.low.device, len(self.queries)
+        self.inside_sum = torch.zeros(n, dtype=torch.float64, device=device)
+        self.area = torch.zeros(n, dtype=torch.long, device=device)
+        self.logits, self.threshold = logits, config.score_threshold
+        self.masks = torch.empty((n if self.threshold <= 0 else 0, *logits.size), dtype=torch.bool, device=device)
+
+    def update(self, y0: int, y1: int, band: torch.Tensor, sigmoid: torch.Tensor) -> None:
+        masks = band > 0
+        self.inside_sum += (sigmoid * masks).flatten(1).sum(1).double()
+        self.area += torch.count_nonzero(masks, dim=(1, 2))
+        if self.threshold <= 0:
+            self.masks[:, y0:y1] = masks
+
+    def finish(self) -> InstancePrediction:
+        quality = (self.inside_sum / (self.area.double() + 1e-6)).float()
+        scores = self.scores * quality[self.slot]
+        order = scores.argsort(descending=True)
+        if self.threshold > 0:
+            order = order[scores[order] >= self.threshold]
+        slot = self.slot[order]
+        if self.threshold <= 0:
+            return InstancePrediction(self.masks[slot], self.labels[order], scores[order])
+        needed = torch.unique(slot)  # second pass: only the kept instances' masks at full size
+        masks = torch.empty((len(order), *self.logits.size), dtype=torch.bool, device=scores.device)
+        position = torch.searchsorted(needed, slot)
+        for y0, y1 in self.logits.bands(len(needed)) if len(needed) else ():
+            masks[:, y0:y1] = (self.logits.band(y0, y1, self.queries[needed]) > 0)[position]
+        return InstancePrediction(masks, self.labels[order], scores[order])
+
+
+def semantic_inference(mask_logits: torch.Tensor | UpsampledLogits, class_probs: torch.Tensor) -> torch.Tensor:
     """``float[Q, H, W]`` logits, ``float[Q, K + 1]`` probabilities -> ``long[H, W]`` classes."""
-    scores = torch.einsum("qk,qhw->khw", class_probs[:, :-1].float(), mask_logits.float().sigmoid())
-    return scores.argmax(0)
+    return infer(mask_logits, class_probs, torch.zeros(0, dtype=torch.bool), ("semantic",)).semantic
 
 
-def panoptic_inference(
-    mask_logits: torch.Tensor,
-    class_probs: torch.Tensor,
-    is_thing: torch.Tensor,
-    config: PostProcessConfig = PostProcessConfig(),
-) -> PanopticPrediction:
-    """Mask2Former panoptic inference for one image (inputs at the output resolution)."""
-    num_classes = class_probs.shape[-1] - 1
-    if config.keep_rule == "reference":
-        scores, labels = class_probs.float().max(-1)
-        keep = (labels != num_classes) & (scores > config.object_mask_threshold)
-    else:
-        scores, labels = class_probs[:, :-1].float().max(-1)
-        keep = (1.0 - class_probs[:, -1].float()) > config.keep_threshold
-    scores, labels = scores[keep], labels[keep]
-    masks = mask_logits[keep].float().sigmoid()
-    height, width = mask_logits.shape[-2:]
-    segments = torch.full((height, width), -1, dtype=torch.long, device=mask_logits.device)
-    out_labels: list[int] = []
-    out_scores: list[float] = []
-    if masks.shape[0] == 0:
-        return PanopticPrediction(segments, labels.new_zeros(0), scores.new_zeros(0))
-
-    winner = (scores[:, None, None] * masks).argmax(0).flatten()
-    binary = (masks >= 0.5).flatten(1)
-    q = masks.shape[0]
-    winner_inside = binary.gather(0, winner[None])[0]  # the winning query's own mask covers the pixel
-    won_area = torch.bincount(winner[winner_inside], minlength=q)
-    win_anywhere = torch.bincount(winner, minlength=q)
-    own_area = binary.sum(1)
-    stuff_segment: dict[int, int] = {}
-    flat = segments.view(-1)
-    for k in range(q):
-        label = int(labels[k])
-        if win_anywhere[k] == 0 or own_area[k] == 0 or won_area[k] == 0:
-            continue
-        if win_anywhere[k] / own_area[k] < config.overlap_threshold:
-            continue
-        pixels = (winner == k) & binary[k]
-        if not bool(is_thing[label]) and label in stuff_segment:
-            flat[pixels] = stuff_segment[label]
-            continue
-        index = len(out_labels)
-        if not bool(is_thing[label]):
-            stuff_segment[label] = index
-        flat[pixels] = index
-        out_labels.append(label)
-        out_scores.append(float(scores[k]))
-    return PanopticPrediction(
-        segments,
-        torch.tensor(out_labels, dtype=torch.long, device=segments.device),
-        torch.tensor(out_scores, dtype=torch.float, device=segments.device),
-    )
+def panoptic_inference(mask_logits: torch.Tensor | UpsampledLogits, class_probs: torch.Tensor,
+                       is_thing: torch.Tensor, config: PostProcessConfig = PostProcessConfig()) -> PanopticPrediction:
+    """Mask2Former panoptic inference for one image (logits seen at the output resolution)."""
+    return infer(mask_logits, class_probs, is_thing, ("panoptic",), config).panoptic
 
 
-def instance_inference(
-    mask_logits: torch.Tensor,
-    class_probs: torch.Tensor,
-    is_thing: torch.Tensor,
-    config: PostProcessConfig = PostProcessConfig(),
-) -> InstancePrediction:
+def instance_inference(mask_logits: torch.Tensor | UpsampledLogits, class_probs: torch.Tensor,
+                       is_thing: torch.Tensor, config: PostProcessConfig = PostProcessConfig()) -> InstancePrediction:
     """Mask2Former instance inference: top-k (query, thing class) pairs rescored by mask quality."""
-    num_queries, k1 = class_probs.shape
-    num_classes = k1 - 1
-    probs = class_probs[:, :-1].float() * is_thing[None, :].to(class_probs.device)
-    topk = min(config.topk_instances, probs.numel())
-    scores, flat_index = probs.flatten().topk(topk)
-    labels = flat_index % num_classes
-    query = flat_index // num_classes
-    positive = scores > 0
-    scores, labels, query = scores[positive], labels[positive], query[positive]
-    logits = mask_logits[query].float()
-    masks = logits > 0
-    mask_quality = (logits.sigmoid() * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) + 1e-6)
-    scores = scores * mask_quality
-    order = scores.argsort(descending=True)
-    return InstancePrediction(masks[order], labels[order], scores[order])
+    return infer(mask_logits, class_probs, is_thing, ("instance",), config).instance
+
+
+def resize_prediction(pred: Prediction, size: tuple[int, int]) -> Prediction:
+    """``pred`` mapped to ``size`` ``(H, W)`` by nearest neighbour (``F.interpolate``'s
+    ``nearest``: source pixel ``floor(dst * in / out)``); scores and labels unchanged."""
+    def rows_cols(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        ys = (torch.arange(size[0], device=device) * h // size[0])
+        xs = (torch.arange(size[1], device=device) * w // size[1])
+        return ys, xs
+
+    def resize(t: torch.Tensor) -> torch.Tensor:
+        ys, xs = rows_cols(t.shape[-2], t.shape[-1], t.device)
+        return t.index_select(-2, ys).index_select(-1, xs)
+
+    out = Prediction()
+    if pred.semantic is not None:
+        out.semantic = resize(pred.semantic)
+    if pred.panoptic is not None:
+        out.panoptic = PanopticPrediction(resize(pred.panoptic.segments), pred.panoptic.labels, pred.panoptic.scores)
+    if pred.instance is not None:
+        inst = pred.instance
+        masks = torch.empty((len(inst.masks), *size), dtype=torch.bool, device=inst.masks.device)
+        for i in range(len(inst.masks)):
+            masks[i] = resize(inst.masks[i])
+        out.instance = InstancePrediction(masks, inst.labels, inst.scores)
+    return out
 
 
 def infer(
-    mask_logits: torch.Tensor,
+    mask_logits: torch.Tensor | UpsampledLogits,
     class_probs: torch.Tensor,
     is_thing: torch.Tensor,
     tasks: tuple[str, ...] = ("panoptic", "semantic", "instance"),
     config: PostProcessConfig = PostProcessConfig(),
 ) -> Prediction:
-    """Run the requested tasks on logits already at the original size (``float[Q, H0, W0]``)."""
-    prediction = Prediction()
+    """Run the requested tasks on logits at (or lazily seen at, :class:`UpsampledLogits`) the
+    output size ``[Q, H0, W0]``: one pass over bands of rows serves every task."""
+    logits = _lazy(mask_logits)
+    parts: dict[str, Any] = {}
     if "semantic" in tasks:
-        prediction.semantic = semantic_inference(mask_logits, class_probs)
+        parts["semantic"] = _Semantic(logits, class_probs)
     if "panoptic" in tasks:
-        prediction.panoptic = panoptic_inference(mask_logits, class_probs, is_thing, config)
+        parts["panoptic"] = _Panoptic(logits, class_probs, is_thing, config)
     if "instance" in tasks:
-        prediction.instance = instance_inference(mask_logits, class_probs, is_thing, config)
+        parts["instance"] = _Instance(logits, class_probs, is_thing, config)
+    needed = torch.unique(torch.cat([p.queries for p in parts.values()])) if parts else None
+    if needed is not None and len(needed):
+        every = len(needed) == logits.shape[0]
+        select = {name: None if torch.equal(p.queries, needed) else torch.searchsorted(needed, p.queries)
+                  for name, p in parts.items()}
+        for y0, y1 in logits.bands(len(needed)):
+            band = logits.band(y0, y1, None if every else needed)
+            sigmoid = band.sigmoid()
+            for name, part in parts.items():
+                if len(part.queries):
+                    s = select[name]
+                    part.update(y0, y1, band if s is None else band[s], sigmoid if s is None else sigmoid[s])
+    prediction = Prediction()
+    if "semantic" in parts:
+        prediction.semantic = parts["semantic"].out
+    if "panoptic" in parts:
+        prediction.panoptic = parts["panoptic"].finish()
+    if "instance" in parts:
+        prediction.instance = parts["instance"].finish()
     return prediction

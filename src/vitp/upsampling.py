@@ -1,0 +1,90 @@
+"""Mask logits at mask resolution, read back at a larger size one band of rows at a time.
+
+:class:`UpsampledLogits` is what ``vitp.postprocess`` works on: it equals
+``F.interpolate(low[None], size, mode="bilinear", align_corners=False)[0]`` value for value, but
+only ever builds a band of about ``chunk_elements`` floats.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["CHUNK_ELEMENTS", "UpsampledLogits"]
+
+CHUNK_ELEMENTS = 1 << 22  # floats per band of upsampled logits (16 MiB)
+
+
+def _row_weights(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source rows ``i0, i1 long[n_out]`` and weights ``w0, w1 float[n_out]`` of torch's bilinear
+    resize (``align_corners=False``) along one axis, read from ``F.interpolate`` itself (a one-hot
+    probe per source row), so they are its own values, clamping at the borders included."""
+    probe = torch.eye(n_in)[None, :, None, :]
+    w = F.interpolate(probe, size=(1, n_out), mode="bilinear", align_corners=False)[0, :, 0]
+    nonzero = w != 0
+    two = nonzero.sum(0) > 1
+    i0 = nonzero.to(torch.uint8).argmax(0)
+    i1 = torch.where(two, n_in - 1 - nonzero.flip(0).to(torch.uint8).argmax(0), i0)
+    cols = torch.arange(n_out)
+    return i0, i1, w[i0, cols], torch.where(two, w[i1, cols], torch.zeros(()))
+
+
+class UpsampledLogits:
+    """Mask logits ``float[Q, h, w]`` (padding already removed) seen at ``size`` ``(H, W)``.
+
+    Nothing of size ``Q x H x W`` is stored: :meth:`band` gives rows ``y0:y1`` of the bilinear
+    upsampling, equal to ``F.interpolate(low[None], size)[0, :, y0:y1]``: the source rows it reads
+    are resized along x by ``F.interpolate`` (identity along y), then blended along y as torch's
+    CPU kernel blends them, ``fma(a, w0, b * w1)`` (the fused multiply-add in float64).
+    """
+
+    def __init__(self, low: torch.Tensor, size: tuple[int, int], chunk_elements: int = CHUNK_ELEMENTS) -> None:
+        self.low = low.float()
+        self.size = (int(size[0]), int(size[1]))
+        self.chunk_elements = chunk_elements
+        self.identity = tuple(low.shape[-2:]) == self.size
+        if not self.identity:
+            self._y = _row_weights(low.shape[-2], self.size[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.low.shape[0], *self.size)
+
+    def bands(self, num_queries: int | None = None) -> Iterator[tuple[int, int]]:
+        """``(y0, y1)`` row ranges whose band for ``num_queries`` queries holds about
+        ``chunk_elements`` floats."""
+        q = max(1, self.low.shape[0] if num_queries is None else num_queries)
+        rows = max(1, self.chunk_elements // (q * max(1, self.size[1])))
+        for y0 in range(0, self.size[0], rows):
+            yield y0, min(y0 + rows, self.size[0])
+
+    def band(self, y0: int, y1: int, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """``float[q, y1 - y0, W]``: the upsampled logits of rows ``y0:y1`` (of ``queries``)."""
+        low = self.low if queries is None else self.low[queries]
+        if self.identity:
+            return low[:, y0:y1]
+        if low.shape[0] == 0 or (y0, y1) == (0, self.size[0]):
+            return UpsampledLogits(low, self.size).full()
+        yi0, yi1, wy0, wy1 = (t[y0:y1] for t in self._y)
+        first, last = int(yi0.min()), int(yi1.max()) + 1  # the source rows this band reads
+        rows = F.interpolate(low[None, :, first:last], size=(last - first, self.size[1]), mode="bilinear",
+                             align_corners=False)[0]
+        second = rows.index_select(1, yi1 - first).mul_(wy1[:, None]).double()
+        return torch.addcmul(second, rows.double().index_select(1, yi0 - first), wy0.double()[:, None]).float()
+
+    def full(self) -> torch.Tensor:
+        """``float[Q, H, W]`` in one piece (small outputs, callers that need every query at once)."""
+        if self.identity:
+            return self.low
+        if self.low.shape[0] == 0:
+            return self.low.new_zeros((0, *self.size))
+        return F.interpolate(self.low[None], size=self.size, mode="bilinear", align_corners=False)[0]
+
+    def binary(self) -> torch.Tensor:
+        """``bool[Q, H, W]``: logit > 0, built band by band."""
+        out = torch.empty(self.shape, dtype=torch.bool, device=self.low.device)
+        for y0, y1 in self.bands():
+            out[:, y0:y1] = self.band(y0, y1) > 0
+        return out
