@@ -34,7 +34,8 @@ SMALL = ["--data.init_args.image_size", "64", "--data.init_args.num_workers", "0
          "--data.init_args.eval_batch_size", "2", "--model.init_args.classifier.init_args.image_size", "64",
          "--model.init_args.keep_threshold", "0.0", "--model.init_args.overlap_threshold", "0.0",
          "--trainer.accelerator", "cpu"]
-CHATTER = ("Seed set", "GPU available", "TPU available", "Tip:", "LightningCLI's args parameter", "litlogger")
+CHATTER = ("Seed set", "GPU available", "TPU available", "Tip:", "LightningCLI's args parameter", "litlogger",
+           "Loading weights")
 
 
 def _script(name: str) -> str:
@@ -222,3 +223,58 @@ def test_first_hour_script(trained: dict, tmp_path: Path):
                  "--image", str(image), "--out", str(tmp_path / "mine")], cwd=tmp_path)
     assert (tmp_path / "mine" / f"{image.stem}_overlay.png").is_file()
     assert "segments" in proc.stdout
+
+
+def test_hub_id_loads_offline_from_the_hub_cache(trained: dict, tmp_path: Path):
+    """A hub id goes through `huggingface_hub.snapshot_download`: with the repo in the local hub
+    cache and HF_HUB_OFFLINE=1 it loads without a network."""
+    cache = tmp_path / "hub"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--someone--vitp-tiny"
+    shutil.copytree(trained["pretrained"], repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    image = str(sorted(trained["images"].iterdir())[0])
+    proc = subprocess.run([sys.executable, "-c", FRESH, "someone/vitp-tiny", image], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    from vitp import Segmenter
+
+    expected = Segmenter.from_pretrained(trained["pretrained"])(image).record
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [json.loads(json.dumps(expected))]
+
+
+def test_push_to_hub_uploads_the_folder(trained: dict, monkeypatch):
+    import huggingface_hub
+
+    from vitp.pretrained import PretrainedError, push_to_hub
+
+    calls = []
+
+    class FakeApi:  # records what would be sent (no network here)
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls.append(("create_repo", repo_id, exist_ok))
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            calls.append(("upload_folder", folder_path, repo_id))
+            return "https://huggingface.co/someone/vitp-tiny/commit/1"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    url = push_to_hub(trained["pretrained"], "someone/vitp-tiny", token="t")
+    assert url.endswith("/commit/1")
+    assert ("upload_folder", str(trained["pretrained"]), "someone/vitp-tiny") in calls
+    with pytest.raises(PretrainedError, match="not a vitp pretrained folder"):
+        push_to_hub(trained["images"], "someone/x")
+
+
+def test_test_on_another_label_space_is_refused(trained: dict, tiny_coco_root: Path):
+    """`vitp test` builds the model in the checkpoint's label space; a dataset with another one
+    stops with both named (here: the default generated dataset's 11 classes vs the model's 10)."""
+    os.chdir(trained["workdir"])
+    with pytest.raises(ValueError, match=r"test: the dataset's label space \(11 classes.*differs from the model's, "
+                                         r"read from .*last.ckpt \(10 classes"):
+        vitp_in_process("test", "--config", str(CONFIG), "--ckpt_path", str(trained["ckpt"]), *SMALL,
+                        "--data.init_args.root", str(tiny_coco_root))

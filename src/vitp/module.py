@@ -107,8 +107,8 @@ class ViTPModule(L.LightningModule):
             (see ``vitp.nonfinite``).
         reinit_heads_on_mismatch: loading a checkpoint (``--ckpt_path``) whose class-sized layers
             (classifier head, proposer class layers) do not fit the data's label space keeps those
-            layers' fresh initialisation, with a warning, instead of failing (see
-            ``vitp.checkpoint_heads``).
+            layers' fresh initialisation, with a warning, instead of failing; never in ``validate``,
+            ``test`` or ``predict`` (see ``vitp.checkpoint_heads``).
     """
 
     def __init__(

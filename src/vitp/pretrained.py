@@ -49,21 +49,27 @@ class PretrainedError(ValueError):
 
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's informational start-up lines (seed, accelerators, logger tips) and the
-    "LightningCLI's args parameter" warning while a model is built in-process; warnings and errors
-    still show."""
+    """Silence Lightning's informational start-up lines (seed, accelerators, logger tips), the
+    "LightningCLI's args parameter" warning and transformers' weight-loading progress bar while a
+    model is built in-process; warnings and errors still show."""
+    from transformers.utils import logging as hf_logging
+
     loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning",
                                               "lightning_fabric")]
     levels = [lg.level for lg in loggers]
+    bar = hf_logging.is_progress_bar_enabled()
     try:
         for lg in loggers:
             lg.setLevel(logging.WARNING)
+        hf_logging.disable_progress_bar()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter.*")
             yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 # ------------------------------------------------------------------------------------ from_checkpoint

@@ -168,7 +168,7 @@ class SegmentationDataModule(L.LightningDataModule):
             return
         self.prepare_data()
         if stage != "predict" or self.path is None:
-            self._check_label_space(stage or "setup")
+            self._check_label_space(str(getattr(stage, "value", stage) or "setup"))
         if stage in (None, "fit"):
             self.train_dataset = self.build_dataset("train")
         if stage in (None, "fit", "validate"):
