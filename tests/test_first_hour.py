@@ -278,3 +278,30 @@ def test_test_on_another_label_space_is_refused(trained: dict, tiny_coco_root: P
                                          r"read from .*last.ckpt \(10 classes"):
         vitp_in_process("test", "--config", str(CONFIG), "--ckpt_path", str(trained["ckpt"]), *SMALL,
                         "--data.init_args.root", str(tiny_coco_root))
+
+
+def test_native_proposer_pretrained_folder_is_safetensors_only(tiny_coco_root: Path, tmp_path: Path, monkeypatch):
+    """A NativeProposer (saved as .json + .pt by its own save_pretrained) goes into the pretrained
+    folder as proposer.safetensors with its architecture in the config, and gives the same result."""
+    from vitp import Segmenter
+    from vitp.cli import cli
+    from vitp.data.coco import read_dataset_info
+    from vitp.proposers import NativeProposer
+
+    monkeypatch.chdir(tmp_path)
+    info = read_dataset_info(tiny_coco_root, "val")
+    torch.manual_seed(0)
+    NativeProposer(preset="tiny", num_classes=info.num_classes, class_names=list(info.class_names),
+                   is_thing=list(info.is_thing)).save_pretrained("outputs/synthetic/proposer_native/model")
+    config = PROJECT_ROOT / "configs" / "synthetic" / "vitp" / "tiny_native.yaml"
+    built = cli(["--config", str(config), "--data.init_args.root", str(tiny_coco_root), *SMALL, "--trainer.logger",
+                 "false"], run=False)
+    seg = Segmenter.from_cli(built)
+    folder = seg.save_pretrained(tmp_path / "native_model")
+    assert not list(folder.rglob("*.pt")) and (folder / "proposer.safetensors").is_file()
+    assert "outputs/" not in (folder / "vitp_config.yaml").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    image = sorted((tiny_coco_root / "val2017").glob("*.jpg"))[0]
+    assert Segmenter.from_pretrained(folder)(image).record == seg(image).record

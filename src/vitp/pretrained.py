@@ -6,8 +6,9 @@ The folder holds everything the model needs and nothing outside it::
                             only paths are relative to the folder (listed in vitp_pretrained.json)
     label_space.json        category ids, names, thing / stuff
     classifier.safetensors  the point classifier's weights
-    proposer/               the proposer's own save_pretrained (Hugging Face: config.json +
-                            model.safetensors), or proposer.safetensors for proposers without one
+    proposer/               a Hugging Face proposer's own save_pretrained (config.json +
+                            model.safetensors); other proposers: proposer.safetensors, their
+                            architecture in the config (NativeProposer: its resolved ``arch``)
     vitp_pretrained.json    format version, relative paths, training data and metrics as recorded
     README.md               model card: label space, training data, measured metrics, how to load
 
@@ -164,15 +165,21 @@ def _model_section(module: Any, config: dict[str, Any], directory: Path) -> tupl
     proposer = init["proposer"]
     pinit = proposer.setdefault("init_args", {})
     _pop(pinit, "num_classes", "class_names", "is_thing")  # linked
-    if hasattr(module.proposer, "save_pretrained"):
+    from vitp.proposers import NativeProposer
+    from vitp.proposers.hf_universal import HFUniversalProposer
+
+    if isinstance(module.proposer, HFUniversalProposer):  # its own folder: HF config + model.safetensors
         module.proposer.save_pretrained(directory / PROPOSER_DIR)
         pinit.update(model=PROPOSER_DIR)
         for key, value in (("preset", None), ("reinit_head", False)):
             if key in pinit:
                 pinit[key] = value
         relative.append("model.init_args.proposer.init_args.model")
-    elif module.proposer.state_dict():
-        save_model(module.proposer, str(directory / PROPOSER_FILE))
+    else:
+        if isinstance(module.proposer, NativeProposer):  # the architecture as init arguments
+            pinit.update(model=None, **copy.deepcopy(module.proposer.arch))
+        if module.proposer.state_dict():
+            save_model(module.proposer, str(directory / PROPOSER_FILE))
     if module.classifier is not None:
         cinit = init["classifier"].setdefault("init_args", {})
         for key, value in (("checkpoint_path", None), ("pretrained", False), ("reinit_head", False)):
