@@ -9,6 +9,7 @@
     result.semantic                      # int64[H, W] class indices (names: seg.class_names)
     result.instances                     # [{"label", "score", "mask": bool[H, W], ...}]
     result.overlay()                     # PIL image: coloured segments, outlines, class names
+    seg.save_pretrained("my_model")      # one shareable folder; Segmenter.from_pretrained("my_model")
 
 There is one inference path: images become samples exactly as ``vitp predict`` makes them
 (``vitp.data.folder.user_sample``: EXIF orientation, colour modes, resize), the data module's
