@@ -58,13 +58,13 @@ class SegmentationResult:
     prediction: Prediction
     dataset_info: DatasetInfo = field(repr=False)
 
-    def overlay(self, kind: str = "panoptic", scores: bool = False) -> Image.Image:
+    def overlay(self, kind: str = "panoptic", scores: bool = True, legend: bool = True) -> Image.Image:
         """The prediction drawn on the image (``panoptic`` or ``semantic``), as ``vitp predict``
-        writes it under ``overlays/``."""
+        writes it under ``overlays/``, with a legend (colour, class name, score) on the right."""
         from vitp.visualize import render_prediction
 
         return Image.fromarray(render_prediction(self.image, self.prediction, self.dataset_info, kind,
-                                                 scores=scores))
+                                                 scores=scores, legend=legend))
 
 
 class Segmenter:
@@ -81,16 +81,25 @@ class Segmenter:
         collate: the data module's collate (``SegmentationDataModule.collate()``): same padding.
         batch_size: images per forward pass.
         device: where the model runs (default: the module's device).
+        score_threshold: keep only panoptic segments and instances scoring at least this (None: the
+            module's ``score_threshold``, 0 by default: keep all).
+        max_image_side: images whose long side is larger are post-processed at this size and the
+            results mapped back to the image's size (``"config"``: the module's ``max_image_side``,
+            1333 by default; None: always the full size, memory still bounded by band-wise
+            post-processing, see ``vitp.postprocess``).
     """
 
     def __init__(self, module: Any, image_size: int, mean: Sequence[float], std: Sequence[float],
-                 collate: Any, batch_size: int = 4, device: str | torch.device | None = None) -> None:
+                 collate: Any, batch_size: int = 4, device: str | torch.device | None = None,
+                 score_threshold: float | None = None, max_image_side: int | None | str = "config") -> None:
         self.module = module.eval()
         if device is not None:
             self.module.to(device)
         self.transform = EvalTransform(image_size, tuple(mean), tuple(std))
         self.collate = collate
         self.batch_size = batch_size
+        self.score_threshold = score_threshold
+        self.max_image_side = max_image_side
         self.dataset_info: DatasetInfo = module.dataset_info
         self.datamodule: Any = None  # set by from_datamodule / from_cli / from_checkpoint
         self.config: dict[str, Any] | None = None  # the parsed config (from_cli): what save_pretrained writes
@@ -218,10 +227,7 @@ class Segmenter:
                 chunk = inputs[start:start + self.batch_size]
                 batch = self.collate([user_sample(a, self.transform, name, path) for a, name, path in chunk])
                 batch = batch.to(self.device)
-                if variants == (self.module.main_variant,):
-                    preds = self.module.predict_batch(batch)
-                else:
-                    preds = self.module.pipeline(batch, variants=variants).predictions
+                preds = self.module.predict_batch(batch, self.score_threshold, self.max_image_side, variants)
                 out += [(a, {name: _cpu(p[i]) for name, p in preds.items()}) for i, (a, _, _) in enumerate(chunk)]
         return out
 

@@ -2,8 +2,12 @@
 and figure panels (``scripts/make_figure.py``).
 
 * :func:`overlay_panoptic`: coloured segments (stuff in its class colour, each thing instance in
-  a shade of it), white outlines, optional class-name labels at each segment's most interior pixel.
-* :func:`render_prediction`: the same from a ``Prediction`` and the dataset's label space.
+  a shade of it), white outlines, optional class-name labels near each segment's most interior
+  pixel, placed so that no two labels overlap (:func:`place_labels`; a label with no free place
+  is left out, the legend still lists its segment).
+* :func:`add_legend`: a panel beside the image, one row per segment: its colour, class name and
+  score (or pixel share for semantic maps), best first.
+* :func:`render_prediction`: the overlay (and legend) from a ``Prediction`` and the label space.
 * :func:`figure`: panels side by side with titles, as one image.
 """
 
@@ -50,42 +54,116 @@ def label_anchors(segments: np.ndarray, num_segments: int) -> list[tuple[int, in
     return out
 
 
+Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive)
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(anchors: Sequence[tuple[int, int] | None], sizes: Sequence[tuple[int, int]],
+                 image_size: tuple[int, int], gap: int = 1) -> list[Box | None]:
+    """Boxes for labels of ``sizes`` ``(w, h)`` near ``anchors`` ``(y, x)``, inside ``image_size``
+    ``(H, W)``, no two overlapping (with ``gap`` pixels between). Greedy in the given order (put
+    the most important first): each label takes the first free place among its anchor centred
+    and then shifted by whole label heights / widths; None when the anchor is None or no place
+    is free."""
+    h, w = image_size
+    placed: list[Box] = []
+    out: list[Box | None] = []
+    for anchor, (tw, th) in zip(anchors, sizes):
+        box = None
+        if anchor is not None and tw + 2 * gap <= w and th + 2 * gap <= h:
+            y, x = anchor
+            shifts = [(0, 0)] + [(dy * (th + 2 * gap), dx * (tw // 2 + gap))
+                                 for r in (1, 2, 3) for dy, dx in ((-r, 0), (r, 0), (0, -r), (0, r), (-r, -r),
+                                                                   (-r, r), (r, -r), (r, r))]
+            for dy, dx in shifts:
+                left = int(np.clip(x - tw / 2 + dx, gap, w - tw - gap))
+                top = int(np.clip(y - th / 2 + dy, gap, h - th - gap))
+                candidate = (left - gap, top - gap, left + tw + gap, top + th + gap)
+                if not any(_overlaps(candidate, p) for p in placed):
+                    box = candidate
+                    break
+        if box is not None:
+            placed.append(box)
+        out.append(box)
+    return out
+
+
 def draw_labels(image: np.ndarray, segments: np.ndarray, texts: Sequence[str | None],
-                font_size: int | None = None) -> np.ndarray:
-    """Write ``texts[i]`` (white on a dark box) at the most interior pixel of segment ``i``."""
+                font_size: int | None = None, order: Sequence[int] | None = None) -> np.ndarray:
+    """Write ``texts[i]`` (white on a dark box) near the most interior pixel of segment ``i``,
+    labels never overlapping (:func:`place_labels`, in ``order``: default, largest segment first)."""
     h, w = image.shape[:2]
     font = _font(font_size or max(9, min(h, w) // 28))
     pil = Image.fromarray(image)
     draw = ImageDraw.Draw(pil)
-    for anchor, text in zip(label_anchors(segments, len(texts)), texts):
-        if anchor is None or not text:
+    anchors = label_anchors(segments, len(texts))
+    if order is None:
+        areas = np.bincount(segments[segments >= 0].ravel(), minlength=len(texts))
+        order = list(np.argsort(-areas[: len(texts)], kind="stable"))
+    order = [i for i in order if anchors[i] is not None and texts[i]]
+    bboxes = [draw.textbbox((0, 0), texts[i], font=font) for i in order]
+    boxes = place_labels([anchors[i] for i in order], [(x1 - x0 + 2, y1 - y0 + 2) for x0, y0, x1, y1 in bboxes], (h, w))
+    for i, box, (x0, y0, _, _) in zip(order, boxes, bboxes):
+        if box is None:
             continue
-        y, x = anchor
-        x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
-        tw, th = x1 - x0, y1 - y0
-        left = int(np.clip(x - tw / 2, 0, max(0, w - tw - 2)))
-        top = int(np.clip(y - th / 2, 0, max(0, h - th - 2)))
-        draw.rectangle((left - 1, top - 1, left + tw + 1, top + th + 1), fill=(0, 0, 0))
-        draw.text((left - x0, top - y0), text, fill=(255, 255, 255), font=font)
+        draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=(0, 0, 0))
+        draw.text((box[0] + 2 - x0, box[1] + 2 - y0), texts[i], fill=(255, 255, 255), font=font)
     return np.asarray(pil).copy()
+
+
+def segment_colours(labels: np.ndarray, is_thing: np.ndarray) -> np.ndarray:
+    """``float[S, 3]``: stuff in its class colour, each thing instance in a shade of it."""
+    labels = np.asarray(labels, dtype=np.int64)
+    palette = class_palette(int(is_thing.shape[0])).astype(np.float32)
+    colours = palette[labels] if len(labels) else np.zeros((0, 3), np.float32)
+    shade = np.random.default_rng(1).uniform(0.6, 1.4, size=(len(labels), 1)).astype(np.float32)
+    return np.where(is_thing[labels][:, None], np.clip(colours * shade, 0, 255), colours)
+
+
+def add_legend(image: np.ndarray, colours: np.ndarray, texts: Sequence[str], font_size: int | None = None
+               ) -> np.ndarray:
+    """``image`` with a white panel on its right: one row per entry (a swatch of ``colours[i]``
+    and ``texts[i]``), in the given order; rows that do not fit are summarised as "+N more"."""
+    h = image.shape[0]
+    font = _font(font_size or max(11, min(18, h // 30)))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    row = max(probe.textbbox((0, 0), "Ag", font=font)[3] + 6, 12)
+    swatch = row - 4
+    width = max([probe.textbbox((0, 0), t, font=font)[2] for t in texts] + [probe.textbbox((0, 0), "+999 more", font=font)[2]])
+    panel_w = min(swatch + width + 16, max(120, image.shape[1]))
+    sheet = Image.new("RGB", (image.shape[1] + panel_w, h), (255, 255, 255))
+    sheet.paste(Image.fromarray(image), (0, 0))
+    draw = ImageDraw.Draw(sheet)
+    fits = max(0, (h - 4) // row)
+    shown = len(texts) if len(texts) <= fits else max(0, fits - 1)
+    x = image.shape[1] + 6
+    for i in range(shown):
+        y = 4 + i * row
+        draw.rectangle((x, y, x + swatch, y + swatch), fill=tuple(int(c) for c in colours[i]), outline=(0, 0, 0))
+        draw.text((x + swatch + 6, y), texts[i], fill=(0, 0, 0), font=font)
+    if shown < len(texts):
+        draw.text((x, 4 + shown * row), f"+{len(texts) - shown} more", fill=(0, 0, 0), font=font)
+    return np.asarray(sheet).copy()
 
 
 def overlay_panoptic(
     image: np.ndarray, segments: np.ndarray, labels: np.ndarray, is_thing: np.ndarray, alpha: float = 0.55,
-    names: Sequence[str] | None = None, scores: Sequence[float] | None = None,
+    names: Sequence[str] | None = None, scores: Sequence[float] | None = None, legend: bool = False,
+    legend_values: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Blend a panoptic result onto ``uint8[H, W, 3]``: stuff in its class colour, each thing
     instance in a shade of its class colour, white segment boundaries, void left untouched.
 
     ``segments int[H, W]`` indexes ``labels`` (-1 = void). With ``names`` (class names, indexed by
     label) each segment is labelled with its class name (and its score when ``scores`` is given).
+    With ``legend`` (and ``names``), a legend panel is added on the right: colour, class name and
+    ``legend_values[i]`` (default: the score) per segment present, highest score first.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    palette = class_palette(int(is_thing.shape[0])).astype(np.float32)
-    rng = np.random.default_rng(1)
-    colours = palette[labels] if len(labels) else np.zeros((0, 3), np.float32)
-    shade = rng.uniform(0.6, 1.4, size=(len(labels), 1)).astype(np.float32)
-    colours = np.where(is_thing[labels][:, None], np.clip(colours * shade, 0, 255), colours)
+    colours = segment_colours(labels, is_thing)
     out = image.astype(np.float32)
     covered = segments >= 0
     out[covered] = (1 - alpha) * out[covered] + alpha * colours[segments[covered]]
@@ -93,30 +171,45 @@ def overlay_panoptic(
     edge = (F.max_pool2d(seg, 3, 1, 1) != -F.max_pool2d(-seg, 3, 1, 1))[0, 0].numpy()
     out[edge & covered] = 255.0
     out = out.astype(np.uint8)
-    if names is not None:
-        texts = [names[int(c)] if scores is None else f"{names[int(c)]} {float(s):.2f}"
-                 for c, s in zip(labels, scores if scores is not None else [None] * len(labels))]
-        out = draw_labels(out, segments, texts)
+    if names is None:
+        return out
+    order = None if scores is None else list(np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable"))
+    with_score = scores is not None and legend_values is None
+    texts = [f"{names[int(c)]} {float(s):.2f}" if with_score else names[int(c)]
+             for c, s in zip(labels, scores if scores is not None else [None] * len(labels))]
+    out = draw_labels(out, segments, texts, order=order)
+    if legend:
+        present = np.bincount(segments[covered].ravel(), minlength=len(labels))[: len(labels)] > 0
+        if legend_values is None:
+            legend_values = [f"{float(s):.2f}" for s in scores] if scores is not None else [""] * len(labels)
+        rows = [i for i in (order if order is not None else range(len(labels))) if present[i]]
+        out = add_legend(out, colours[rows], [f"{names[int(labels[i])]} {legend_values[i]}".strip() for i in rows])
     return out
 
 
 def render_prediction(image: np.ndarray, pred: Prediction, info: DatasetInfo, kind: str = "panoptic",
-                      labels: bool = True, scores: bool = False) -> np.ndarray:
-    """Overlay of one task of ``pred`` (``panoptic`` or ``semantic``) on ``image uint8[H, W, 3]``."""
+                      labels: bool = True, scores: bool = False, legend: bool = False) -> np.ndarray:
+    """Overlay of one task of ``pred`` (``panoptic`` or ``semantic``) on ``image uint8[H, W, 3]``;
+    with ``legend`` a legend panel on the right (panoptic: score per segment; semantic: share of
+    the image per class)."""
     is_thing = np.asarray(info.is_thing, dtype=bool)
-    names = list(info.class_names) if labels else None
+    names = list(info.class_names) if labels or legend else None
     if kind == "panoptic":
         if pred.panoptic is None:
             raise ValueError("the prediction has no panoptic result")
         pan = pred.panoptic
+        segment_scores = pan.scores.cpu().numpy() if scores or legend else None
         return overlay_panoptic(image, pan.segments.cpu().numpy(), pan.labels.cpu().numpy(), is_thing,
-                                names=names, scores=pan.scores.cpu().numpy() if scores else None)
+                                names=names, scores=segment_scores, legend=legend)
     if kind == "semantic":
         if pred.semantic is None:
             raise ValueError("the prediction has no semantic result")
         sem = pred.semantic.cpu().numpy().astype(np.int64)
         sem = np.where((sem >= 0) & (sem < len(is_thing)), sem, -1)
-        return overlay_panoptic(image, sem, np.arange(len(is_thing)), np.zeros_like(is_thing), names=names)
+        share = np.bincount(sem[sem >= 0].ravel(), minlength=len(is_thing)) / max(1, sem.size)
+        return overlay_panoptic(image, sem, np.arange(len(is_thing)), np.zeros_like(is_thing), names=names,
+                                scores=share if legend else None, legend=legend,
+                                legend_values=[f"{100 * v:.0f}%" for v in share])
     raise ValueError(f"kind must be 'panoptic' or 'semantic', got {kind!r}")
 
 
@@ -178,6 +271,7 @@ class OverlayWriter:
                 continue
             path = self.dir / kind / f"{Path(target.file_name).stem}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(render_prediction(image, pred, self.info, kind, self.labels)).save(path, quality=90)
+            Image.fromarray(render_prediction(image, pred, self.info, kind, self.labels, legend=self.labels)).save(
+                path, quality=90)
             written.append(path)
         return written
