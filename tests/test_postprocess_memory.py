@@ -120,5 +120,5 @@ def test_peak_memory_does_not_grow_with_queries_times_pixels():
     out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     pixels_mb = 2000 * 1500 / 2**20
-    budget = pixels_mb * (8 + 8 + 4 + 1 + result["instances"]) + 150
+    budget = pixels_mb * (8 + 8 + 4 + 1 + result["instances"]) + 400  # + the band being built
     assert result["delta_mb"] < budget, result

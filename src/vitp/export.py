@@ -60,7 +60,7 @@ def panoptic_segments_info(
     seg = pan.segments.detach().long()
     s = int(pan.labels.numel())
     masks = seg[None] == torch.arange(s, device=seg.device)[:, None, None]
-    area = masks.flatten(1).sum(1)
+    area = torch.count_nonzero(masks, dim=(1, 2))  # no int64 copy of the masks
     boxes = mask_boxes(masks).tolist()  # (y0, x0, y1, x1) per segment
     labels = pan.labels.detach().long().tolist()
     info = []
@@ -100,11 +100,11 @@ def image_record(pred: Prediction, info: DatasetInfo) -> tuple[np.ndarray | None
         } for s in segments_info]  # fmt: skip
     if pred.instance is not None:
         inst = pred.instance
-        rles = encode_masks(inst.masks)
+        masks = inst.masks.detach().bool()
+        rles = [encode_masks(m[None])[0] for m in masks]  # one at a time: memory of one mask, not n
         labels = inst.labels.detach().to("cpu").long().tolist()
         scores = inst.scores.detach().to("cpu").double().tolist()
-        masks = inst.masks.detach().bool()
-        areas = masks.flatten(1).sum(1).tolist()
+        areas = torch.count_nonzero(masks, dim=(1, 2)).tolist()
         boxes = mask_boxes(masks).tolist() if len(labels) else []
         record["instances"] = [{
             "category_id": int(cat_ids[c]), "label": names[c], "score": float(sc), "area": int(a),

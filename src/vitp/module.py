@@ -402,6 +402,8 @@ class ViTPModule(L.LightningModule):
         if stage == "test" and self._exporter is not None:
             for pred, target in zip(out.predictions[self.main_variant], batch.targets):
                 self._exporter.write(pred, target)
+        if stage == "test" and getattr(self, "_report", None) is not None:
+            self._report.add_batch(out, batch)  # report.html, see vitp.report
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -440,6 +442,10 @@ class ViTPModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._exporter = self._make_exporter()
+        if self._exporter is not None:
+            from vitp.report import ReportCollector
+
+            self._report = ReportCollector(self.dataset_info)
 
     def on_test_epoch_end(self) -> None:
         results = self._log_metrics("test")
@@ -447,6 +453,10 @@ class ViTPModule(L.LightningModule):
         if self._exporter is not None:
             self._exporter.finalize(results)
             self._exporter = None
+        if getattr(self, "_report", None) is not None:
+            if self.trainer.is_global_zero:  # under DDP: the images of rank 0
+                self._report.write(self.hp.export_dir, results)
+            self._report = None
 
     def _make_exporter(self, per_image_json: bool = False) -> Any:
         if not self.hp.export_dir:

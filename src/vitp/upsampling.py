@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 __all__ = ["CHUNK_ELEMENTS", "UpsampledLogits"]
 
-CHUNK_ELEMENTS = 1 << 22  # floats per band of upsampled logits (16 MiB)
+CHUNK_ELEMENTS = 1 << 23  # floats per band of upsampled logits (32 MiB; about 8x that while a band is built)
 
 
 def _row_weights(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
