@@ -70,40 +70,59 @@ def relabel(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """`vitp-generate` + relabel, a saved tiny proposer, then `vitp fit` (console script, one batch,
+    """`vitp-generate` + relabel, a saved tiny proposer, then `vitp fit` (one batch,
     `--export_pretrained`) in a fresh working directory."""
     from vitp.data.coco import read_dataset_info
     from vitp.proposers import Mask2FormerProposer
 
     workdir = tmp_path_factory.mktemp("first_hour")
     data = workdir / "my_data"
-    generate = _run([_script("vitp-generate"), str(data), "--num-train", "4", "--num-val", "2", "--image-size", "64",
-                     "--seed", "1"], cwd=workdir)
+    from vitp.data.synthetic import main as generate  # the `vitp-generate` entry point (subprocess: below)
+
+    assert generate([str(data), "--num-train", "4", "--num-val", "2", "--image-size", "64", "--seed", "1"]) is None
     relabel(data)
     info = read_dataset_info(data, "val")
     assert info.num_classes == 10 and all(n.startswith("my_") for n in info.class_names)
     torch.manual_seed(0)
     Mask2FormerProposer(preset="tiny", num_classes=info.num_classes, class_names=list(info.class_names),
                         is_thing=list(info.is_thing)).save_pretrained(workdir / PROPOSER_DIR)
-    fit = _run([_script("vitp"), "fit", "--config", str(CONFIG), "--data.init_args.root", str(data), *SMALL,
-                "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.logger", "false",
-                "--export_pretrained", "pretrained"], cwd=workdir)
+    old = os.getcwd()
+    os.chdir(workdir)
+    try:
+        fit = vitp_in_process("fit", "--config", str(CONFIG), "--data.init_args.root", str(data), *SMALL,
+                              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+                              "--trainer.logger", "false", "--export_pretrained", "pretrained")
+    finally:
+        os.chdir(old)
     images = workdir / "photos"
     images.mkdir()
     for src in sorted((data / "val2017").glob("*.jpg")):
         shutil.copy(src, images / src.name)
     return {"workdir": workdir, "data": data, "info": info, "ckpt": workdir / RUN_DIR / "checkpoints" / "last.ckpt",
-            "pretrained": workdir / "pretrained", "images": images, "generate": generate, "fit": fit}
+            "pretrained": workdir / "pretrained", "images": images, "fit": fit}
 
 
+@pytest.mark.slow  # two interpreter start-ups: about 20 s on 2 busy cores
 def test_console_scripts_exit_zero(trained: dict, tmp_path: Path):
-    """`vitp-generate` and `vitp fit` (the fixture) exit 0; so do `vitp --help` and `vitp-export`."""
-    assert "4 train / 2 val images" in trained["generate"].stdout
-    _run([_script("vitp"), "--help"], cwd=tmp_path)
+    """`vitp-generate` and `vitp` exit 0 as console scripts; `vitp-export`'s entry point returns None
+    (it returned its result dict, which `sys.exit` turned into status 1)."""
+    out = _run([_script("vitp-generate"), str(tmp_path / "gen"), "--num-train", "1", "--num-val", "1",
+                "--image-size", "32"], cwd=tmp_path)
+    assert "1 train / 1 val images" in out.stdout
+    _run([_script("vitp"), "fit", "--config", str(CONFIG), "--print_config"], cwd=tmp_path)
     pytest.importorskip("onnxruntime")
-    out = _run([_script("vitp-export"), "--config", str(CONFIG), "--ckpt_path", str(trained["ckpt"]),
-                "--out", str(tmp_path / "onnx"), "--", *SMALL], cwd=trained["workdir"])
-    assert json.loads(out.stdout[out.stdout.index("{"):])["max_abs_diff"] < 1e-4
+    import contextlib
+    import io
+
+    from vitp.onnx_export import main
+
+    os.chdir(trained["workdir"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--config", str(CONFIG), "--ckpt_path", str(trained["ckpt"]), "--out", str(tmp_path / "onnx"),
+                     "--", *SMALL]) is None
+    printed = out.getvalue()
+    assert json.loads(printed[printed.index("{"):])["max_abs_diff"] < 1e-4
     assert (tmp_path / "onnx" / "point_classifier.onnx").is_file()
 
 
@@ -112,9 +131,9 @@ def test_one_epoch_fit_leaves_a_checkpoint_with_its_label_space(trained: dict):
     from vitp.checkpoint_heads import checkpoint_label_space, read_checkpoint
 
     ckpt = trained["ckpt"]
-    assert ckpt.is_file() and f"vitp fit: checkpoint {ckpt.resolve()}" in trained["fit"].stdout
+    assert ckpt.is_file() and f"vitp fit: checkpoint {ckpt.resolve()}" in trained["fit"]
     assert checkpoint_label_space(read_checkpoint(ckpt), str(ckpt)) == trained["info"]
-    assert "pretrained model written to" in trained["fit"].stdout
+    assert "pretrained model written to" in trained["fit"]
 
 
 def _predict(trained: dict, out: Path | None, *extra: str) -> str:
@@ -167,14 +186,26 @@ def test_truncated_checkpoint_error_names_the_file(trained: dict, tmp_path: Path
 FRESH = """
 import json, sys
 from vitp import Segmenter
-seg = Segmenter.from_pretrained(sys.argv[1])
-print(json.dumps([seg(p).record for p in sys.argv[2:]]))
+for source in sys.argv[1].split(","):
+    seg = Segmenter.from_pretrained(source)
+    print(json.dumps([seg(p).record for p in sys.argv[2:]]))
 """
 
 
+def _hub_cache(folder: Path, cache: Path, repo_id: str) -> None:
+    """``folder`` as the cached snapshot of hub repo ``repo_id`` (Hugging Face cache layout)."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+
+
+@pytest.mark.slow  # an interpreter start-up and two model builds: about 20 s on 2 busy cores
 def test_from_pretrained_in_a_fresh_process_from_another_directory(trained: dict, tmp_path: Path):
     """The folder written by `vitp fit --export_pretrained` loads from elsewhere, silently, and gives
-    the segments of `Segmenter.from_checkpoint` (whose config paths resolve next to the checkpoint)."""
+    the segments of `Segmenter.from_checkpoint` (whose config paths resolve next to the checkpoint);
+    so does a hub id, through `huggingface_hub.snapshot_download`, offline from the hub cache."""
     from vitp import Segmenter
 
     folder = trained["pretrained"]
@@ -189,16 +220,20 @@ def test_from_pretrained_in_a_fresh_process_from_another_directory(trained: dict
     other = tmp_path / "elsewhere"
     other.mkdir()
     (other / "script.py").write_text(FRESH)
+    _hub_cache(folder, tmp_path / "hub", "someone/vitp-tiny")
     images = sorted(str(p) for p in trained["images"].iterdir())
-    proc = _run([sys.executable, "script.py", str(folder), *images], cwd=other)
+    proc = subprocess.run([sys.executable, "script.py", f"{folder},someone/vitp-tiny", *images], cwd=other,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert proc.returncode == 0, proc.stderr[-4000:]
     for line in CHATTER:
         assert line not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    fresh = json.loads(proc.stdout.strip().splitlines()[-1])
+    from_folder, from_hub = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
     os.chdir(other)
     seg = Segmenter.from_checkpoint(trained["ckpt"], config=CONFIG, overrides=SMALL)
     assert seg.class_names == trained["info"].class_names
-    expected = [seg(p).record for p in images]
-    assert fresh == json.loads(json.dumps(expected))
+    expected = json.loads(json.dumps([seg(p).record for p in images]))
+    assert from_folder == expected and from_hub == expected
     assert not (other / "data").exists()
 
 
@@ -223,25 +258,6 @@ def test_first_hour_script(trained: dict, tmp_path: Path):
                  "--image", str(image), "--out", str(tmp_path / "mine")], cwd=tmp_path)
     assert (tmp_path / "mine" / f"{image.stem}_overlay.png").is_file()
     assert "segments" in proc.stdout
-
-
-def test_hub_id_loads_offline_from_the_hub_cache(trained: dict, tmp_path: Path):
-    """A hub id goes through `huggingface_hub.snapshot_download`: with the repo in the local hub
-    cache and HF_HUB_OFFLINE=1 it loads without a network."""
-    cache = tmp_path / "hub"
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / "models--someone--vitp-tiny"
-    shutil.copytree(trained["pretrained"], repo / "snapshots" / revision)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
-    image = str(sorted(trained["images"].iterdir())[0])
-    proc = subprocess.run([sys.executable, "-c", FRESH, "someone/vitp-tiny", image], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    from vitp import Segmenter
-
-    expected = Segmenter.from_pretrained(trained["pretrained"])(image).record
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [json.loads(json.dumps(expected))]
 
 
 def test_push_to_hub_uploads_the_folder(trained: dict, monkeypatch):
