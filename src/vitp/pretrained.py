@@ -171,7 +171,8 @@ def _model_section(module: Any, config: dict[str, Any], directory: Path) -> tupl
     if isinstance(module.proposer, HFUniversalProposer):  # its own folder: HF config + model.safetensors
         module.proposer.save_pretrained(directory / PROPOSER_DIR)
         pinit.update(model=PROPOSER_DIR)
-        for key, value in (("preset", None), ("reinit_head", False)):
+        # the weights come from the folder: no preset, no fresh head, no trunk initialisation on top
+        for key, value in (("preset", None), ("reinit_head", False), ("trunk_checkpoint", None)):
             if key in pinit:
                 pinit[key] = value
         relative.append("model.init_args.proposer.init_args.model")
