@@ -182,7 +182,14 @@ class TwoStagePipeline:
         if getattr(self.classifier, "needs_point_masks", False):
             extra["point_masks"] = self._point_masks(batch, proposals, chunks[: len(proposals)], extra_points,
                                                      extra_point_masks)
-        logits = self.classifier(batch.images, torch.cat(chunks, dim=1), valid, **extra)
+        points = torch.cat(chunks, dim=1)
+        trunk = proposals[0].trunk if proposals else None
+        if trunk is not None and getattr(self.classifier, "frame", "valid") == "square":
+            # one trunk pass for both stages: the points read the proposer's trunk states
+            cache = self.classifier.cache_from_trunk(trunk, valid, frame)
+            logits = self.classifier.classify_points(cache, points, extra.get("point_masks"))
+        else:
+            logits = self.classifier(batch.images, points, valid, **extra)
         out, start = [], 0
         for p in proposals:
             q = p.mask_logits.shape[1]

@@ -142,6 +142,27 @@ class DecoderLayerOutput:
 
 
 @dataclass
+class TrunkStates:
+    """The tokens entering each ViT block from ``first_block`` on, from a proposer whose patch tokens
+    never read its queries (``EomtProposer`` with ``query_attention: one_way``): a one-way point
+    classifier with the same trunk weights can read them instead of running its own patch pass
+    (``PointViT.cache_from_trunk``).
+
+    states: ``float[B, num_prefix + Gh * Gw, D]`` per block (prefix tokens first).
+    first_block: the block ``states[0]`` enters.
+    num_prefix: class / register tokens before the patches.
+    grid: ``(Gh, Gw)`` patch grid of the square frame.
+    scale: input frame -> square frame (the padded batch was resized by this factor, top-left).
+    """
+
+    states: list[torch.Tensor]
+    first_block: int
+    num_prefix: int
+    grid: tuple[int, int]
+    scale: float
+
+
+@dataclass
 class Proposals:
     """Output of a ``MaskProposer``: what every proposer returns, and nothing free-form.
 
@@ -163,6 +184,7 @@ class Proposals:
     layers: intermediate decoder layers, for deep supervision.
     query_embeddings: ``float[B, Q', D]`` per-query embeddings for extra losses (OneFormer's
         contrastive text-query loss).
+    trunk: the proposer's trunk states, when it shares them (see ``TrunkStates``).
     """
 
     mask_logits: torch.Tensor
@@ -173,6 +195,7 @@ class Proposals:
     raw_class_logits: torch.Tensor | None = None
     layers: list[DecoderLayerOutput] = field(default_factory=list)
     query_embeddings: torch.Tensor | None = None
+    trunk: TrunkStates | None = None
 
     @property
     def class_agnostic(self) -> bool:

@@ -39,6 +39,7 @@ from torch import nn
 from vitp.classifiers.glimpse import PointGlimpse, PointMasks
 from vitp.classifiers.locality import PointLocalityBias
 from vitp.classifiers.loading import LoadReport, load_into
+from vitp.structures import TrunkStates
 from vitp.classifiers.vit_ops import (
     block_forward,
     block_kv,
@@ -147,6 +148,11 @@ class PointViT(nn.Module):
         freeze_backbone: keep the ViT (patch and position embedding, blocks, norms) fixed: only the
             point embedding, the head and the point-side extras train, and the patch pass runs
             without autograd (a pretrained trunk as a frozen feature extractor).
+        frame: ``"valid"``: each image's valid region rescaled, padding patches masked (default);
+            ``"square"`` (``one_way`` only): EoMT's frame — the padded batch resized to long side
+            ``image_size`` and padded to a square, class token in the patch pass, a fixed position
+            table — so the patch pass is the one ``EomtProposer(share_trunk_from=k)`` shares and
+            ``cache_from_trunk`` can read it instead (see ``vitp.classifiers.trunk``).
         strict_load: refuse a ``checkpoint_path`` with entries that have no place in the model.
         allow_unsafe_load: let ``checkpoint_path`` be unpickled with ``weights_only=False`` (runs
             code from the file; only for files you trust). Off: such a file is refused by name.
@@ -178,6 +184,7 @@ class PointViT(nn.Module):
         strict_load: bool = True,
         allow_unsafe_load: bool = False,
         freeze_backbone: bool = False,
+        frame: Literal["valid", "square"] = "valid",
     ) -> None:
         super().__init__()
         if attention not in ("one_way", "full"):
@@ -241,6 +248,11 @@ class PointViT(nn.Module):
         self.reset_point_embed()
         self.load_report: LoadReport | None = None
         self.freeze_backbone = bool(freeze_backbone)
+        if frame not in ("valid", "square"):
+            raise ValueError(f"frame must be 'valid' or 'square', got {frame!r}")
+        if frame == "square" and (attention != "one_way" or image_size is None or point_glimpse is not None):
+            raise ValueError("frame='square' needs attention='one_way', an image_size and no point_glimpse")
+        self.frame = frame
         if self.freeze_backbone:
             self.backbone.requires_grad_(False)
         self.checkpoint_path = checkpoint_path
@@ -472,6 +484,12 @@ class PointViT(nn.Module):
         points run (``point_start_block`` on)."""
         if self.attention != "one_way":
             raise RuntimeError("encode_patches / classify_points need attention='one_way'")
+        if self.frame == "square":
+            from vitp.classifiers.trunk import square_trunk_states
+
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+                trunk = square_trunk_states(self, images, self.point_start_block)
+            return self.cache_from_trunk(trunk, valid_sizes, images.shape[-2:])
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
             seq, key_mask, grid, grids, vs, pos_grids, prepared = self._embed_patches(images, valid_sizes)
             k0 = self.point_start_block
@@ -490,6 +508,17 @@ class PointViT(nn.Module):
         return PatchCache(kv=kv, key_mask=key_mask, grid=grid, image_grids=grids, valid_sizes=vs,
                           pos_grids=pos_grids, slot_mask=None if mask is None else self_slot_mask(key_mask),
                           start_block=k0, images=prepared if self.point_glimpse is not None else None)
+
+    def cache_from_trunk(self, trunk: "TrunkStates", valid_sizes: torch.Tensor | None,
+                         frame: tuple[int, int]) -> PatchCache:
+        """A ``PatchCache`` from trunk states in the square frame (this model's own, or a proposer's
+        with equal trunk weights): only the keys / values of blocks ``point_start_block..`` are
+        computed here. ``valid_sizes`` / ``frame``: the images' valid regions and the padded size
+        of the input batch (the trunk's frame is that batch resized by ``trunk.scale``)."""
+        from vitp.classifiers.trunk import cache_from_trunk
+
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+            return cache_from_trunk(self, trunk, valid_sizes, frame)
 
     def classify_points(self, cache: PatchCache, points: torch.Tensor,
                         point_masks: PointMasks | None = None) -> torch.Tensor:

@@ -243,3 +243,14 @@ def prepare_images(
             crop = F.interpolate(crop, size=(nh, nw), mode="bilinear", align_corners=False, antialias=antialias)
         out[b, :, :nh, :nw] = crop[0]
     return out, torch.tensor(new, dtype=torch.long, device=images.device)
+
+
+def square_frame(images: torch.Tensor, size: int) -> tuple[torch.Tensor, float]:
+    """EoMT's input frame: the padded batch resized (aspect kept) so its long side is ``size``, then
+    padded bottom / right to ``size x size``. Returns the square batch and the scale factor."""
+    h, w = images.shape[-2:]
+    scale = size / max(h, w)
+    fh, fw = max(1, round(h * scale)), max(1, round(w * scale))
+    x = images if (fh, fw) == (h, w) else F.interpolate(images, size=(fh, fw), mode="bilinear",
+                                                        align_corners=False, antialias=scale < 1)
+    return F.pad(x, (0, size - fw, 0, size - fh)), scale

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from transformers import EomtConfig, EomtForUniversalSegmentation
 
+from vitp.classifiers.vit_ops import square_frame
 from vitp.proposers.hf_universal import HFUniversalProposer
-from vitp.structures import DecoderLayerOutput
+from vitp.structures import DecoderLayerOutput, Proposals, TrunkStates
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,15 @@ class EomtProposer(HFUniversalProposer):
     Args:
         preset: ``vit-small`` (DINOv2 ViT-S/14 shape) or ``tiny`` (tests).
         trunk_checkpoint: DINOv2 weights for the trunk (timm / original / HF names, safetensors or
-            torch file); every trunk tensor must be found (queries and heads stay new).
+            torch file) of a new model (``preset``); every trunk tensor must be found (queries and
+            heads stay new). Ignored with ``model``, whose trunk is saved with it.
         image_size: the square input side (a multiple of the patch size); None = the config's.
         num_blocks: blocks that carry queries; None = the preset's.
         num_queries: None = the preset's.
         query_attention: ``one_way`` (patches never read queries) or ``full`` (HF's forward).
+        share_trunk_from: with ``one_way``, return the tokens entering every block from this one
+            on (``Proposals.trunk``), so a point classifier with the same trunk reads them instead
+            of running its own patch pass (``PointViT(frame="square")``). None = do not share.
         freeze: ``backbone`` freezes the trunk (embeddings, blocks, final norm).
     """
 
@@ -76,6 +81,7 @@ class EomtProposer(HFUniversalProposer):
         num_blocks: int | None = None,
         num_queries: int | None = None,
         query_attention: Literal["one_way", "full"] = "one_way",
+        share_trunk_from: int | None = None,
         config_overrides: dict | None = None,
         class_agnostic: bool = False,
         label_map: dict[str, str | None] | dict[int, int | None] | None = None,
@@ -101,9 +107,16 @@ class EomtProposer(HFUniversalProposer):
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of the patch size {cfg.patch_size}")
         self.hf.attn_mask_probs.zero_()  # no masked attention: EoMT's end state of mask annealing
         self.query_attention = query_attention
+        if share_trunk_from is not None and (query_attention != "one_way" or
+                                             not 0 <= share_trunk_from < cfg.num_hidden_layers):
+            raise ValueError(f"share_trunk_from={share_trunk_from} needs query_attention='one_way' and a block "
+                             f"in [0, {cfg.num_hidden_layers - 1}]")
+        self.share_trunk_from = share_trunk_from
         self.trunk_checkpoint = trunk_checkpoint
-        if trunk_checkpoint:
+        if trunk_checkpoint and model is None:
             self.load_trunk(trunk_checkpoint)
+        elif trunk_checkpoint:  # a saved model carries its (possibly fine-tuned) trunk
+            log.info("EomtProposer: trunk_checkpoint ignored, the trunk comes with model=%s", model)
         self.apply_freeze(freeze)
 
     # ----------------------------------------------------------------------------- trunk
@@ -116,9 +129,13 @@ class EomtProposer(HFUniversalProposer):
 
         cfg = self.hf.config
         fmt, backbone, _, _, _ = _split(read_state_dict(source))
+        if "pos_embed" not in backbone:
+            raise RuntimeError(f"{source}: no position embedding for the EoMT trunk ({fmt} checkpoint)")
+        side = int(round((backbone["pos_embed"].shape[1] - 1) ** 0.5))  # the checkpoint's own grid
         reference = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0,
                                       embed_dim=cfg.hidden_size, depth=cfg.num_hidden_layers,
-                                      num_heads=cfg.num_attention_heads, img_size=518)
+                                      num_heads=cfg.num_attention_heads, patch_size=cfg.patch_size,
+                                      img_size=side * cfg.patch_size)
         backbone = _filter_backbone(backbone, reference)  # original / HF names -> timm names
         grid = (cfg.image_size // cfg.patch_size,) * 2
         try:
@@ -148,49 +165,50 @@ class EomtProposer(HFUniversalProposer):
         return [self.hf.embeddings.mask_token] if hasattr(self.hf.embeddings, "mask_token") else []
 
     # ----------------------------------------------------------------------------- frame
-    def _to_square(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Resize the padded frame (aspect kept) to long side ``image_size``, pad to a square;
-        returns the square batch and the frame's size inside it."""
-        size = int(self.hf.config.image_size)
-        h, w = images.shape[-2:]
-        scale = size / max(h, w)
-        fh, fw = max(1, round(h * scale)), max(1, round(w * scale))
-        x = images if (fh, fw) == (h, w) else F.interpolate(images, size=(fh, fw), mode="bilinear",
-                                                            align_corners=False, antialias=scale < 1)
-        return F.pad(x, (0, size - fw, 0, size - fh)), (fh, fw)
-
     def _crop(self, masks: torch.Tensor, frame: tuple[int, int]) -> torch.Tensor:
         size = int(self.hf.config.image_size)
         mh, mw = masks.shape[-2:]
         return masks[..., : max(1, round(mh * frame[0] / size)), : max(1, round(mw * frame[1] / size))]
 
     # ----------------------------------------------------------------------------- forward
+    def forward(self, images: torch.Tensor, task: str = "panoptic", targets=None) -> Proposals:  # noqa: ANN001
+        self._trunk: TrunkStates | None = None
+        proposals = super().forward(images, task, targets)
+        proposals.trunk, self._trunk = self._trunk, None
+        return proposals
+
     def _run(self, images, tasks):
-        x, frame = self._to_square(images)
+        size = int(self.hf.config.image_size)
+        x, scale = square_frame(images, size)
+        frame = (max(1, round(images.shape[-2] * scale)), max(1, round(images.shape[-1] * scale)))
         if self.query_attention == "full":
             out = self.hf(pixel_values=x, return_dict=True)
             return self._crop(out.masks_queries_logits, frame), out.class_queries_logits, [], None
-        masks, logits, layers = self._one_way(x)
+        masks, logits, layers = self._one_way(x, scale)
         layers = [DecoderLayerOutput(self._crop(m, frame), c) for m, c in layers]
         return self._crop(masks, frame), logits, layers, None
 
-    def _one_way(self, x: torch.Tensor):
+    def _one_way(self, x: torch.Tensor, scale: float):
         """Queries read the patch tokens of the last ``num_blocks`` blocks; patches never read
         queries. Returns final masks / class logits and the earlier query blocks' predictions."""
         hf, cfg = self.hf, self.hf.config
         start = cfg.num_hidden_layers - cfg.num_blocks
+        first = start if self.share_trunk_from is None else min(start, self.share_trunk_from)
         frozen = not any(p.requires_grad for p in self.backbone_module().parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             tokens = hf.embeddings(x)
             states = []
             for i, layer in enumerate(hf.layers):
-                if i >= start:
+                if i >= first:
                     states.append(tokens)
                 tokens = layer(tokens)
             patches = hf.layernorm(tokens)[:, hf.embeddings.num_prefix_tokens:]
+        if self.share_trunk_from is not None:
+            self._trunk = TrunkStates(states[self.share_trunk_from - first:], self.share_trunk_from,
+                                      hf.embeddings.num_prefix_tokens, tuple(hf.grid_size), scale)
         queries = hf.query.weight[None].expand(x.shape[0], -1, -1)
         per_block = []
-        for layer, seq in zip(hf.layers[start:], states):
+        for layer, seq in zip(hf.layers[start:], states[start - first:]):
             per_block.append(queries)
             queries = self._query_block(layer, queries, seq)
         grid = hf.grid_size

@@ -122,6 +122,20 @@ def reference_to_pointvit(sd: dict[str, torch.Tensor], prefix: str = "") -> tupl
     return sd, extras
 
 
+def fixed_pos_table(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """A ``[1, 1 + S * S, D]`` position embedding (class entry first) -> the patch table
+    ``[Gh * Gw, D]`` of a fixed grid, resized bicubically (EoMT's table; ``PointViT`` in its square
+    frame uses the same)."""
+    n_grid = pos_embed.shape[1] - 1
+    side = int(round(n_grid ** 0.5))
+    if side * side != n_grid:
+        raise ValueError(f"pos_embed of {pos_embed.shape[1]} entries is not 1 + a square grid")
+    table = pos_embed[0, 1:].reshape(side, side, -1).permute(2, 0, 1)[None].float()
+    if (side, side) != tuple(grid):
+        table = F.interpolate(table, size=tuple(grid), mode="bicubic", align_corners=False)
+    return table[0].permute(1, 2, 0).reshape(-1, pos_embed.shape[-1]).to(pos_embed.dtype)
+
+
 def timm_to_eomt(sd: dict[str, torch.Tensor], grid: tuple[int, int]) -> dict[str, torch.Tensor]:
     """A timm DINOv2 state dict (``vit_*_patch14_dinov2``, no registers) -> the encoder of HF
     ``EomtForUniversalSegmentation``: q / k / v split from ``qkv``, the class token's position
@@ -129,15 +143,8 @@ def timm_to_eomt(sd: dict[str, torch.Tensor], grid: tuple[int, int]) -> dict[str
     to ``grid`` (the EoMT input size / patch size)."""
     out: dict[str, torch.Tensor] = {}
     pos = sd["pos_embed"]
-    n_grid = pos.shape[1] - 1
-    side = int(round(n_grid ** 0.5))
-    if side * side != n_grid:
-        raise ValueError(f"pos_embed of {pos.shape[1]} entries is not 1 + a square grid")
     out["embeddings.cls_token"] = sd["cls_token"] + pos[:, :1]
-    table = pos[0, 1:].reshape(side, side, -1).permute(2, 0, 1)[None].float()
-    if (side, side) != tuple(grid):
-        table = F.interpolate(table, size=tuple(grid), mode="bicubic", align_corners=False)
-    out["embeddings.position_embeddings.weight"] = table[0].permute(1, 2, 0).reshape(-1, pos.shape[-1]).to(pos.dtype)
+    out["embeddings.position_embeddings.weight"] = fixed_pos_table(pos, grid)
     out["embeddings.patch_embeddings.projection.weight"] = sd[PATCH_KEY]
     out["embeddings.patch_embeddings.projection.bias"] = sd["patch_embed.proj.bias"]
     out["layernorm.weight"], out["layernorm.bias"] = sd["norm.weight"], sd["norm.bias"]
