@@ -154,44 +154,46 @@ def _pop(node: dict[str, Any], *keys: str) -> None:
 
 
 def _model_section(module: Any, config: dict[str, Any], directory: Path) -> tuple[dict[str, Any], list[str]]:
-    """The model section with the weights' outside references replaced by the folder's files."""
+    """The model section with the weights' outside references replaced by the folder's files (checked
+    first, then the weights are written)."""
     from safetensors.torch import save_model
+
+    from vitp.proposers import NativeProposer
+    from vitp.proposers.hf_universal import HFUniversalProposer
 
     model = copy.deepcopy(config["model"])
     init = model.setdefault("init_args", {})
     _pop(init, "dataset_info")  # linked from the data module
     init["export_dir"] = None
     relative: list[str] = []
-    proposer = init["proposer"]
-    pinit = proposer.setdefault("init_args", {})
+    pinit = init["proposer"].setdefault("init_args", {})
     _pop(pinit, "num_classes", "class_names", "is_thing")  # linked
-    from vitp.proposers import NativeProposer
-    from vitp.proposers.hf_universal import HFUniversalProposer
-
-    if isinstance(module.proposer, HFUniversalProposer):  # its own folder: HF config + model.safetensors
-        module.proposer.save_pretrained(directory / PROPOSER_DIR)
+    hf = isinstance(module.proposer, HFUniversalProposer)  # its own folder: HF config + model.safetensors
+    if hf:
         pinit.update(model=PROPOSER_DIR)
         # the weights come from the folder: no preset, no fresh head, no trunk initialisation on top
         for key, value in (("preset", None), ("reinit_head", False), ("trunk_checkpoint", None)):
             if key in pinit:
                 pinit[key] = value
         relative.append("model.init_args.proposer.init_args.model")
-    else:
-        if isinstance(module.proposer, NativeProposer):  # the architecture as init arguments
-            pinit.update(model=None, **copy.deepcopy(module.proposer.arch))
-        if module.proposer.state_dict():
-            save_model(module.proposer, str(directory / PROPOSER_FILE))
+    elif isinstance(module.proposer, NativeProposer):  # the architecture as init arguments
+        pinit.update(model=None, **copy.deepcopy(module.proposer.arch))
     if module.classifier is not None:
         cinit = init["classifier"].setdefault("init_args", {})
         for key, value in (("checkpoint_path", None), ("pretrained", False), ("reinit_head", False)):
             if key in cinit:
                 cinit[key] = value
-        save_model(module.classifier, str(directory / CLASSIFIER_FILE))
     outside = [f"{k}: {v}" for k, v in _string_leaves(model, "model")
                if _looks_like_path(v) and Path(v).exists() and k not in relative]
     if outside:
         raise PretrainedError(f"{directory}: the model config refers to files outside the folder ({', '.join(outside)}); "
                               "their content would not travel with it")
+    if hf:
+        module.proposer.save_pretrained(directory / PROPOSER_DIR)
+    elif module.proposer.state_dict():
+        save_model(module.proposer, str(directory / PROPOSER_FILE))
+    if module.classifier is not None:
+        save_model(module.classifier, str(directory / CLASSIFIER_FILE))
     return model, relative
 
 
