@@ -21,7 +21,8 @@ post-processing; the per-image records are the JSON that ``vitp predict`` writes
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,7 +32,7 @@ from PIL import Image
 
 from vitp.data.folder import load_user_image, to_rgb_array, user_sample
 from vitp.data.transforms import EvalTransform
-from vitp.structures import DatasetInfo, Prediction
+from vitp.structures import DatasetInfo, InstancePrediction, PanopticPrediction, Prediction
 
 
 @dataclass
@@ -44,7 +45,7 @@ class SegmentationResult:
     segments: the panoptic segments: ``id`` (as in ``panoptic``), ``label`` (class name),
         ``category_id``, ``isthing``, ``score``, ``area``, ``bbox`` ``[x, y, w, h]``.
     instances: ``label``, ``category_id``, ``score``, ``area``, ``bbox``, ``segmentation`` (COCO
-        RLE) and ``mask`` (``bool[H, W]``).
+        RLE) and ``mask`` (``bool[H, W]``, built when read: :class:`InstanceRecord`).
     record: the JSON that ``vitp predict`` writes for this image (``segments/<stem>.json``).
     prediction: the raw ``vitp.structures.Prediction``.
     """
@@ -241,10 +242,8 @@ class Segmenter:
         from vitp.export import image_record
 
         ids, record = image_record(pred, self.dataset_info)
-        instances = [dict(r) for r in record.get("instances", [])]
-        if pred.instance is not None:
-            for r, mask in zip(instances, pred.instance.masks.bool().numpy()):
-                r["mask"] = mask
+        inst = pred.instance
+        instances = [] if inst is None else [InstanceRecord(r, inst, i) for i, r in enumerate(record["instances"])]
         return SegmentationResult(
             image=image,
             semantic=None if pred.semantic is None else pred.semantic.long().numpy(),
@@ -253,12 +252,39 @@ class Segmenter:
         )
 
 
-def _cpu(pred: Prediction) -> Prediction:
-    from vitp.structures import InstancePrediction, PanopticPrediction
+class InstanceRecord(Mapping[str, Any]):
+    """One entry of ``SegmentationResult.instances``: the instance's JSON fields (``label``,
+    ``category_id``, ``score``, ``area``, ``bbox``, ``segmentation``) and ``"mask"``, its
+    ``bool[H, W]`` mask at the image size, built when read (``InstancePrediction.mask``) and not
+    kept: 100 instances of a 48-MP photo would otherwise hold 4.8 GB of masks."""
 
+    def __init__(self, fields: dict[str, Any], instances: InstancePrediction, index: int) -> None:
+        self._fields = fields
+        self._instances = instances
+        self._index = index
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "mask":
+            return self._instances.mask(self._index).numpy()
+        return self._fields[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._fields
+        yield "mask"
+
+    def __len__(self) -> int:
+        return len(self._fields) + 1
+
+    def __repr__(self) -> str:
+        h, w = self._instances.size
+        return f"InstanceRecord({self._fields!r}, mask=bool[{h}, {w}])"
+
+
+def _cpu(pred: Prediction) -> Prediction:
     pan, inst = pred.panoptic, pred.instance
     return Prediction(
         semantic=None if pred.semantic is None else pred.semantic.cpu(),
         panoptic=None if pan is None else PanopticPrediction(pan.segments.cpu(), pan.labels.cpu(), pan.scores.cpu()),
-        instance=None if inst is None else InstancePrediction(inst.masks.cpu(), inst.labels.cpu(), inst.scores.cpu()),
+        instance=None if inst is None else replace(inst, masks=inst.masks.cpu(), labels=inst.labels.cpu(),
+                                                   scores=inst.scores.cpu()),
     )

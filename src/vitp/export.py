@@ -35,11 +35,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from vitp.data.io import id2rgb
-from vitp.metrics.instance import encode_masks
-from vitp.points import mask_boxes
-from vitp.structures import DatasetInfo, PanopticPrediction, Prediction, Target
+from vitp.structures import DatasetInfo, InstancePrediction, PanopticPrediction, Prediction, Target
 
 _PARTS = ".parts"
 
@@ -52,19 +51,51 @@ def _json_id(image_id: Any) -> Any:
     return image_id
 
 
+def label_areas_boxes(labels: torch.Tensor, n: int, band_pixels: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel counts ``long[n]`` and tight boxes ``long[n, 4]`` (y0, x0, y1, x1, inclusive; ``(max(H,
+    W), max(H, W), -1, -1)`` when absent) of the values ``0..n-1`` of a label map ``long[H, W]``
+    (others ignored), read a band of about ``band_pixels`` at a time: nothing of size ``n x H x W``
+    (the values of ``vitp.points.mask_boxes`` and ``count_nonzero`` of ``labels == i``)."""
+    h, w = labels.shape
+    device = labels.device
+    big = max(h, w)
+    area = torch.zeros(n, dtype=torch.long, device=device)
+    lo = torch.full((2, n), big, dtype=torch.long, device=device)
+    hi = torch.full((2, n), -1, dtype=torch.long, device=device)
+    rows = max(1, band_pixels // max(1, w))
+    cols = torch.arange(w, device=device)
+    for y0 in range(0, h, rows):
+        flat = labels[y0:y0 + rows].reshape(-1)
+        r = flat.numel() // max(1, w)
+        keep = (flat >= 0) & (flat < n)
+        idx = flat[keep].long()
+        ys = torch.arange(y0, y0 + r, device=device).repeat_interleave(w)[keep]
+        xs = cols.repeat(r)[keep]
+        area += torch.bincount(idx, minlength=n)
+        for axis, coord in enumerate((ys, xs)):
+            lo[axis].scatter_reduce_(0, idx, coord, "amin")
+            hi[axis].scatter_reduce_(0, idx, coord, "amax")
+    return area, torch.stack([lo[0], lo[1], hi[0], hi[1]], dim=1)
+
+
+def instance_rles(inst: InstancePrediction) -> Iterator[dict[str, Any]]:
+    """COCO RLE (counts as bytes) of each instance mask at the image size, one mask at a time (an
+    instance prediction held at a smaller size is resized mask by mask: ``InstancePrediction.mask``)."""
+    for i in range(len(inst.scores)):
+        column_major = inst.mask(i, transposed=True).detach().cpu().numpy().view(np.uint8).T
+        yield mask_utils.encode(column_major[:, :, None])[0]
+
+
 def panoptic_segments_info(
     pan: PanopticPrediction, category_ids: Sequence[int]
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Id map (segment ``i`` -> id ``i + 1``, void -> 0) and COCO ``segments_info`` of the
     non-empty segments of a panoptic prediction."""
     seg = pan.segments.detach().long()
-    s = int(pan.labels.numel())
-    masks = seg[None] == torch.arange(s, device=seg.device)[:, None, None]
-    area = torch.count_nonzero(masks, dim=(1, 2))  # no int64 copy of the masks
-    boxes = mask_boxes(masks).tolist()  # (y0, x0, y1, x1) per segment
+    area, boxes = label_areas_boxes(seg, int(pan.labels.numel()))
     labels = pan.labels.detach().long().tolist()
     info = []
-    for i, (a, (y0, x0, y1, x1)) in enumerate(zip(area.tolist(), boxes)):
+    for i, (a, (y0, x0, y1, x1)) in enumerate(zip(area.tolist(), boxes.tolist())):
         if a == 0:
             continue
         info.append({
@@ -100,20 +131,21 @@ def image_record(pred: Prediction, info: DatasetInfo) -> tuple[np.ndarray | None
         } for s in segments_info]  # fmt: skip
     if pred.instance is not None:
         inst = pred.instance
-        masks = inst.masks.detach().bool()
-        rles = [encode_masks(m[None])[0] for m in masks]  # one at a time: memory of one mask, not n
         labels = inst.labels.detach().to("cpu").long().tolist()
         scores = inst.scores.detach().to("cpu").double().tolist()
-        areas = torch.count_nonzero(masks, dim=(1, 2)).tolist()
-        boxes = mask_boxes(masks).tolist() if len(labels) else []
-        record["instances"] = [{
-            "category_id": int(cat_ids[c]), "label": names[c], "score": float(sc), "area": int(a),
-            "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1] if a else [0, 0, 0, 0],
-            "segmentation": {"size": [int(x) for x in rle["size"]], "counts": rle["counts"].decode("ascii")},
-        } for rle, c, sc, a, (y0, x0, y1, x1) in zip(rles, labels, scores, areas, boxes)]  # fmt: skip
+        record["instances"] = []
+        for rle, c, sc in zip(instance_rles(inst), labels, scores):  # one full-size mask at a time
+            x, y, bw, bh = (int(v) for v in mask_utils.toBbox(rle))  # [0, 0, 0, 0] when empty
+            record["instances"].append({
+                "category_id": int(cat_ids[c]), "label": names[c], "score": float(sc),
+                "area": int(mask_utils.area(rle)), "bbox": [x, y, bw, bh],
+                "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            })  # fmt: skip
     if pred.semantic is not None:
         sem = pred.semantic.detach().to("cpu").long().flatten()
-        counts = torch.bincount(sem[(sem >= 0) & (sem < len(names))], minlength=len(names)).tolist()
+        if sem.numel() and (int(sem.min()) < 0 or int(sem.max()) >= len(names)):
+            sem = sem[(sem >= 0) & (sem < len(names))]  # a copy only when some pixels have no class
+        counts = torch.bincount(sem, minlength=len(names)).tolist()
         record["semantic"] = [{"category_id": int(cat_ids[k]), "label": names[k], "area": int(n)}
                               for k, n in enumerate(counts) if n]
     return ids, record
@@ -190,15 +222,20 @@ class PredictionExporter:
                 "panoptic", {"image_id": image_id, "file_name": f"{stem}.png", "segments_info": segments_info}
             )
         if pred.semantic is not None:
-            sem = pred.semantic.detach().to("cpu").long().numpy()
-            valid = (sem >= 0) & (sem < len(self._cat_ids))
-            out = np.where(valid, self._cat_ids[np.clip(sem, 0, len(self._cat_ids) - 1)], self.semantic_unlabeled)
+            sem = pred.semantic.detach().to("cpu").numpy()
+            out = np.empty(sem.shape, dtype=self._sem_dtype)
+            rows = max(1, (1 << 22) // max(1, sem.shape[1]))
+            for y0 in range(0, sem.shape[0], rows):  # int64 temporaries of one band of rows only
+                band = sem[y0:y0 + rows].astype(np.int64)
+                valid = (band >= 0) & (band < len(self._cat_ids))
+                out[y0:y0 + rows] = np.where(valid, self._cat_ids[np.clip(band, 0, len(self._cat_ids) - 1)],
+                                             self.semantic_unlabeled)
             sem_dir = self.out_dir / "semantic"
             sem_dir.mkdir(exist_ok=True)
             Image.fromarray(out.astype(self._sem_dtype)).save(sem_dir / f"{stem}.png")
         if pred.instance is not None:
             inst = pred.instance
-            rles = encode_masks(inst.masks)
+            rles = instance_rles(inst)
             labels = inst.labels.detach().to("cpu").long().tolist()
             scores = inst.scores.detach().to("cpu").double().tolist()
             for rle, c, s in zip(rles, labels, scores):

@@ -246,14 +246,16 @@ def instance_inference(mask_logits: torch.Tensor | UpsampledLogits, class_probs:
 
 def resize_prediction(pred: Prediction, size: tuple[int, int]) -> Prediction:
     """``pred`` mapped to ``size`` ``(H, W)`` by nearest neighbour (``F.interpolate``'s
-    ``nearest``: source pixel ``floor(dst * in / out)``); scores and labels unchanged."""
-    def rows_cols(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        ys = (torch.arange(size[0], device=device) * h // size[0])
-        xs = (torch.arange(size[1], device=device) * w // size[1])
-        return ys, xs
+    ``nearest``: source pixel ``floor(dst * in / out)``); scores and labels unchanged.
 
+    The semantic and panoptic maps are resized; instance masks are not copied: they keep their
+    post-processing size and the result says the image size (``InstancePrediction.image_size``),
+    so each is resized only when read (``InstancePrediction.mask``), one at a time.
+    """
     def resize(t: torch.Tensor) -> torch.Tensor:
-        ys, xs = rows_cols(t.shape[-2], t.shape[-1], t.device)
+        h, w = t.shape[-2:]
+        ys = torch.arange(size[0], device=t.device) * h // size[0]
+        xs = torch.arange(size[1], device=t.device) * w // size[1]
         return t.index_select(-2, ys).index_select(-1, xs)
 
     out = Prediction()
@@ -263,10 +265,7 @@ def resize_prediction(pred: Prediction, size: tuple[int, int]) -> Prediction:
         out.panoptic = PanopticPrediction(resize(pred.panoptic.segments), pred.panoptic.labels, pred.panoptic.scores)
     if pred.instance is not None:
         inst = pred.instance
-        masks = torch.empty((len(inst.masks), *size), dtype=torch.bool, device=inst.masks.device)
-        for i in range(len(inst.masks)):
-            masks[i] = resize(inst.masks[i])
-        out.instance = InstancePrediction(masks, inst.labels, inst.scores)
+        out.instance = InstancePrediction(inst.masks, inst.labels, inst.scores, image_size=(int(size[0]), int(size[1])))
     return out
 
 

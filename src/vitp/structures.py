@@ -226,12 +226,49 @@ class PanopticPrediction:
 
 @dataclass
 class InstancePrediction:
-    """Instance result of one image at its original size: ``masks bool[n, H0, W0]``, ``labels
-    long[n]``, ``scores float[n]`` (sorted by descending score)."""
+    """Instance result of one image: ``masks bool[n, h, w]``, ``labels long[n]``, ``scores float[n]``
+    (sorted by descending score).
+
+    image_size: None when ``masks`` are at the image's original size ``(H0, W0)``. Otherwise the
+        original size, and ``masks`` are stored at the (smaller) size they were post-processed at
+        (``max_image_side``): the image-size mask ``i`` is their nearest-neighbour resize,
+        :meth:`mask` (one at a time, so ``n`` masks of a large photo never take ``n x H0 x W0``
+        bytes; :meth:`full_masks` builds all of them).
+    """
 
     masks: torch.Tensor
     labels: torch.Tensor
     scores: torch.Tensor
+    image_size: tuple[int, int] | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H0, W0)``: the size of the image the masks stand for."""
+        return self.image_size if self.image_size is not None else tuple(self.masks.shape[-2:])
+
+    def mask(self, i: int, transposed: bool = False) -> torch.Tensor:
+        """``bool[H0, W0]``: mask ``i`` at the image size (a view of ``masks[i]`` when stored at that
+        size). ``transposed``: ``bool[W0, H0]`` instead, contiguous (its numpy ``.T`` is the
+        column-major array COCO's RLE encoder reads, without a copy)."""
+        m = self.masks[i]
+        h0, w0 = self.size
+        if self.image_size is not None and tuple(m.shape) != (h0, w0):
+            h, w = m.shape
+            ys = torch.arange(h0, device=m.device) * h // h0  # F.interpolate's "nearest": floor(dst * in / out)
+            xs = torch.arange(w0, device=m.device) * w // w0
+            if transposed:
+                return m.t().index_select(0, xs).index_select(1, ys)
+            return m.index_select(0, ys).index_select(1, xs)
+        return m.t().contiguous() if transposed else m
+
+    def full_masks(self) -> torch.Tensor:
+        """``bool[n, H0, W0]``: every mask at the image size (``n x H0 x W0`` bytes)."""
+        if self.image_size is None:
+            return self.masks
+        out = torch.empty((len(self.masks), *self.size), dtype=torch.bool, device=self.masks.device)
+        for i in range(len(self.masks)):
+            out[i] = self.mask(i)
+        return out
 
 
 @dataclass

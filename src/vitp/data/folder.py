@@ -95,14 +95,15 @@ def image_files(path: str | os.PathLike) -> list[Path]:
 
 def user_sample(image: np.ndarray, transform: EvalTransform, name: str, path: str | None = None) -> Sample:
     """One RGB image as a ``Sample`` without ground truth (no masks, ``segments`` all -1); the one
-    place where ``vitp predict`` and ``vitp.Segmenter`` turn an image into model input."""
+    place where ``vitp predict`` and ``vitp.Segmenter`` turn an image into model input.
+    ``segments`` is a read-only broadcast of one -1 (no ``long[H0, W0]`` of a 12-MP photo)."""
     h0, w0 = image.shape[:2]
     img, _ = transform(image, None)
     h, w = img.shape[-2:]
     return Sample(
         image=img, masks=torch.zeros((0, h, w), dtype=torch.bool),
         labels=torch.zeros(0, dtype=torch.long), is_crowd=torch.zeros(0, dtype=torch.bool),
-        segments=torch.full((h0, w0), -1, dtype=torch.long), image_id=Path(name).stem,
+        segments=torch.full((1, 1), -1, dtype=torch.long).expand(h0, w0), image_id=Path(name).stem,
         file_name=name, orig_size=(h0, w0), image_path=path,
     )
 
