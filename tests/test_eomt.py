@@ -116,3 +116,24 @@ def test_eomt_config_fast_dev_run_fit_and_test(tiny_coco_root: Path, tmp_path: P
     vitp_in_process("test", "--config", str(config), "--data.init_args.root", str(tiny_coco_root), *SMALL,
                     "--model.init_args.proposer.init_args.model", str(saved), *tiny,
                     "--trainer.fast_dev_run", "1", "--trainer.callbacks", "[]")
+
+
+def test_trunk_cache_skips_seen_views_with_the_same_outputs(monkeypatch) -> None:
+    torch.manual_seed(0)
+    kw = dict(preset="tiny", num_classes=5, freeze="backbone")
+    cached = EomtProposer(**kw, trunk_cache_size=3).train()
+    plain = EomtProposer(**kw).train()
+    plain.load_state_dict(cached.state_dict())
+    calls = []
+    original = cached._trunk_pass
+    monkeypatch.setattr(cached, "_trunk_pass", lambda x, first: calls.append(len(x)) or original(x, first))
+    a, b = torch.randn(2, 3, 56, 48), torch.randn(2, 3, 56, 48)
+    with torch.no_grad():
+        for batch in (a, torch.cat([a[:1], b[:1]]), a):
+            torch.testing.assert_close(cached(batch).mask_logits, plain(batch).mask_logits, atol=1e-5, rtol=1e-4)
+    assert calls == [2, 1]  # the second batch runs only its new view, the third none
+    assert len(cached._trunk_cache) == 3
+    cached.eval()
+    with torch.no_grad():
+        cached(a)
+    assert calls == [2, 1, 2]  # evaluation never reads the cache

