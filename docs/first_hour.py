@@ -6,7 +6,8 @@
 What it does, step by step (copy any of it into your own code):
 
 1. the trained model as one folder you can share: `make demo` leaves a checkpoint; the first run
-   writes it with `Segmenter.save_pretrained` to outputs/synthetic/vitp_tiny_mask2former/pretrained
+   writes it with `Segmenter.save_pretrained` to outputs/synthetic/<run>/pretrained, <run> being
+   vitp_dinov2_small_eomt (the default recipe) or vitp_tiny_mask2former (`--recipe scratch`)
    (`vitp fit ... --export_pretrained DIR` writes such a folder at the end of training);
 2. `Segmenter.from_pretrained(folder)`: loads it from any working directory, no dataset needed
    (a Hugging Face hub id holding such a folder works too);
@@ -29,25 +30,37 @@ from PIL import Image
 from vitp import Segmenter
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_RUN = REPO / "outputs" / "synthetic" / "vitp_tiny_mask2former"
-DEMO_CONFIG = REPO / "configs" / "synthetic" / "vitp" / "tiny_mask2former.yaml"
+# the demo's two recipes (scripts/demo.py --recipe pretrained | scratch): run folder and config
+DEMO_RUNS = [
+    (REPO / "outputs" / "synthetic" / "vitp_dinov2_small_eomt", REPO / "configs" / "synthetic" / "vitp" / "dinov2_small_eomt.yaml"),
+    (REPO / "outputs" / "synthetic" / "vitp_tiny_mask2former", REPO / "configs" / "synthetic" / "vitp" / "tiny_mask2former.yaml"),
+]
 DEMO_IMAGE = REPO / "data" / "generated" / "synthetic_coco" / "val2017" / "000002000001.jpg"
 
 
+def demo_run() -> tuple[Path, Path]:
+    """The demo run that left a checkpoint (the default recipe first): its folder and config."""
+    for run, config in DEMO_RUNS:
+        if (run / "checkpoints" / "last.ckpt").is_file():
+            return run, config
+    return DEMO_RUNS[0]
+
+
 def main(argv: list[str] | None = None) -> None:
+    run, config = demo_run()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(DEMO_RUN / "pretrained"), help="a pretrained folder or hub id")
+    parser.add_argument("--model", default=str(run / "pretrained"), help="a pretrained folder or hub id")
     parser.add_argument("--image", default=str(DEMO_IMAGE), help="your image")
     parser.add_argument("--out", default="my_segments", help="folder for the overlay and the semantic map")
     args = parser.parse_args(argv)
 
     # 1. one shareable folder (written once from the demo's checkpoint)
     model = Path(args.model)
-    checkpoint = DEMO_RUN / "checkpoints" / "last.ckpt"
-    if model == DEMO_RUN / "pretrained" and not model.exists():
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    if model == run / "pretrained" and not model.exists():
         if not checkpoint.is_file():
             raise SystemExit(f"{checkpoint}: not found; run `make demo` first, or pass --model FOLDER_OR_HUB_ID")
-        Segmenter.from_checkpoint(checkpoint, config=DEMO_CONFIG).save_pretrained(model)
+        Segmenter.from_checkpoint(checkpoint, config=config).save_pretrained(model)
         print(f"wrote the demo model as one folder: {model}")
 
     # 2. load it from anywhere

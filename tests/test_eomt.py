@@ -132,7 +132,7 @@ def test_trunk_cache_skips_seen_views_with_the_same_outputs(monkeypatch) -> None
         for batch in (a, torch.cat([a[:1], b[:1]]), a):
             torch.testing.assert_close(cached(batch).mask_logits, plain(batch).mask_logits, atol=1e-5, rtol=1e-4)
     assert calls == [2, 1]  # the second batch runs only its new view, the third none
-    assert len(cached._trunk_cache) == 3
+    assert len(cached._trunk_memo) == 3
     cached.eval()
     with torch.no_grad():
         cached(a)

@@ -40,6 +40,7 @@ from vitp.classifiers.glimpse import PointGlimpse, PointMasks
 from vitp.classifiers.locality import PointLocalityBias
 from vitp.classifiers.loading import LoadReport, load_into
 from vitp.structures import TrunkStates
+from vitp.view_memo import ViewMemo
 from vitp.classifiers.vit_ops import (
     block_forward,
     block_kv,
@@ -153,6 +154,10 @@ class PointViT(nn.Module):
             ``image_size`` and padded to a square, class token in the patch pass, a fixed position
             table — so the patch pass is the one ``EomtProposer(share_trunk_from=k)`` shares and
             ``cache_from_trunk`` can read it instead (see ``vitp.classifiers.trunk``).
+        trunk_cache_size: with ``frame="square"`` and ``freeze_backbone``, remember the patch pass of
+            up to this many training views (``vitp.view_memo.ViewMemo``): a view seen again (no
+            scale jitter: the same image, flipped or not) skips the trunk. About
+            ``(blocks - point_start_block) * tokens * width * 4`` bytes a view. 0 = off.
         strict_load: refuse a ``checkpoint_path`` with entries that have no place in the model.
         allow_unsafe_load: let ``checkpoint_path`` be unpickled with ``weights_only=False`` (runs
             code from the file; only for files you trust). Off: such a file is refused by name.
@@ -185,6 +190,7 @@ class PointViT(nn.Module):
         allow_unsafe_load: bool = False,
         freeze_backbone: bool = False,
         frame: Literal["valid", "square"] = "valid",
+        trunk_cache_size: int = 0,
     ) -> None:
         super().__init__()
         if attention not in ("one_way", "full"):
@@ -253,6 +259,9 @@ class PointViT(nn.Module):
         if frame == "square" and (attention != "one_way" or image_size is None or point_glimpse is not None):
             raise ValueError("frame='square' needs attention='one_way', an image_size and no point_glimpse")
         self.frame = frame
+        if trunk_cache_size and not (frame == "square" and freeze_backbone):
+            raise ValueError("trunk_cache_size needs frame='square' and freeze_backbone=True")
+        self._trunk_memo = ViewMemo(trunk_cache_size)
         if self.freeze_backbone:
             self.backbone.requires_grad_(False)
         self.checkpoint_path = checkpoint_path
@@ -488,7 +497,8 @@ class PointViT(nn.Module):
             from vitp.classifiers.trunk import square_trunk_states
 
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
-                trunk = square_trunk_states(self, images, self.point_start_block)
+                memo = self._trunk_memo if self.training and self.freeze_backbone else None
+                trunk = square_trunk_states(self, images, self.point_start_block, memo)
             return self.cache_from_trunk(trunk, valid_sizes, images.shape[-2:])
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
             seq, key_mask, grid, grids, vs, pos_grids, prepared = self._embed_patches(images, valid_sizes)

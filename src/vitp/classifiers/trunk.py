@@ -17,32 +17,41 @@ import torch
 
 from vitp.classifiers.vit_ops import block_forward, block_kv, self_slot_kv, self_slot_mask, square_frame
 from vitp.structures import TrunkStates
+from vitp.view_memo import ViewMemo
 from vitp.weights.keymaps import fixed_pos_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from vitp.classifiers.point_vit import PatchCache, PointViT
 
 
-def square_trunk_states(model: "PointViT", images: torch.Tensor, first_block: int) -> TrunkStates:
+def square_trunk_states(model: "PointViT", images: torch.Tensor, first_block: int,
+                        memo: ViewMemo | None = None) -> TrunkStates:
     """The classifier's own trunk pass in the square frame (class token + patches, a fixed position
-    table, no padding mask), keeping the tokens entering blocks ``first_block..``."""
+    table, no padding mask), keeping the tokens entering blocks ``first_block..``. With ``memo``
+    (a frozen trunk), views seen before are not run again."""
     be = model.backbone
     if be.cls_token is None or be.pos_embed is None or getattr(be, "reg_token", None) is not None \
             or getattr(be, "no_embed_class", False):
         raise ValueError("frame='square' needs a ViT with a class token, a position embedding that "
                          "includes the class entry and no register tokens (DINOv2 without registers)")
     x, scale = square_frame(images, int(model.image_size))
-    tok = be.patch_embed(x)  # [B, Gh, Gw, D]
-    b, gh, gw, d = tok.shape
-    patches = tok.reshape(b, gh * gw, d) + fixed_pos_table(be.pos_embed, (gh, gw)).to(tok.dtype)
-    seq = torch.cat([(be.cls_token + be.pos_embed[:, :1]).expand(b, -1, -1).to(tok.dtype), patches], dim=1)
-    states = []
-    for i, blk in enumerate(be.blocks):
-        if i >= first_block:
-            states.append(seq)
-        if i < len(be.blocks) - 1:  # the last block's output is never read
-            seq, _ = block_forward(blk, seq, None)
-    return TrunkStates(states, first_block, 1, (gh, gw), scale)
+
+    def compute(x: torch.Tensor) -> list[torch.Tensor]:
+        tok = be.patch_embed(x)  # [B, Gh, Gw, D]
+        b, gh, gw, d = tok.shape
+        patches = tok.reshape(b, gh * gw, d) + fixed_pos_table(be.pos_embed, (gh, gw)).to(tok.dtype)
+        seq = torch.cat([(be.cls_token + be.pos_embed[:, :1]).expand(b, -1, -1).to(tok.dtype), patches], dim=1)
+        states = []
+        for i, blk in enumerate(be.blocks):
+            if i >= first_block:
+                states.append(seq)
+            if i < len(be.blocks) - 1:  # the last block's output is never read
+                seq, _ = block_forward(blk, seq, None)
+        return states
+
+    states = memo(x, compute) if memo is not None else compute(x)
+    ph, pw = model.patch_size
+    return TrunkStates(states, first_block, 1, (x.shape[-2] // ph, x.shape[-1] // pw), scale)
 
 
 def cache_from_trunk(model: "PointViT", trunk: TrunkStates, valid_sizes: torch.Tensor | None,

@@ -23,7 +23,6 @@ its long side is ``image_size``, padded to a square, and the masks are cropped b
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Literal
 
@@ -34,6 +33,7 @@ from transformers import EomtConfig, EomtForUniversalSegmentation
 from vitp.classifiers.vit_ops import square_frame
 from vitp.proposers.hf_universal import HFUniversalProposer
 from vitp.structures import DecoderLayerOutput, Proposals, TrunkStates
+from vitp.view_memo import ViewMemo
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class EomtProposer(HFUniversalProposer):
                              f"in [0, {cfg.num_hidden_layers - 1}]")
         self.share_trunk_from = share_trunk_from
         self.trunk_cache_size = int(trunk_cache_size)
-        self._trunk_cache: dict[bytes, tuple[list[torch.Tensor], torch.Tensor]] = {}
+        self._trunk_memo = ViewMemo(self.trunk_cache_size)
         self.trunk_checkpoint = trunk_checkpoint
         if trunk_checkpoint and model is None:
             self.load_trunk(trunk_checkpoint)
@@ -240,21 +240,16 @@ class EomtProposer(HFUniversalProposer):
         return states, hf.layernorm(tokens)[:, hf.embeddings.num_prefix_tokens:]
 
     def _cached_trunk(self, x: torch.Tensor, first: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """``_trunk_pass`` memoised per image on the exact bytes of its square-frame input: a frozen
-        trunk is a pure function of them, so a repeated view (same image, flip and frame) gives the
-        same tokens without running the trunk again. At most ``trunk_cache_size`` views are kept."""
-        keys = [hashlib.blake2b(img.detach().cpu().numpy().tobytes(), digest_size=16).digest() for img in x]
-        todo = [i for i, k in enumerate(keys) if k not in self._trunk_cache]
-        if todo:
-            states, patches = self._trunk_pass(x[todo], first)
-            for j, i in enumerate(todo):
-                if len(self._trunk_cache) < self.trunk_cache_size:
-                    self._trunk_cache[keys[i]] = ([s[j] for s in states], patches[j])
-        fresh = {i: j for j, i in enumerate(todo)}
-        rows = [self._trunk_cache.get(k) or ([s[fresh[i]] for s in states], patches[fresh[i]])
-                for i, k in enumerate(keys)]
-        return ([torch.stack([r[0][b] for r in rows]) for b in range(len(rows[0][0]))],
-                torch.stack([r[1] for r in rows]))
+        """``_trunk_pass`` remembered per view (``ViewMemo`` on the exact bytes of its square-frame
+        input): a frozen trunk is a pure function of them, so a repeated view (same image, flip and
+        frame) gives the same tokens without running the trunk again."""
+
+        def compute(images: torch.Tensor) -> list[torch.Tensor]:
+            states, patches = self._trunk_pass(images, first)
+            return [*states, patches]
+
+        *states, patches = self._trunk_memo(x, compute)
+        return states, patches
 
     @staticmethod
     def _query_block(layer, queries: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
