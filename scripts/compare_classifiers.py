@@ -70,12 +70,12 @@ def main() -> None:
         print(f"| {name} | {test_name} | {acc:.1f} | {pq:.1f} | {miou:.1f} | {ap:.1f} | {secs:.0f} |")
 
 
-def last_val_point_acc(run_dir: Path) -> float:
-    """The last `val/point_acc` in the run's CSV log."""
+def last_val_point_acc(run_dir: Path, key: str = "val/point_acc") -> float:
+    """The last value of ``key`` (default `val/point_acc`) in the run's CSV log."""
     values = []
     for path in sorted(run_dir.glob("lightning_logs/version_*/metrics.csv")):
         with open(path) as f:
-            values += [float(r["val/point_acc"]) for r in csv.DictReader(f) if r.get("val/point_acc")]
+            values += [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
     return values[-1] if values else float("nan")
 
 
