@@ -14,6 +14,8 @@ excluded), the package's single inference path ``ViTPModule.pipeline`` (``TwoSta
 * ``post proposer`` / ``post vitp``: the pipeline with the proposer's output (and the classifier's
   logits) replayed from a cache: what remains is the class fusion (``vitp``) and the post-processing,
   whose cost grows with the number of segments kept (printed per variant);
+* ``vitp separate`` (only for a proposer that shares its trunk, ``EomtProposer(share_trunk_from=k)``):
+  ``vitp`` with the proposer's trunk states not handed over, so the classifier runs its own patch pass;
 * ``timm``: a plain timm forward of the classifier's own backbone (``backbone(x)``, no points) on
   the image the classifier sees (same resize, ``PointViT.prepare_images``).
 
@@ -181,6 +183,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             p.classifier = m
             large[k] = (p, m)
 
+    separate = None  # a proposer that shares its trunk (EomtProposer share_trunk_from): also time separate passes
+    if getattr(pipe.proposer, "share_trunk_from", None) is not None:
+        separate = copy.copy(pipe)
+        separate.proposer = copy.copy(pipe.proposer)
+        separate.proposer.share_trunk_from = None
+
     fns_per_image: list[dict[str, Callable[[], object]]] = []
     n_points = []
     segments: dict[str, list[int | None]] = {"proposer": [], "vitp": []}
@@ -202,6 +210,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                 "post vitp": lambda b=batch, r=replay(pipe, props, logits): r(b, variants=("vitp",)),
                 "timm": lambda b=batch, v=valid: backbone(clf.prepare_images(b.images, v)[0]),
             }
+            if separate is not None:
+                fns["vitp separate"] = lambda b=batch: separate(b, variants=("vitp",))
             for k, (lp, lm) in large.items():
                 fns[f"vitp L k{k}"] = lambda b=batch, lp=lp: lp(b, variants=("vitp",))
                 fns[f"pointvit L k{k}"] = lambda b=batch, p=props, lp=lp: lp.classify(b, [p])
@@ -231,6 +241,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ratios = {"vitp / proposer": ("vitp", "proposer"), "pointvit / timm": ("pointvit", "timm"),
               "pointvit / proposer": ("pointvit", "proposer"),
               "post vitp / post proposer": ("post vitp", "post proposer")}
+    if separate is not None:
+        ratios["vitp separate / proposer"] = ("vitp separate", "proposer")
+        ratios["vitp / vitp separate"] = ("vitp", "vitp separate")
     for k in large:
         ratios[f"vitp L k{k} / proposer"] = (f"vitp L k{k}", "proposer")
         ratios[f"pointvit L k{k} / timm L"] = (f"pointvit L k{k}", "timm L")
