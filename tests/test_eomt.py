@@ -103,7 +103,8 @@ def test_trunk_checkpoint_must_fit(tmp_path: Path) -> None:
 
 def test_eomt_config_fast_dev_run_fit_and_test(tiny_coco_root: Path, tmp_path: Path, monkeypatch,
                                                trunk_file: tuple[PointViT, Path]) -> None:
-    """The stage-1 config, with the tiny preset and a tiny trunk file in place of DINOv2-S."""
+    """The stage-1 and stage-2 configs of the pretrained recipe, with the tiny preset and a tiny trunk
+    file in place of DINOv2-S."""
     monkeypatch.chdir(tmp_path)
     config = PROJECT_ROOT / "configs" / "synthetic" / "proposer" / "eomt_dinov2_small.yaml"
     trunk = ["--model.init_args.proposer.init_args.trunk_checkpoint", str(trunk_file[1])]
@@ -116,6 +117,16 @@ def test_eomt_config_fast_dev_run_fit_and_test(tiny_coco_root: Path, tmp_path: P
     vitp_in_process("test", "--config", str(config), "--data.init_args.root", str(tiny_coco_root), *SMALL,
                     "--model.init_args.proposer.init_args.model", str(saved), *tiny,
                     "--trainer.fast_dev_run", "1", "--trainer.callbacks", "[]")
+    # stage 2 of the pretrained recipe on that proposer: the classifier reads its trunk (share_trunk_from)
+    stage2 = PROJECT_ROOT / "configs" / "synthetic" / "vitp" / "dinov2_small_eomt.yaml"
+    clf = "--model.init_args.classifier.init_args."
+    for cmd in ("fit", "test"):
+        vitp_in_process(cmd, "--config", str(stage2), "--data.init_args.root", str(tiny_coco_root), *SMALL,
+                        "--model.init_args.proposer.init_args.model", str(saved),
+                        "--model.init_args.proposer.init_args.share_trunk_from", "1",
+                        f"{clf}checkpoint_path", str(trunk_file[1]), f"{clf}image_size", "56",
+                        f"{clf}point_start_block", "1", f"{clf}model_kwargs", str(TINY_VIT),
+                        "--trainer.fast_dev_run", "1", "--trainer.callbacks", "[]")
 
 
 def test_trunk_cache_skips_seen_views_with_the_same_outputs(monkeypatch) -> None:
