@@ -321,3 +321,80 @@ def test_native_proposer_pretrained_folder_is_safetensors_only(tiny_coco_root: P
     monkeypatch.chdir(elsewhere)
     image = sorted((tiny_coco_root / "val2017").glob("*.jpg"))[0]
     assert Segmenter.from_pretrained(folder)(image).record == seg(image).record
+
+
+def test_vitp_predict_runs_a_pretrained_folder_from_anywhere(trained: dict, predicted: Path, tmp_path: Path):
+    """`vitp predict --config DIR/vitp_config.yaml` from another working directory, with nothing but
+    the folder and the images: its paths resolve against DIR, its weights are loaded (a fresh model
+    would give other segments) and the segments are the checkpoint's; a damaged weights file is named."""
+    from vitp.pretrained import PretrainedError
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)
+    config = trained["pretrained"] / "vitp_config.yaml"
+    printed = vitp_in_process("predict", "--config", str(config), "--data.init_args.path", str(trained["images"]))
+    out = elsewhere / "predictions"
+    assert f"vitp predict: 2 image(s) written to {out.resolve()}" in printed
+    from_folder = _segments(out)
+    assert len(from_folder) == 2 and from_folder == _segments(predicted)
+    assert not (elsewhere / "data").exists()
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained["pretrained"], broken)
+    weights = broken / "classifier.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(PretrainedError, match=f"{weights}: cannot load the classifier weights"):
+        vitp_in_process("predict", "--config", str(broken / "vitp_config.yaml"),
+                        "--data.init_args.path", str(trained["images"]))
+
+
+@pytest.fixture(scope="module")
+def predicted(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`vitp predict` of the trained checkpoint on the photos into an export folder (no threshold)."""
+    out = tmp_path_factory.mktemp("predicted") / "out"
+    _predict(trained, out)
+    return out
+
+
+def _written(out: Path, stems: set[str]) -> set[str]:
+    """The files under ``out`` as the README names them (an image's stem as ``<stem>``)."""
+    names = set()
+    for path in out.rglob("*"):
+        if path.is_file():
+            rel = path.relative_to(out)
+            stem = path.name.split(".")[0]
+            names.add(str(rel.with_name(f"<stem>{path.suffix}")) if stem in stems else str(rel))
+    return names
+
+
+README_PREDICT_FILES = {"panoptic/<stem>.png", "semantic/<stem>.png", "segments/<stem>.json",
+                        "overlays/panoptic/<stem>.jpg", "overlays/semantic/<stem>.jpg", "panoptic.json",
+                        "instances.json"}
+
+
+def test_readme_names_exactly_the_files_predict_writes(trained: dict, predicted: Path):
+    """Issue 26, stale docs: every file `vitp predict` writes is named in the README's quickstart
+    (in backticks), and every file named there is written."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    quickstart = readme[readme.index("## Quickstart: your own images"):]
+    quickstart = quickstart[:quickstart.index("\n## ", 10)]
+    for name in README_PREDICT_FILES:
+        assert f"`{name}`" in quickstart, f"README quickstart does not name {name}"
+    stems = {p.stem for p in trained["images"].iterdir()}
+    assert _written(predicted, stems) == README_PREDICT_FILES
+
+
+def test_score_threshold_on_the_command_line(trained: dict, predicted: Path, tmp_path: Path):
+    """`vitp predict --model.init_args.score_threshold T` keeps only segments and instances scoring
+    at least T (the default, 0, keeps all)."""
+    everything = _segments(predicted)
+    scores = [i["score"] for r in everything.values() for i in r["instances"]]
+    threshold = float(np.median(scores))
+    out = tmp_path / "cut"
+    _predict(trained, out, "--model.init_args.score_threshold", str(threshold))
+    cut = _segments(out)
+    kept = [i["score"] for r in cut.values() for i in r["instances"]]
+    assert 0 < len(kept) < len(scores) and min(kept) >= threshold
+    assert all(s["score"] >= threshold for r in cut.values() for s in r["panoptic"])
+    assert sorted(kept) == sorted(s for s in scores if s >= threshold)

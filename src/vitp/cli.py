@@ -44,7 +44,14 @@ class VitpCLI(LightningCLI):
 
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        prepare_run(subcommand, self.config[subcommand] if subcommand else self.config)
+        self.pretrained_folder = prepare_run(subcommand, self.config[subcommand] if subcommand else self.config)
+
+    def instantiate_classes(self) -> None:
+        """Build the classes; with a pretrained folder's config, load its weights into the model."""
+        from vitp.cli_hooks import load_pretrained_weights
+
+        super().instantiate_classes()
+        load_pretrained_weights(self.model, getattr(self, "pretrained_folder", None))
 
     def after_fit(self) -> None:
         from vitp.cli_hooks import after_fit

@@ -4,7 +4,9 @@
   truncated or corrupt checkpoint stops with an error naming the file; ``validate`` / ``test`` /
   ``predict`` build the model in the label space stored in the checkpoint
   (``data.init_args.label_space``), so no training data is needed to predict on your own images;
-  ``predict`` without ``model.init_args.export_dir`` writes to ``<default_root_dir>/predictions``.
+  ``predict`` without ``model.init_args.export_dir`` writes to ``<default_root_dir>/predictions``;
+  a pretrained folder's ``vitp_config.yaml`` as ``--config`` runs that model (its relative paths
+  resolved against the folder, its safetensors weights loaded once the model is built).
 * after ``fit`` (:func:`after_fit`): a run too short for its checkpoint callback to have saved
   anything (e.g. validation every 10 epochs, 1 epoch run) saves ``last.ckpt`` in the callback's
   folder; the checkpoints are named; ``--export_pretrained DIR`` writes the shareable folder.
@@ -29,10 +31,16 @@ def _get(namespace: Any, dotted: str) -> Any:
     return node
 
 
-def prepare_run(subcommand: str | None, config: Any) -> None:
-    """See the module docstring (``config``: the subcommand's parsed namespace, changed in place)."""
+def prepare_run(subcommand: str | None, config: Any) -> Path | None:
+    """See the module docstring (``config``: the subcommand's parsed namespace, changed in place).
+    Returns the pretrained folder whose ``vitp_config.yaml`` is a ``--config`` of the run (its paths
+    now point into it; :func:`load_pretrained_weights` loads its weights once the model is built), or None."""
     from vitp.checkpoint_heads import checkpoint_label_space, read_checkpoint
+    from vitp.pretrained import folder_of_config, resolve_folder_paths
 
+    folder = folder_of_config(_get(config, "config"))
+    if folder is not None:
+        resolve_folder_paths(config, folder)
     ckpt = _get(config, "ckpt_path")
     if ckpt and str(ckpt).split(":")[0] not in SPECIAL_CKPT:
         info = checkpoint_label_space(read_checkpoint(ckpt), str(ckpt))
@@ -45,6 +53,15 @@ def prepare_run(subcommand: str | None, config: Any) -> None:
             and not model_args["export_dir"]:
         root = _get(config, "trainer.default_root_dir") or os.getcwd()
         model_args["export_dir"] = str(Path(root) / "predictions")
+    return folder
+
+
+def load_pretrained_weights(model: Any, folder: Path | None) -> None:
+    """After the classes are built: a pretrained folder's weights into the model (see :func:`prepare_run`)."""
+    if folder is not None and model is not None:
+        from vitp.pretrained import load_folder_weights
+
+        load_folder_weights(model, folder)
 
 
 def report_exports(trainer: Any, model: Any, stage: str) -> None:

@@ -14,7 +14,9 @@ The folder holds everything the model needs and nothing outside it::
 
 ``load_pretrained`` reads it from any working directory, or downloads a Hugging Face hub repo
 holding such a folder (``huggingface_hub.snapshot_download``); ``push_to_hub`` uploads one
-(``HfApi.upload_folder``). Loading builds the model with the ``vitp`` CLI's own parser (same links,
+(``HfApi.upload_folder``). The ``vitp`` command runs one as well: ``vitp predict --config
+DIR/vitp_config.yaml --data.init_args.path photos/`` (its paths resolved against DIR, its weights
+loaded; :func:`folder_of_config`). Loading builds the model with the ``vitp`` CLI's own parser (same links,
 same classes) with Lightning's start-up messages silenced (:func:`quiet_lightning`).
 
 ``resolve_config_paths`` and ``checkpoint_overrides`` serve ``Segmenter.from_checkpoint``: paths in
@@ -252,34 +254,75 @@ def local_folder(source: str | os.PathLike, revision: str | None = None) -> Path
     return Path(snapshot_download(repo_id=str(source), revision=revision))
 
 
+def folder_of_config(configs: Sequence[Any] | None) -> Path | None:
+    """The pretrained folder whose ``vitp_config.yaml`` is among the ``--config`` files of a ``vitp``
+    command (the last one), or None: ``vitp predict --config DIR/vitp_config.yaml`` runs that model."""
+    found = None
+    for config in configs or []:
+        path = Path(str(getattr(config, "absolute", config)))
+        if path.name == CONFIG_FILE and (path.parent / MANIFEST_FILE).is_file():
+            found = path.parent.resolve()
+    return found
+
+
+def _manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise PretrainedError(f"{folder}: not a vitp pretrained folder ({MANIFEST_FILE} missing; write one with "
+                              "Segmenter.save_pretrained or `vitp fit --export_pretrained DIR`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PretrainedError(f"{path}: not valid JSON ({e})") from e
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("relative_paths"), list):
+        raise PretrainedError(f"{path}: not a vitp pretrained manifest (format {manifest.get('format')!r})")
+    return manifest
+
+
+def resolve_folder_paths(config: Any, folder: Path) -> None:
+    """Point the folder's relative paths (its manifest's ``relative_paths``: the HF proposer's folder,
+    the label space) into ``folder`` in a parsed ``vitp`` namespace, in place; a value changed on the
+    command line (not the folder config's own) is left as given."""
+    saved = yaml.safe_load((folder / CONFIG_FILE).read_text())
+    for key in _manifest(folder)["relative_paths"]:
+        try:
+            value, own = config[key], _lookup(saved, key)
+        except (KeyError, TypeError):
+            continue
+        if isinstance(value, str) and value == own and not os.path.isabs(value):
+            config[key] = str(folder / value)
+
+
+def load_folder_weights(module: Any, folder: Path) -> None:
+    """The folder's safetensors weights into ``module`` (a ``ViTPModule`` built from its config); a
+    missing or mismatched file is named."""
+    from safetensors.torch import load_model
+
+    for name, part in (("classifier", module.classifier), ("proposer", module.proposer)):
+        path = folder / (CLASSIFIER_FILE if name == "classifier" else PROPOSER_FILE)
+        if part is not None and path.is_file():
+            try:
+                load_model(part, str(path), strict=True)
+            except Exception as e:  # noqa: BLE001 (shapes / keys: RuntimeError; a truncated file: SafetensorError)
+                raise PretrainedError(f"{path}: cannot load the {name} weights ({type(e).__name__}: "
+                                      f"{str(e).strip().splitlines()[0][:300]})") from e
+        elif name == "classifier" and part is not None:
+            raise PretrainedError(f"{path}: missing (the config has a classifier)")
+
+
 def load_pretrained(source: str | os.PathLike, device: str = "cpu", revision: str | None = None,
                     **kwargs: Any) -> Any:
     """The ``vitp.Segmenter`` of a pretrained folder or hub repo (module docstring); ``kwargs`` go
-    to the Segmenter (e.g. ``batch_size``)."""
-    from safetensors.torch import load_model
-
+    to the Segmenter (e.g. ``batch_size``). The ``vitp`` CLI builds it from the folder's config,
+    resolving its paths against the folder and loading its weights (``vitp.cli_hooks``)."""
     from vitp.api import Segmenter
     from vitp.cli import cli
 
     folder = local_folder(source, revision).resolve()
-    manifest_path = folder / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise PretrainedError(f"{folder}: not a vitp pretrained folder ({MANIFEST_FILE} missing; write one with "
-                              "Segmenter.save_pretrained or `vitp fit --export_pretrained DIR`)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = _manifest(folder)
     config = yaml.safe_load((folder / CONFIG_FILE).read_text())
-    args = ["--config", str(folder / CONFIG_FILE)]
-    for key in manifest["relative_paths"]:
-        args += [f"--{key}", str(folder / _lookup(config, key))]
     with quiet_lightning():
-        built = cli(args, run=False)
-    module = built.model
-    for name, part in (("classifier", module.classifier), ("proposer", module.proposer)):
-        path = folder / (CLASSIFIER_FILE if name == "classifier" else PROPOSER_FILE)
-        if part is not None and path.is_file():
-            load_model(part, str(path), strict=True)
-        elif name == "classifier" and part is not None:
-            raise PretrainedError(f"{path}: missing (the config has a classifier)")
+        built = cli(["--config", str(folder / CONFIG_FILE)], run=False)
     seg = Segmenter.from_cli(built, device=device, **kwargs)
     seg.config, seg.training = config, manifest.get("training") or {}
     return seg
