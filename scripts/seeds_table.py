@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 METRICS = "outputs/synthetic/demo_predictions/metrics.json"
-VITP_LOGS = "outputs/synthetic/vitp_tiny_mask2former/lightning_logs"
+VITP_LOGS = "outputs/synthetic/vitp_*/lightning_logs"  # the ViT-P stage of either demo recipe
 KEYS = [("PQ", "pq"), ("PQ_th", "pq_th"), ("PQ_st", "pq_st"), ("RQ", "rq"), ("mIoU", "miou"), ("AP", "map")]
 VARIANTS = [("proposer alone", "_proposer"), ("proposer + ViT-P", ""), ("oracle classes", "_oracle")]
 
@@ -25,7 +25,7 @@ VARIANTS = [("proposer alone", "_proposer"), ("proposer + ViT-P", ""), ("oracle 
 def point_accuracy(run: Path) -> dict[str, float]:
     """The last logged validation point accuracies (micro, thing and stuff classes)."""
     last: dict[str, float] = {}
-    for log in sorted((run / VITP_LOGS).glob("version_*/metrics.csv")):
+    for log in sorted(run.glob(f"{VITP_LOGS}/version_*/metrics.csv")):
         with open(log) as f:
             for row in csv.DictReader(f):
                 for key in ("val/point_acc", "val/point_acc_thing", "val/point_acc_stuff"):
@@ -50,6 +50,11 @@ def main() -> None:
     for run, m in results.items():
         for name, suffix in VARIANTS:
             print(f"| {run.name} | {name} | " + " | ".join(f"{m[key + suffix]:.1f}" for _, key in KEYS) + " |")
+    print(f"\n| variant (mean ± std over {len(results)}) | " + " | ".join(name for name, _ in KEYS) + " |")
+    print("|---|" + "---:|" * len(KEYS))
+    for name, suffix in VARIANTS:
+        print(f"| {name} | " + " | ".join(mean_std([m[key + suffix] for m in results.values()]) for _, key in KEYS)
+              + " |")
     print("\n| | " + " | ".join(name for name, _ in KEYS) + " | gap closed (PQ) | point acc (thing / stuff) |")
     print("|---|" + "---:|" * (len(KEYS) + 2))
     gains: dict[str, list[float]] = {key: [] for _, key in KEYS}
@@ -65,6 +70,11 @@ def main() -> None:
               f"{acc.get('point_acc_stuff', float('nan')):.1f} |")
     print(f"| mean ± std over {len(results)} | " + " | ".join(mean_std(gains[k]) for _, k in KEYS)
           + f" | {mean_std(closed)} % | |")
+    print("\nGoals per run (issue 22): oracle-classes PQ_th >= 30; ViT-P PQ_th >= 2/3 of it; gap closed >= 60 %; "
+          "ViT-P AP > proposer AP")
+    for (run, m), gap in zip(results.items(), closed):
+        checks = [m["pq_th_oracle"] >= 30, m["pq_th"] >= 2 / 3 * m["pq_th_oracle"], gap >= 60, m["map"] > m["map_proposer"]]
+        print(f"- {run.name}: " + ", ".join("yes" if c else "no" for c in checks))
 
 
 if __name__ == "__main__":
