@@ -6,8 +6,10 @@
 What it does, step by step (copy any of it into your own code):
 
 1. the trained model as one folder you can share: `make demo` leaves a checkpoint; the first run
-   writes it with `Segmenter.save_pretrained` to outputs/synthetic/<run>/pretrained, <run> being
-   vitp_dinov2_small_eomt (the default recipe) or vitp_tiny_mask2former (`--recipe scratch`)
+   (and a run after `make demo` trained again) writes it with `Segmenter.save_pretrained` to
+   outputs/synthetic/<run>/pretrained, <run> being
+   the run `make demo` trained last: vitp_tiny_mask2former (the default recipe) or
+   vitp_dinov2_small_eomt (`scripts/demo.py --recipe pretrained`)
    (`vitp fit ... --export_pretrained DIR` writes such a folder at the end of training);
 2. `Segmenter.from_pretrained(folder)`: loads it from any working directory, no dataset needed
    (a Hugging Face hub id holding such a folder works too);
@@ -31,19 +33,20 @@ from vitp import Segmenter
 
 REPO = Path(__file__).resolve().parents[1]
 # the demo's two recipes (scripts/demo.py --recipe pretrained | scratch): run folder and config
-DEMO_RUNS = [
-    (REPO / "outputs" / "synthetic" / "vitp_dinov2_small_eomt", REPO / "configs" / "synthetic" / "vitp" / "dinov2_small_eomt.yaml"),
+DEMO_RUNS = [  # the default recipe first
     (REPO / "outputs" / "synthetic" / "vitp_tiny_mask2former", REPO / "configs" / "synthetic" / "vitp" / "tiny_mask2former.yaml"),
+    (REPO / "outputs" / "synthetic" / "vitp_dinov2_small_eomt", REPO / "configs" / "synthetic" / "vitp" / "dinov2_small_eomt.yaml"),
 ]
 DEMO_IMAGE = REPO / "data" / "generated" / "synthetic_coco" / "val2017" / "000002000001.jpg"
 
 
 def demo_run() -> tuple[Path, Path]:
-    """The demo run that left a checkpoint (the default recipe first): its folder and config."""
-    for run, config in DEMO_RUNS:
-        if (run / "checkpoints" / "last.ckpt").is_file():
-            return run, config
-    return DEMO_RUNS[0]
+    """The demo run whose checkpoint is the newest (the recipe `make demo` ran last): its folder and
+    config; the default recipe's when there is none yet."""
+    done = [(run, config) for run, config in DEMO_RUNS if (run / "checkpoints" / "last.ckpt").is_file()]
+    if not done:
+        return DEMO_RUNS[0]
+    return max(done, key=lambda rc: (rc[0] / "checkpoints" / "last.ckpt").stat().st_mtime)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     # 1. one shareable folder (written once from the demo's checkpoint)
     model = Path(args.model)
     checkpoint = run / "checkpoints" / "last.ckpt"
-    if model == run / "pretrained" and not model.exists():
+    card = model / "vitp_pretrained.json"
+    stale = card.is_file() and checkpoint.is_file() and card.stat().st_mtime < checkpoint.stat().st_mtime
+    if model == run / "pretrained" and (not card.is_file() or stale):  # none yet, or `make demo` ran again
         if not checkpoint.is_file():
             raise SystemExit(f"{checkpoint}: not found; run `make demo` first, or pass --model FOLDER_OR_HUB_ID")
         Segmenter.from_checkpoint(checkpoint, config=config).save_pretrained(model)

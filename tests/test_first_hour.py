@@ -398,3 +398,23 @@ def test_score_threshold_on_the_command_line(trained: dict, predicted: Path, tmp
     assert 0 < len(kept) < len(scores) and min(kept) >= threshold
     assert all(s["score"] >= threshold for r in cut.values() for s in r["panoptic"])
     assert sorted(kept) == sorted(s for s in scores if s >= threshold)
+
+
+def test_first_hour_script_picks_the_run_make_demo_trained_last(tmp_path: Path, monkeypatch):
+    """docs/first_hour.py without --model uses the demo recipe whose checkpoint is newest (the
+    default recipe's when none exists)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("first_hour", PROJECT_ROOT / "docs" / "first_hour.py")
+    first_hour = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(first_hour)
+    runs = [(tmp_path / name, tmp_path / f"{name}.yaml") for name in ("default", "other")]
+    monkeypatch.setattr(first_hour, "DEMO_RUNS", runs)
+    assert first_hour.demo_run() == runs[0]
+    for i, (run, _) in enumerate(runs[::-1]):  # "other" first, then "default": default is newest
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        os.utime(run / "checkpoints" / "last.ckpt", (1000 + i, 1000 + i))
+    assert first_hour.demo_run() == runs[0]
+    os.utime(runs[1][0] / "checkpoints" / "last.ckpt", (2000, 2000))
+    assert first_hour.demo_run() == runs[1]
