@@ -73,6 +73,11 @@ def _render(page: Path, tmp_path: Path) -> tuple[str, Path]:
     return out.stdout + out.stderr, shot
 
 
+def _pixels(image: np.ndarray, colour, tol: int = 3) -> int:
+    """How many pixels of ``image`` are within ``tol`` of ``colour`` in every channel."""
+    return int((np.abs(image.astype(int) - np.asarray(colour, dtype=int)).max(-1) <= tol).sum())
+
+
 def _console_errors(log: str) -> list[str]:
     return [line for line in log.splitlines() if "CONSOLE" in line and ("Uncaught" in line or "Error" in line)]
 
@@ -84,12 +89,29 @@ def test_report_renders_in_headless_chromium_without_console_errors(tmp_path: Pa
     bad.write_text("<html><body><script>throw new Error('boom');</script></body></html>")
     log, _ = _render(bad, tmp_path)
     assert _console_errors(log), log[-2000:]
-    page = _collector(tmp_path).write(tmp_path / "out", {"pq": 12.5})
+    collector = _collector(tmp_path)
+    Image.new("RGB", (64, 48), (128, 128, 128)).save(tmp_path / "a.png")  # flat: the overlays' colours stay flat
+    page = collector.write(tmp_path / "out", {"pq": 12.5})
     log, shot = _render(page, tmp_path)
     assert not _console_errors(log), _console_errors(log)
     assert shot.is_file()
     image = np.asarray(Image.open(shot).convert("RGB"))
     assert image.std() > 10  # not a blank page
+    # the screenshot shows the table (ViT-P's bars: #2a7 at opacity .35 on white), the confusion
+    # matrix (a full cell: rgb(40, 90, 200)) and the galleries (the most common vivid colour of the
+    # first embedded figure, at least as many pixels as in the figure itself)
+    assert _pixels(image, (0.35 * np.array([34, 170, 119]) + 0.65 * 255).round()) > 200, "no ViT-P bars"
+    assert _pixels(image, (40, 90, 200)) > 200, "no confusion matrix"
+    import base64
+    import io
+
+    data = re.search(r'src="data:image/png;base64,([^"]+)"', page.read_text()).group(1)
+    figure = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+    flat = figure.reshape(-1, 3).astype(int)
+    vivid = flat[flat.max(1) - flat.min(1) > 80]
+    colours, counts = np.unique(vivid, axis=0, return_counts=True)
+    colour = colours[counts.argmax()]
+    assert counts.max() > 100 and _pixels(image, colour) >= counts.max(), f"the gallery's {colour} is not shown"
     if os.environ.get("VITP_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["VITP_KEEP_SCREENSHOT"])
 
