@@ -423,3 +423,32 @@ def test_first_hour_script_picks_the_run_make_demo_trained_last(tmp_path: Path, 
     assert first_hour.demo_run() == runs[0]
     os.utime(runs[1][0] / "checkpoints" / "last.ckpt", (2000, 2000))
     assert first_hour.demo_run() == runs[1]
+
+
+def test_from_checkpoint_resolves_config_paths_against_the_config_file(trained: dict, tmp_path: Path):
+    """A training config kept beside its outputs (``ROOT/configs/x.yaml``, the proposer under
+    ``ROOT/outputs/...``) with the checkpoint copied elsewhere: from a third directory,
+    ``from_checkpoint`` finds the proposer from the config file's folder (and its parents) and gives
+    the segments of the original layout; hub ids and paths that exist are left alone."""
+    from vitp import Segmenter
+    from vitp.pretrained import resolve_config_paths
+
+    config = trained["workdir"] / "configs" / "x.yaml"
+    config.parent.mkdir(exist_ok=True)
+    shutil.copy(CONFIG, config)
+    ckpt = tmp_path / "shared" / "model.ckpt"
+    ckpt.parent.mkdir()
+    shutil.copy(trained["ckpt"], ckpt)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    os.chdir(other)
+    key = "--model.init_args.proposer.init_args.model"
+    assert resolve_config_paths([config], [ckpt.parent]) == []  # not found from the checkpoint alone
+    assert resolve_config_paths([config], [config.parent]) == [key, str(trained["workdir"] / PROPOSER_DIR)]
+    (other / "hub.yaml").write_text("model:\n  init_args:\n    proposer:\n      init_args:\n"
+                                    "        model: facebook/mask2former-swin-large-coco-panoptic\n")
+    assert resolve_config_paths([other / "hub.yaml"], [config.parent]) == []
+    image = sorted(trained["images"].iterdir())[0]
+    seg = Segmenter.from_checkpoint(ckpt, config=config, overrides=SMALL)
+    os.chdir(trained["workdir"])
+    assert seg(image).record == Segmenter.from_checkpoint(trained["ckpt"], config=CONFIG, overrides=SMALL)(image).record
