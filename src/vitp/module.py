@@ -47,6 +47,10 @@ class ViTPModule(L.LightningModule):
         tasks: tasks to post-process and evaluate.
         fusion_alpha: weight of the point classifier in the geometric ensemble (1 = alone).
         inference_top_k: points per proposal at inference (logits averaged).
+        inference_point_rule: which point(s) of each proposal the classifier reads at inference
+            (``vitp.point_rules``): ``argmax`` of the mask logits (the reference, default),
+            ``interior`` (distance-transform maximum), ``centroid`` (snapped into the mask) or
+            ``random`` (a mask cell; seeded). Training points are not affected.
         train_proposer: optimise the proposer with its own loss.
         train_classifier: optimise the point classifier.
         evaluate_variants: also evaluate the proposer's own classes when a classifier is set.
@@ -119,6 +123,7 @@ class ViTPModule(L.LightningModule):
         tasks: list[Task] | None = None,
         fusion_alpha: float = 0.4,
         inference_top_k: int = 1,
+        inference_point_rule: Literal["argmax", "interior", "centroid", "random"] = "argmax",
         keep_rule: Literal["objectness", "reference"] = "reference",
         keep_threshold: float = 0.5,
         no_object_points: bool = False,
@@ -209,7 +214,7 @@ class ViTPModule(L.LightningModule):
         self.pipeline = TwoStagePipeline(
             proposer, classifier, dataset_info.num_classes, dataset_info.thing_mask(), self.tasks,
             tuple(self.variant_names), fusion_alpha, no_object_points, inference_top_k,
-            self.postprocess_config, fuse_objectness, point_mask_components,
+            self.postprocess_config, fuse_objectness, point_mask_components, point_rule=inference_point_rule,
         )
         self._exporter: Any = None
         self._overlays: Any = None

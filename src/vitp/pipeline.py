@@ -22,7 +22,8 @@ from torch import nn
 
 from vitp.fusion import fuse_class_probs
 from vitp.classifiers.glimpse import PointMasks
-from vitp.proposal_points import match_segments, point_components, select_points, valid_region_logits
+from vitp.point_rules import PointRule, check_point_rule, select_points_by_rule
+from vitp.proposal_points import match_segments, point_components, valid_region_logits
 from vitp.postprocess import PostProcessConfig, UpsampledLogits, crop_and_resize, crop_logits, infer, resize_prediction
 from vitp.structures import Batch, Prediction, Proposals, Target
 
@@ -120,6 +121,10 @@ class TwoStagePipeline:
         point_mask_components: a mask-aware classifier reads each proposal cut to its connected part
             under the proposal's inference point (``vitp.proposal_points.point_components``), not
             the whole binarised proposal.
+        point_rule: which point(s) of each proposal the classifier reads (``vitp.point_rules``):
+            ``argmax`` of the mask logits (the reference; default), ``interior``, ``centroid`` or
+            ``random`` (seeded with ``point_seed``).
+        point_seed: seed of the ``random`` rule.
     """
 
     def __init__(
@@ -136,7 +141,10 @@ class TwoStagePipeline:
         config: PostProcessConfig = PostProcessConfig(),
         fuse_objectness: bool = True,
         point_mask_components: bool = True,
+        point_rule: PointRule = "argmax",
+        point_seed: int = 0,
     ) -> None:
+        check_point_rule(point_rule, inference_top_k)
         unknown = set(variants) - set(VARIANTS)
         if unknown:
             raise ValueError(f"unknown variants {sorted(unknown)}; expected some of {VARIANTS}")
@@ -152,6 +160,8 @@ class TwoStagePipeline:
         self.inference_top_k = inference_top_k
         self.config = config
         self.point_mask_components = point_mask_components
+        self.point_rule = point_rule
+        self.point_seed = point_seed
 
     def task_groups(self) -> list[tuple[str, ...]]:
         """Tasks that share one proposer pass (each task alone for task-conditioned proposers)."""
@@ -174,7 +184,9 @@ class TwoStagePipeline:
         frame = tuple(batch.images.shape[-2:])
         valid = batch.valid_tensor()
         chunks = [
-            select_points(p.mask_logits, valid, frame, k, p.valid_sizes).reshape(b, -1, 2) for p in proposals
+            select_points_by_rule(p.mask_logits, valid, frame, self.point_rule, k, p.valid_sizes,
+                                  self.point_seed).reshape(b, -1, 2)
+            for p in proposals
         ]
         if extra_points is not None:
             chunks.append(extra_points.to(batch.images.device, torch.float32))

@@ -30,6 +30,30 @@ def match_segments(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, 
     return (inter / union.clamp(min=1)).max(1)
 
 
+def valid_cells(
+    mask_logits: torch.Tensor,
+    valid_sizes: torch.Tensor | Sequence[Sequence[int]],
+    frame_size: tuple[int, int],
+    mask_valid_sizes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The valid region of each image in mask cells, ``float64[B, 2]``, and the mask cells whose
+    centre lies inside it, ``bool[B, h, w]`` (see :func:`select_points` for the arguments)."""
+    h, w = mask_logits.shape[-2:]
+    dev = mask_logits.device
+    if mask_valid_sizes is not None:
+        region = torch.as_tensor(mask_valid_sizes, device=dev).double()
+    else:
+        vs = torch.as_tensor(valid_sizes, device=dev).double()
+        H, W = frame_size
+        region = vs * torch.tensor([h / H, w / W], device=dev, dtype=torch.float64)
+    n_rows = (region[:, 0] - 0.5).ceil().clamp(1, h).long()  # cells with centre < region
+    n_cols = (region[:, 1] - 0.5).ceil().clamp(1, w).long()
+    ok = (torch.arange(h, device=dev)[None, :, None] < n_rows[:, None, None]) & (
+        torch.arange(w, device=dev)[None, None, :] < n_cols[:, None, None]
+    )
+    return region, ok
+
+
 def select_points(
     mask_logits: torch.Tensor,
     valid_sizes: torch.Tensor | Sequence[Sequence[int]],
@@ -44,20 +68,9 @@ def select_points(
     frame pixels, or ``mask_valid_sizes`` directly in mask cells) are candidates. Points are cell
     centres in the valid-region convention of this module, ordered by decreasing logit.
     """
-    B, Q, h, w = mask_logits.shape
-    dev = mask_logits.device
-    if mask_valid_sizes is not None:
-        region = torch.as_tensor(mask_valid_sizes, device=dev).double()
-    else:
-        vs = torch.as_tensor(valid_sizes, device=dev).double()
-        H, W = frame_size
-        region = vs * torch.tensor([h / H, w / W], device=dev, dtype=torch.float64)
-    n_rows = (region[:, 0] - 0.5).ceil().clamp(1, h).long()  # cells with centre < region
-    n_cols = (region[:, 1] - 0.5).ceil().clamp(1, w).long()
-    ok = (torch.arange(h, device=dev)[None, :, None] < n_rows[:, None, None]) & (
-        torch.arange(w, device=dev)[None, None, :] < n_cols[:, None, None]
-    )
-    if top_k > int((n_rows * n_cols).min()):
+    w = mask_logits.shape[-1]
+    region, ok = valid_cells(mask_logits, valid_sizes, frame_size, mask_valid_sizes)
+    if top_k > int(ok.flatten(1).sum(1).min()):
         raise ValueError(f"top_k={top_k} exceeds the number of valid mask cells")
     logits = mask_logits.masked_fill(~ok[:, None], float("-inf"))
     idx = logits.flatten(2).topk(top_k, dim=-1).indices  # [B, Q, k]
