@@ -452,3 +452,25 @@ def test_from_checkpoint_resolves_config_paths_against_the_config_file(trained: 
     seg = Segmenter.from_checkpoint(ckpt, config=config, overrides=SMALL)
     os.chdir(trained["workdir"])
     assert seg(image).record == Segmenter.from_checkpoint(trained["ckpt"], config=CONFIG, overrides=SMALL)(image).record
+
+
+def test_fit_export_pretrained_card_holds_the_measured_metrics(trained: dict, tmp_path: Path):
+    """A fit that validates writes the metrics it measured (and its training data) into the pretrained
+    folder's model card and manifest, the same values its checkpoint records (NaN, nothing to
+    measure, as null: the manifest stays valid JSON)."""
+    from vitp.checkpoint_heads import TRAINING_KEY, read_checkpoint
+
+    os.chdir(tmp_path)
+    vitp_in_process("fit", "--config", str(CONFIG), "--data.init_args.root", str(trained["data"]), *SMALL,
+                    "--model.init_args.proposer.init_args.model", str(trained["workdir"] / PROPOSER_DIR),
+                    "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches",
+                    "1", "--trainer.check_val_every_n_epoch", "1", "--trainer.logger", "false",
+                    "--export_pretrained", "measured")
+    recorded = read_checkpoint(tmp_path / RUN_DIR / "checkpoints" / "last.ckpt")[TRAINING_KEY]
+    manifest = json.loads((tmp_path / "measured" / "vitp_pretrained.json").read_text())["training"]
+    assert "val/pq" in recorded["metrics"] and any(np.isnan(v) for v in recorded["metrics"].values())
+    assert manifest["metrics"] == {k: None if np.isnan(v) else v for k, v in recorded["metrics"].items()}
+    assert manifest["data"]["root"] == str(trained["data"])
+    card = (tmp_path / "measured" / "README.md").read_text()
+    assert f"| val/pq | {recorded['metrics']['val/pq']:.4g} |" in card and str(trained["data"]) in card
+    assert "| nan |" not in card  # nothing to measure: "-"

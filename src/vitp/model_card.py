@@ -67,7 +67,7 @@ def model_card(module: Any, model: dict[str, Any], data_args: dict[str, Any], tr
     if metrics:
         lines += ["Measured by the run (the last logged values; `val/` on the validation split):", "",
                   "| metric | value |", "|---|---:|"]
-        lines += [f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items())]
+        lines += [f"| {k} | {'-' if v is None else f'{v:.4g}'} |" for k, v in sorted(metrics.items())]
     else:
         lines.append("None recorded.")
     lines += ["", "## Files", "",

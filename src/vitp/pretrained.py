@@ -30,6 +30,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -216,6 +217,10 @@ def save_pretrained(module: Any, datamodule: Any, config: dict[str, Any], direct
     training = dict(training or recorded)
     if metrics is not None:
         training["metrics"] = dict(metrics)
+    # metrics with nothing to measure (e.g. AP of a size range without objects) are NaN: null in
+    # the JSON (NaN is not JSON), "-" on the card
+    training["metrics"] = {str(k): (float(v) if v is not None and math.isfinite(float(v)) else None)
+                           for k, v in (training.get("metrics") or {}).items()}
     model, relative = _model_section(module, config, directory)
     data_args = {"label_space": LABEL_SPACE_FILE, "image_size": int(datamodule.image_size),
                  "size_divisor": int(datamodule.size_divisor), "pad_to_square": bool(datamodule.pad_to_square),
@@ -228,7 +233,7 @@ def save_pretrained(module: Any, datamodule: Any, config: dict[str, Any], direct
     (directory / LABEL_SPACE_FILE).write_text(json.dumps(label_space_to_dict(module.dataset_info), indent=2) + "\n")
     manifest = {"format": FORMAT, "version": 1, "relative_paths": relative + ["data.init_args.label_space"],
                 "training": training}
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
     from vitp.model_card import model_card
 
     (directory / "README.md").write_text(model_card(module, model, data_args, training))
