@@ -111,7 +111,8 @@ def cli(args: list[str] | None = None, run: bool = True) -> VitpCLI:
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point (``args`` defaults to the command line). ``vitp weights ...`` writes
-    pretrained weights (``vitp.weights.cli``); everything else is LightningCLI."""
+    pretrained weights (``vitp.weights.cli``), ``vitp study ...`` runs a study (``vitp.studies.cli``);
+    everything else is LightningCLI."""
     import sys
 
     argv = sys.argv[1:] if args is None else args
@@ -119,6 +120,10 @@ def main(args: list[str] | None = None) -> None:
         from vitp.weights.cli import main as weights_main
 
         sys.exit(weights_main(argv[1:]))
+    if argv[:1] == ["study"]:
+        from vitp.studies.cli import main as study_main
+
+        sys.exit(study_main(argv[1:]))
     cli(args)
 
 
