@@ -165,7 +165,8 @@ def budget_run(tiny_coco_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     os.chdir(out.parent)
     try:
         study("annotation-budget", "--config", CONFIG, "--out", str(out), "--sources", "fine", "box",
-              "--budgets", "2000", "--seeds", "0", "--", "--data.init_args.root", str(tiny_coco_root), *FAST)
+              "--budgets", "2000", "--seeds", "0", "--equal_steps", "2", "--", "--data.init_args.root",
+              str(tiny_coco_root), *FAST)
     finally:
         os.chdir(cwd)
     return out
@@ -197,6 +198,9 @@ def test_annotation_budget_study_writes_table_plot_and_commands(budget_run: Path
     assert commands.count("`vitp fit ") == 2 and commands.count("`vitp validate ") == 2
     assert "--data.init_args.max_train_samples " + rows["fine"]["images"] in commands
     assert "vitp.points.BoxSampler" in commands
+    assert commands.count("--trainer.max_steps 2 ") == 2  # --equal_steps
+    assert all(json.loads((budget_run / "cells" / c / "step0.json").read_text())["argv"][-1] == "0"
+               for c in ("fine_b2000_s0", "box_b2000_s0"))  # ... last, so it wins (limit_val_batches 0)
 
 
 def test_annotation_budget_study_resumes_without_recomputing(budget_run: Path, tiny_coco_root: Path,
@@ -209,7 +213,8 @@ def test_annotation_budget_study_resumes_without_recomputing(budget_run: Path, t
     monkeypatch.setattr(runner, "run_vitp", lambda argv: calls.append(list(argv)) or {})  # must not run
     monkeypatch.chdir(budget_run.parent)
     study("annotation-budget", "--config", CONFIG, "--out", str(budget_run), "--sources", "fine", "box",
-          "--budgets", "2000", "--seeds", "0", "--", "--data.init_args.root", str(tiny_coco_root), *FAST)
+          "--budgets", "2000", "--seeds", "0", "--equal_steps", "2", "--", "--data.init_args.root",
+          str(tiny_coco_root), *FAST)
     assert calls == [] and ckpt.stat().st_mtime_ns == before
     assert (budget_run / "commands.md").read_text().count("skipped (done earlier)") == 4
     assert len(read_rows(budget_run / "annotation_budget.csv")) == 2

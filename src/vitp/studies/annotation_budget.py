@@ -4,7 +4,9 @@ from different supervision sources (fine masks, coarse masks, boxes, clicks, mix
 Per (source, budget, seed) cell: the budget buys the first N training images at the source's cost
 (``vitp.studies.supervision``, ``vitp.studies.costs``), then ``vitp fit`` of the config with
 ``data.init_args.max_train_samples N`` and the source's point sampler, then ``vitp validate`` of
-its checkpoint. Everything else is the config's recipe (proposer, classifier, schedule). A budget
+its checkpoint. Everything else is the config's recipe (proposer, classifier, schedule);
+``equal_steps`` trains every cell for the same number of optimizer steps instead of the config's
+epochs (fewer images would otherwise also mean fewer steps). A budget
 that buys no image is reported as such (nothing trained); one that buys every image trains on all of
 them and reports the seconds actually spent.
 
@@ -43,6 +45,7 @@ class BudgetSettings:
     costs: str | None
     coarse_margin: int
     extra: Sequence[str]
+    equal_steps: int | None = None
 
 
 def run(settings: BudgetSettings, argv: Sequence[str]) -> list[dict[str, Any]]:
@@ -69,7 +72,10 @@ def run(settings: BudgetSettings, argv: Sequence[str]) -> list[dict[str, Any]]:
         sampler = json.dumps(sampler_config(source, points, settings.coarse_margin))
         extra = [*settings.extra, "--data.init_args.max_train_samples", str(n),
                  "--data.init_args.point_sampler", sampler]
-        fit = study.step(cell, 0, fit_args(settings.config, cell_dir, seed, extra))
+        steps = [] if settings.equal_steps is None else [
+            "--trainer.max_epochs", "-1", "--trainer.max_steps", str(settings.equal_steps),
+            "--trainer.limit_val_batches", "0"]
+        fit = study.step(cell, 0, fit_args(settings.config, cell_dir, seed, [*extra, *steps]))
         row.update(study.step(cell, 1, validate_args(settings.config, fit["checkpoint"], extra, cell_dir)))
         row["train_seconds"] = fit.get("seconds")
         rows.append(row)

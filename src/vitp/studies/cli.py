@@ -25,8 +25,11 @@ def parser() -> argparse.ArgumentParser:
     common(budget, "outputs/studies/annotation_budget")
     budget.add_argument("--sources", nargs="+", default=["fine", "coarse", "box", "clicks1", "fine:0.1+box:0.9"],
                         help="fine, coarse, box, clicksK, or mixtures such as fine:0.1+box:0.9")
-    budget.add_argument("--budgets", nargs="+", type=float, default=[3600.0, 14400.0, 57600.0],
-                        help="annotation budgets in seconds (default 1 h, 4 h, 16 h)")
+    budget.add_argument("--budgets", nargs="+", type=float, default=[1800.0, 7200.0, 28800.0],
+                        help="annotation budgets in seconds (default 0.5 h, 2 h, 8 h)")
+    budget.add_argument("--equal_steps", type=int, default=None,
+                        help="train every cell for this many optimizer steps (no validation during fit), so "
+                             "fewer images do not also mean less training; default: the config's epochs")
     budget.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     budget.add_argument("--costs", default=None, help="YAML/JSON overriding the cost table (vitp.studies.costs)")
     budget.add_argument("--coarse_margin", type=int, default=3, help="pixels each segment is eroded by (coarse)")
@@ -61,7 +64,7 @@ def main(argv: Sequence[str]) -> int:
         from vitp.studies.annotation_budget import BudgetSettings, run
 
         run(BudgetSettings(args.config, args.out, args.sources, args.budgets, args.seeds, args.costs,
-                           args.coarse_margin, extra), recorded)
+                           args.coarse_margin, extra, args.equal_steps), recorded)
         report = args.out / "annotation_budget.md"
     elif args.study == "point-assignment":
         from vitp.studies.point_assignment import PointSettings, run as run_points

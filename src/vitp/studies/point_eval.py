@@ -40,7 +40,7 @@ def build_model(config: str, ckpt: str, extra: Sequence[str]) -> tuple[Any, Any]
 
     args = ["--config", str(config), *extra, "--trainer.logger", "false", "--trainer.callbacks", "[]",
             "--trainer.enable_progress_bar", "false"]
-    with own_argv(args):
+    with own_argv():
         run = cli(args, run=False)
     model, datamodule = run.model, run.datamodule
     state = read_checkpoint(ckpt)

@@ -35,11 +35,11 @@ def command_line(argv: Sequence[str]) -> str:
 
 
 @contextlib.contextmanager
-def own_argv(argv: Sequence[str]) -> Iterator[None]:
-    """``sys.argv`` reads ``vitp ARGV`` while a command runs in this process (LightningCLI warns when
-    the process's own command line and its ``args`` differ)."""
+def own_argv() -> Iterator[None]:
+    """``sys.argv`` is just ``["vitp"]`` while ``vitp ARGV`` runs in this process through ``args``
+    (LightningCLI warns when a process's own command line holds arguments besides ``args``)."""
     saved = sys.argv
-    sys.argv = ["vitp", *argv]
+    sys.argv = ["vitp"]
     try:
         yield
     finally:
@@ -51,7 +51,7 @@ def run_vitp(argv: Sequence[str]) -> dict[str, Any]:
     ``fit``, the path of its last (else best) checkpoint as ``checkpoint``."""
     from vitp.cli import cli
 
-    with own_argv(argv):
+    with own_argv():
         run = cli(list(argv))
     trainer = run.trainer
     out: dict[str, Any] = {}
