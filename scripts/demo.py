@@ -44,6 +44,10 @@ class Recipe:
     needs_weights: bool
 
     @property
+    def pretrained_dir(self) -> Path:  # the shareable folder (Segmenter.from_pretrained), written by stage 2
+        return self.run_dir / "pretrained"
+
+    @property
     def checkpoint(self) -> Path:
         return self.run_dir / "checkpoints" / "last.ckpt"
 
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     if recipe.needs_weights:
         ensure_weights(workdir)
     vitp(workdir, "fit", "--config", proposer_cfg, *data, *quick, *args.overrides)
-    vitp(workdir, "fit", "--config", vitp_cfg, *data, *quick, *args.overrides)
+    vitp(workdir, "fit", "--config", vitp_cfg, *data, *quick, *args.overrides,
+         "--export_pretrained", str(recipe.pretrained_dir))
     vitp(workdir, "test", "--config", vitp_cfg, *data, *(["--trainer.limit_test_batches", "1"] if args.quick else []),
          *args.overrides, "--model.init_args.export_dir", str(export), "--ckpt_path", str(recipe.checkpoint))
     metrics = json.loads((workdir / export / "metrics.json").read_text())
@@ -121,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nunder {workdir}:")
     print(f"  proposer (save_pretrained):  {recipe.proposer_dir}")
     print(f"  ViT-P checkpoints:           {recipe.checkpoint.parent}")
+    print(f"  pretrained folder:           {recipe.pretrained_dir}  (vitp.Segmenter.from_pretrained)")
     print(f"  logs (TensorBoard + CSV):    {OUT}/*/lightning_logs")
     print(f"  predictions + metrics.json:  {export}")
     print(f"  report:                      {export}/report.html")

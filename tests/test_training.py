@@ -67,6 +67,8 @@ def test_demo_quick(tmp_path: Path):
                            "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "proposer + ViT-P" in proc.stdout
+    # stage 2 also writes the shareable folder (Segmenter.from_pretrained)
+    assert (tmp_path / "outputs" / "synthetic" / "vitp_tiny_mask2former" / "pretrained" / "vitp_config.yaml").is_file()
 
 
 def test_predict_on_image_folder_writes_pngs_json_and_overlays(tiny_coco_root: Path, tmp_path: Path, monkeypatch):
