@@ -263,15 +263,26 @@ class TwoStagePipeline:
         size (nearest neighbour)."""
         config = self.config if score_threshold is None else replace(self.config, score_threshold=score_threshold)
         variants = self.variants if variants is None else tuple(v for v in variants if v in self.variants)
-        groups = self.task_groups()
-        proposals = [self.propose(batch, tasks[0]) for tasks in groups]
-        point_logits: list[torch.Tensor | None] = [None] * len(groups)
+        proposals = [self.propose(batch, tasks[0]) for tasks in self.task_groups()]
+        point_logits: list[torch.Tensor | None] = [None] * len(proposals)
         extra = None
         if self.classifier is not None and ("vitp" in variants or extra_points is not None):
             point_logits, extra = self.classify(batch, proposals, extra_points, extra_point_masks)
+        predictions = self.postprocess(batch, proposals, point_logits, variants, config, max_image_side)
+        return PipelineOutput(predictions, extra)
+
+    def postprocess(
+        self, batch: Batch, proposals: list[Proposals], point_logits: list[torch.Tensor | None],
+        variants: tuple[str, ...], config: PostProcessConfig | None = None, max_image_side: int | None = None,
+    ) -> dict[str, list[Prediction]]:
+        """Predictions of ``variants`` from given proposals (one per task group) and their point
+        logits (``classify``; None where there are none): class probabilities per variant, then the
+        post-processing of every image at its original size (or capped at ``max_image_side`` and
+        mapped back). ``__call__`` is ``propose`` + ``classify`` + this."""
+        config = self.config if config is None else config
         # per variant, per image: task -> result, filled group by group
         results: dict[str, list[dict[str, object]]] = {}
-        for tasks, props, logits in zip(groups, proposals, point_logits):
+        for tasks, props, logits in zip(self.task_groups(), proposals, point_logits):
             probs = self.variant_probs(props, logits, variants)
             for i, target in enumerate(batch.targets):
                 size = capped_size(tuple(target.orig_size), max_image_side)
@@ -288,5 +299,4 @@ class TwoStagePipeline:
                         pred = resize_prediction(pred, tuple(target.orig_size))
                     per_image = results.setdefault(name, [{} for _ in batch.targets])[i]
                     per_image.update({t: getattr(pred, t) for t in tasks})
-        predictions = {name: [Prediction(**r) for r in per_image] for name, per_image in results.items()}
-        return PipelineOutput(predictions, extra)
+        return {name: [Prediction(**r) for r in per_image] for name, per_image in results.items()}

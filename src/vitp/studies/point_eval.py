@@ -4,16 +4,15 @@ checkpoint, and per rule the metrics of the pipeline's own post-processing on sh
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from vitp.pipeline import lazy_logits, oracle_class_probs, original_size_logits
+from vitp.pipeline import original_size_logits
 from vitp.point_rules import POINT_RULES, check_point_rule, select_points_by_rule
-from vitp.postprocess import infer
 from vitp.proposal_points import match_segments
-from vitp.structures import Batch, Prediction, Proposals
+from vitp.structures import Batch, Proposals
 
 SIZES = (("small", 0, 32**2), ("medium", 32**2, 96**2), ("large", 96**2, float("inf")))
 """COCO's object-size ranges (area in pixels of the original image)."""
@@ -50,20 +49,6 @@ def build_model(config: str, ckpt: str, extra: Sequence[str]) -> tuple[Any, Any]
     datamodule.val_points = False
     datamodule.setup("validate")
     return model, datamodule
-
-
-def postprocess(model: Any, batch: Batch, proposals: Sequence[Proposals],
-                probs_of: Callable[[int, int, Any], torch.Tensor]) -> list[Prediction]:
-    """The pipeline's post-processing (as in validation: original size) with class probabilities
-    ``probs_of(group, image, mask_logits)``."""
-    pipe = model.pipeline
-    results: list[dict[str, Any]] = [{} for _ in batch.targets]
-    for g, (tasks, props) in enumerate(zip(pipe.task_groups(), proposals)):
-        for i, target in enumerate(batch.targets):
-            logits = lazy_logits(props, batch, i, tuple(target.orig_size))
-            pred = infer(logits, probs_of(g, i, logits), pipe.is_thing, tasks, pipe.config)
-            results[i].update({t: getattr(pred, t) for t in tasks})
-    return [Prediction(**r) for r in results]
 
 
 def match_proposals(batch: Batch, proposals: Proposals) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -130,24 +115,21 @@ class RuleEval:
         logits, _ = pipe.classify(batch, proposals)  # chooses the points again, then classifies
         self.select_seconds += middle - start
         self.classify_seconds += max(0.0, time.perf_counter() - middle - (middle - start))
-        probs = [pipe.variant_probs(p, lg, ("vitp",))["vitp"] for p, lg in zip(proposals, logits)]
-        self.metrics[self.name].update(postprocess(self.model, batch, proposals, lambda g, i, _: probs[g][i]),
+        self.metrics[self.name].update(pipe.postprocess(batch, list(proposals), logits, ("vitp",))["vitp"],
                                        batch.targets)
-        self._count(self.name, matches, batch, probs[0])
+        self._count(self.name, matches, batch, pipe.variant_probs(proposals[0], logits[0], ("vitp",))["vitp"])
         self.images += len(batch)
 
     def update_references(self, batch: Batch, proposals: Sequence[Proposals],
                           matches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """The proposer's own classes and oracle classes on the same proposals."""
-        num_classes = self.model.dataset_info.num_classes
+        pipe = self.model.pipeline
+        variants = tuple(self.metrics)  # ("proposer",) "oracle"
+        predictions = pipe.postprocess(batch, list(proposals), [None] * len(proposals), variants)
+        for variant in variants:
+            self.metrics[variant].update(predictions[variant], batch.targets)
         if "proposer" in self.metrics:
-            probs = [p.class_logits.float().softmax(-1) for p in proposals]
-            self.metrics["proposer"].update(postprocess(self.model, batch, proposals, lambda g, i, _: probs[g][i]),
-                                            batch.targets)
-            self._count("proposer", matches, batch, probs[0])
-        oracle = postprocess(self.model, batch, proposals,
-                             lambda g, i, logits: oracle_class_probs(logits, batch.targets[i], num_classes))
-        self.metrics["oracle"].update(oracle, batch.targets)
+            self._count("proposer", matches, batch, pipe.variant_probs(proposals[0], None, ("proposer",))["proposer"])
         self.images += len(batch)
 
     def row(self, variant: str | None = None) -> dict[str, Any]:
@@ -175,4 +157,4 @@ def reference_rows(refs: RuleEval) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["POINT_RULES", "RuleEval", "build_model", "match_proposals", "parse_rule", "postprocess", "reference_rows"]
+__all__ = ["POINT_RULES", "RuleEval", "build_model", "match_proposals", "parse_rule", "reference_rows"]
