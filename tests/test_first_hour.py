@@ -474,3 +474,24 @@ def test_fit_export_pretrained_card_holds_the_measured_metrics(trained: dict, tm
     card = (tmp_path / "measured" / "README.md").read_text()
     assert f"| val/pq | {recorded['metrics']['val/pq']:.4g} |" in card and str(trained["data"]) in card
     assert "| nan |" not in card  # nothing to measure: "-"
+
+
+def test_checkpoint_paths_prefer_the_checkpoints_own_run(tmp_path: Path, monkeypatch):
+    """A relative path of the config found both beside the checkpoint's run and beside the config
+    (e.g. `make demo`'s proposer in the repository) resolves to the checkpoint's own run."""
+    from vitp.pretrained import checkpoint_overrides
+
+    rel = "outputs/synthetic/proposer/hf_model"
+    config = tmp_path / "repo" / "configs" / "vitp.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f"model:\n  init_args:\n    proposer:\n      init_args:\n        model: {rel}\n")
+    for root in ("repo", "run"):
+        (tmp_path / root / rel).mkdir(parents=True)
+    ckpt = tmp_path / "run" / "outputs" / "synthetic" / "vitp" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    extra = checkpoint_overrides([config], ckpt, {}, [])
+    assert extra == ["--model.init_args.proposer.init_args.model", str((tmp_path / "run" / rel).resolve())]
+    (tmp_path / "run" / rel).rmdir()  # not beside the checkpoint: the config's folder (or its parents)
+    extra = checkpoint_overrides([config], ckpt, {}, [])
+    assert extra == ["--model.init_args.proposer.init_args.model", str((tmp_path / "repo" / rel).resolve())]

@@ -136,11 +136,13 @@ def _data_class(configs: Sequence[str | os.PathLike], overrides: Sequence[str]) 
 def checkpoint_overrides(configs: Sequence[str | os.PathLike], ckpt_path: str | os.PathLike,
                          checkpoint: dict[str, Any], overrides: Sequence[str]) -> list[str]:
     """Extra ``vitp`` arguments for ``Segmenter.from_checkpoint``: config paths resolved next to the
-    config files and the checkpoint, and the checkpoint's own label space (when it stores one and
+    checkpoint (its own run first) and then the config files, and the checkpoint's own label space (when it stores one and
     the data module takes ``label_space``)."""
     from vitp.data.datamodule import SegmentationDataModule
 
-    anchors = [Path(c).parent for c in configs] + [Path(ckpt_path).parent]
+    # the checkpoint's own run first: a config's folder (e.g. the repository) may hold another run's
+    # files under the same relative path (make demo's proposer beside a test's own)
+    anchors = [Path(ckpt_path).parent] + [Path(c).parent for c in configs]
     extra = resolve_config_paths(configs, anchors)
     data_class = _data_class(configs, overrides)
     given = any(a.startswith("--data.init_args.label_space") for a in overrides)
