@@ -140,7 +140,7 @@ class Segmenter:
 
         ``config``: the training YAML (or several, applied in order); it says how to build the
         proposer (e.g. where its saved weights are: a relative path missing from the working
-        directory is looked up next to the config file and the checkpoint, and their parents) and
+        directory is looked up next to the checkpoint, then the config file, and their parents) and
         the classifier; its data section gives the evaluation transform. The label space is the
         checkpoint's when it stores one (no dataset needed), else the data section's.
         ``overrides``: more ``vitp`` arguments (``["--data.init_args.root", "/data/coco"]``).
