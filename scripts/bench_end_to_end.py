@@ -36,7 +36,7 @@ than wall time) and of the summed wall time, and ratios of CPU times (wall-time 
         --ckpt /tmp/fresh/outputs/synthetic/vitp_tiny_mask2former/checkpoints/last.ckpt \\
         --data-root /tmp/fresh/data/generated/synthetic_coco
 
-Arguments after ``--`` go to ``vitp`` as overrides (e.g. ``-- --model.init_args.inference_top_k 5``).
+Arguments after ``--`` go to ``vitp`` as overrides (e.g. ``-- --model.init_args.inference.top_k 5``).
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     with torch.inference_mode():
         for batch in batches:
             props = pipe.propose(batch, task)
-            n_points.append(props.mask_logits.shape[1] * pipe.inference_top_k)
+            n_points.append(props.mask_logits.shape[1] * pipe.settings.top_k)
             valid = batch.valid_tensor()
             logits = pipe.classify(batch, [props])[0][0]
             preds = pipe(batch, variants=("proposer", "vitp")).predictions

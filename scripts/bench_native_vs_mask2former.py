@@ -7,8 +7,8 @@ test split of the data module (the generated dataset's val split):
 * **class-agnostic mask recall**: the fraction of ground-truth segments (crowd excluded) that some
   proposal matches at IoU > 0.5. The proposals are the ones the evaluation pass itself produces
   (a forward hook on the proposer inside ``trainer.test``), binarised as everywhere in vitp
-  (mask logit > 0 at the original image size, ``vitp.pipeline.original_size_logits``), matched by
-  ``vitp.proposal_points.match_segments``; split into thing and stuff segments;
+  (mask logit > 0 at the original image size, ``vitp.proposal_geometry.original_size_logits``), matched by
+  ``vitp.proposal_geometry.match_segments``; split into thing and stuff segments;
 * **PQ with oracle classes**, **PQ with ViT-P classes** and PQ of the proposer alone: one
   ``trainer.test`` pass of the package's own evaluation (``ViTPModule`` + ``TwoStagePipeline``,
   metrics ``test/pq_oracle``, ``test/pq``, ``test/pq_proposer``) with the stage-2 config
@@ -71,7 +71,7 @@ class ProposalRecall(L.Callback):
             self.pending = [output]
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        from vitp.pipeline import original_size_logits
+        from vitp.proposal_geometry import original_size_logits
 
         proposals, self.pending = self.pending[0], []
         for i, target in enumerate(batch.targets):
@@ -80,7 +80,7 @@ class ProposalRecall(L.Callback):
 
     def update(self, pred: torch.Tensor, target) -> None:
         """``pred bool[Q, P]``: one image's binarised proposals on the pixels of ``target.segments``."""
-        from vitp.proposal_points import match_segments
+        from vitp.proposal_geometry import match_segments
 
         self.images += 1
         self.proposals += pred.shape[0]

@@ -57,7 +57,7 @@ def main() -> None:
             train_s = time.time() - start
         export = run_dir / "test"
         vitp(workdir, "test", "--config", str(args.config.resolve()), *overrides, *extra, "--ckpt_path",
-             str(run_dir / "ckpt" / "last.ckpt"), "--model.init_args.export_dir", str(export),
+             str(run_dir / "ckpt" / "last.ckpt"), "--model.init_args.output.export_dir", str(export),
              "--trainer.enable_progress_bar", "false")
         m = json.loads((export / "metrics.json").read_text())
         accs = [last_val_point_acc(run_dir, key) for key in ("val/point_acc", "val/point_acc_thing", "val/point_acc_stuff")]

@@ -9,7 +9,7 @@ times are medians of CPU time (and of wall time, in brackets). Printed as ratios
 * ``one_way kK``: ``PointViT`` with fast one-way attention, points joining at block K
   (``point_start_block``); K = 0 is the paper's setting (points run every block).
 * ``masked k0``: the previous one-way implementation (keys [patches ; all points] with a P x P
-  identity mask, ``vit_ops.masked_one_way_attention``), on the same cache.
+  identity mask, ``tests/reference_attention.py``), on the same cache.
 * ``full k0``: reference-style full attention over [points ; patches].
 
 Memory: the peak increase while the call runs. On CUDA ``torch.cuda.max_memory_allocated``; on CPU
@@ -28,12 +28,16 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from vitp.classifiers import PatchCache, PointViT
-from vitp.classifiers.vit_ops import _attn_out, _dropout_p, _mlp_branch, _qkv, masked_one_way_attention
+from vitp.classifiers.vit_ops import _attn_out, _dropout_p, _mlp_branch, _qkv
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference_attention import masked_one_way_attention  # noqa: E402  (the tests' reference)
 
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 

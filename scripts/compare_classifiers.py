@@ -60,8 +60,8 @@ def main() -> None:
         for test_name, top_k in tests:
             export = run_dir / f"test_top{top_k}"
             vitp(workdir, "test", "--config", str(CONFIG), *overrides, *extra, "--ckpt_path",
-                 str(run_dir / "ckpt" / "last.ckpt"), "--model.init_args.inference_top_k", str(top_k),
-                 "--model.init_args.export_dir", str(export), "--trainer.enable_progress_bar", "false")
+                 str(run_dir / "ckpt" / "last.ckpt"), "--model.init_args.inference.top_k", str(top_k),
+                 "--model.init_args.output.export_dir", str(export), "--trainer.enable_progress_bar", "false")
             m = json.loads((export / "metrics.json").read_text())
             rows.append((name, test_name, last_val_point_acc(run_dir), m["pq"], m["miou"], m["map"], train_s))
     print("\n| variant | inference point | val point acc | PQ | mIoU | AP | train time (s) |")

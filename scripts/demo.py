@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     vitp(workdir, "fit", "--config", vitp_cfg, *data, *quick, *args.overrides,
          "--export_pretrained", str(recipe.pretrained_dir))
     vitp(workdir, "test", "--config", vitp_cfg, *data, *(["--trainer.limit_test_batches", "1"] if args.quick else []),
-         *args.overrides, "--model.init_args.export_dir", str(export), "--ckpt_path", str(recipe.checkpoint))
+         *args.overrides, "--model.init_args.output.export_dir", str(export), "--ckpt_path", str(recipe.checkpoint))
     metrics = json.loads((workdir / export / "metrics.json").read_text())
     result = table(metrics)
     (workdir / OUT / "demo_results.md").write_text(result + "\n")

@@ -305,9 +305,9 @@ def test_fit_and_predict_skip_broken_files_and_log_the_count(tree: Path, tmp_pat
                "64", "--data.init_args.num_workers", "0", "--data.init_args.eval_batch_size", "2",
                "--model.init_args.proposer.init_args.preset", "tiny", "--data.init_args.path", str(images)]
     with pytest.warns(RuntimeWarning, match=r"skipped a predict sample: .*broken.jpg: cannot read image file"):
-        vitp_in_process(*predict, "--data.init_args.on_bad_sample", "skip", "--model.init_args.export_dir",
+        vitp_in_process(*predict, "--data.init_args.on_bad_sample", "skip", "--model.init_args.output.export_dir",
                         str(tmp_path / "pred"))
     written = sorted(p.stem for p in (tmp_path / "pred" / "panoptic").iterdir())
     assert written == sorted(p.stem for p in images.iterdir() if p.name != "broken.jpg")
     with pytest.raises(DatasetError, match=r"broken.jpg: cannot read image file"):
-        vitp_in_process(*predict, "--model.init_args.export_dir", str(tmp_path / "pred2"))
+        vitp_in_process(*predict, "--model.init_args.output.export_dir", str(tmp_path / "pred2"))

@@ -3,9 +3,9 @@
 tests/data/checkpoint_v0 was made with vitp at commit 24648e6 (see its README)::
 
     env PYTHONPATH=<checkout of 24648e6>/src vitp fit  $ARGS --trainer.max_epochs 2 \
-        --trainer.check_val_every_n_epoch 2 --trainer.limit_val_batches 1 --model.init_args.warmup_steps 1
+        --trainer.check_val_every_n_epoch 2 --trainer.limit_val_batches 1 --model.init_args.optimization.warmup_steps 1
     env PYTHONPATH=<checkout of 24648e6>/src vitp test $ARGS --ckpt_path oracle_tiny.ckpt \
-        --model.init_args.export_dir export    # -> metrics_v0.json
+        --model.init_args.output.export_dir export    # -> metrics_v0.json
 
     ARGS = --config configs/synthetic/vitp/tiny_oracle_masks.yaml --data.init_args.root <tiny_coco_root>
            --data.init_args.image_size 112 --data.init_args.num_workers 0 --data.init_args.batch_size 4
@@ -40,7 +40,7 @@ def test_checkpoint_from_before_the_refactor_gives_the_same_metrics(tiny_coco_ro
         "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "4",
         "--data.init_args.eval_batch_size", "4", "--trainer.enable_progress_bar", "false",
         "--trainer.logger", "false", "--config", str(DATA / "tiny.yaml"),
-        "--ckpt_path", str(DATA / "oracle_tiny.ckpt"), "--model.init_args.export_dir", str(export))
+        "--ckpt_path", str(DATA / "oracle_tiny.ckpt"), "--model.init_args.output.export_dir", str(export))
     expected = json.loads((DATA / "metrics_v0.json").read_text())
     got = json.loads((export / "metrics.json").read_text())
     assert set(expected) <= set(got)

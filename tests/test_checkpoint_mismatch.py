@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from test_module import INFO
 from test_nonfinite import fit, point_batch
+from vitp.settings import OptimizerSettings
 from vitp.checkpoint_heads import reconcile_head_shapes
 from vitp.classifiers import PointViT
 from vitp.module import ViTPModule
@@ -29,7 +30,7 @@ def parts(info: DatasetInfo = INFO4, **kwargs) -> dict:
 @pytest.fixture(scope="module")
 def three_class_ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A Lightning checkpoint (optimizer state included) of a 3-class module after one step."""
-    module = ViTPModule(**parts(INFO, lr=1e-3))
+    module = ViTPModule(**parts(INFO, optimization=OptimizerSettings(lr=1e-3)))
     trainer = fit(module, [point_batch()])
     path = tmp_path_factory.mktemp("ckpt") / "three.ckpt"
     trainer.save_checkpoint(path)
@@ -66,7 +67,7 @@ def test_reinit_refuses_to_resume_a_fit(three_class_ckpt):
     trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="resumes the optimizer too"):
-        trainer.fit(ViTPModule(**parts(lr=1e-3, reinit_heads_on_mismatch=True)),
+        trainer.fit(ViTPModule(**parts(optimization=OptimizerSettings(lr=1e-3), reinit_heads_on_mismatch=True)),
                     DataLoader([point_batch()], batch_size=None, collate_fn=lambda b: b), ckpt_path=path)
 
 

@@ -115,7 +115,8 @@ def test_slurm_fragment_gives_lightning_requeue_environment(tiny_coco_root: Path
 @pytest.mark.parametrize("class_path", _class_paths("model"))
 def test_model_help(class_path: str):
     model_help = vitp_in_process("fit", "--model.help", class_path)
-    assert "--model.proposer" in model_help and "--model.export_dir" in model_help
+    assert "--model.proposer" in model_help and "--model.output.export_dir" in model_help
+    assert "--model.point_supervision" in model_help and "--model.inference.fusion_alpha" in model_help
 
 
 @pytest.mark.parametrize("class_path", _class_paths("data"))
@@ -147,7 +148,7 @@ def oracle_metrics(root: Path, tmp_path: Path, in_process: bool) -> dict[str, fl
     export = tmp_path / "export"
     args = ("test", "--config", str(PROJECT_ROOT / "configs/coco/panoptic/oracle.yaml"),
             "--data.init_args.root", str(root), "--data.init_args.num_workers", "0",
-            "--model.init_args.export_dir", str(export))
+            "--model.init_args.output.export_dir", str(export))
     if in_process:
         vitp_in_process(*args)
     else:

@@ -45,7 +45,7 @@ def test_coco_vitp_config_offline(name: str, coco_sample_root: Path, tmp_path: P
         "--model.init_args.classifier.init_args.checkpoint_path", str(ckpt),
         "--model.init_args.classifier.init_args.image_size", "126",
         "--model.init_args.classifier.init_args.model_kwargs", json.dumps(vit_kwargs),
-        "--model.init_args.export_dir", str(export),
+        "--model.init_args.output.export_dir", str(export),
     )
     metrics = json.loads((export / "metrics.json").read_text())
     for key in ("pq", "pq_proposer", "pq_oracle", "miou", "map"):

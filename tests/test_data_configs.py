@@ -72,7 +72,7 @@ def test_dataset_config_one_batch_fit_and_test(name: str, roots: dict[str, Path]
     overrides = tiny_hub_models(tmp_path, list(info.class_names))
     vitp_in_process("fit", *config, *FAST, *overrides)
     export = tmp_path / "export"
-    vitp_in_process("test", *config, *FAST, *overrides, "--model.init_args.export_dir", str(export))
+    vitp_in_process("test", *config, *FAST, *overrides, "--model.init_args.output.export_dir", str(export))
     metrics = json.loads((export / "metrics.json").read_text())
     assert "miou" in metrics and ("pq" in metrics) == ("panoptic" in name)
 
@@ -82,7 +82,7 @@ def test_cityscapes_oracle_is_perfect_at_full_resolution(roots: dict[str, Path],
     export = tmp_path / "export"
     vitp_in_process("test", "--config", str(CONFIGS / "cityscapes/panoptic/oracle.yaml"),
                     "--data.init_args.root", str(roots["cityscapes"]), "--data.init_args.eval_image_size", "48",
-                    "--data.init_args.num_workers", "0", "--model.init_args.export_dir", str(export))
+                    "--data.init_args.num_workers", "0", "--model.init_args.output.export_dir", str(export))
     metrics = json.loads((export / "metrics.json").read_text())
     for key in ("pq", "pq_th", "pq_st", "miou", "map"):
         assert metrics[key] == pytest.approx(100.0), (key, metrics)
@@ -101,5 +101,5 @@ def test_custom_coco_format_config_with_boxes(roots: dict[str, Path], tmp_path: 
               "--model.init_args.classifier.init_args.image_size", "48"]
     vitp_in_process("fit", *config, *FAST)
     export = tmp_path / "export"
-    vitp_in_process("test", *config, *FAST, "--model.init_args.export_dir", str(export))
+    vitp_in_process("test", *config, *FAST, "--model.init_args.output.export_dir", str(export))
     assert {"pq", "miou", "map"} <= set(json.loads((export / "metrics.json").read_text()))

@@ -32,9 +32,9 @@ def test_ddp_test_equals_single_process(tiny_coco_root: Path, tmp_path: Path, mo
         "--model.init_args.proposer.init_args.drop", "0.2",
     ]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    vitp_in_process(*common, "--trainer.devices", "1", "--model.init_args.export_dir", str(single))
+    vitp_in_process(*common, "--trainer.devices", "1", "--model.init_args.output.export_dir", str(single))
     run_vitp(*common, "--trainer.devices", "2", "--trainer.strategy", "ddp",
-             "--model.init_args.export_dir", str(ddp), cwd=tmp_path)
+             "--model.init_args.output.export_dir", str(ddp), cwd=tmp_path)
     m1 = json.loads((single / "metrics.json").read_text())
     m2 = json.loads((ddp / "metrics.json").read_text())
     assert m1["pq"] < 100.0  # the noise makes double counting visible
@@ -78,7 +78,7 @@ def test_ddp_fit_then_test_equals_single_process(tiny_coco_root: Path, tmp_path:
         "--model.init_args.tasks", "[panoptic, semantic, instance]", "--trainer.accelerator", "cpu",
         "--trainer.enable_progress_bar", "false",
     ]
-    fit = ["--model.init_args.warmup_steps", "2", "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
+    fit = ["--model.init_args.optimization.warmup_steps", "2", "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
            "--trainer.log_every_n_steps", "1"]
     runs = {"single": ["--trainer.devices", "1", "--data.init_args.batch_size", "4"],
             "ddp": ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.init_args.batch_size", "2"]}
@@ -92,7 +92,7 @@ def test_ddp_fit_then_test_equals_single_process(tiny_coco_root: Path, tmp_path:
         rows = (cwd / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
         header = rows[0].split(",")
         val[name] = [dict(zip(header, r.split(","))) for r in rows[1:]]
-        _vitp(cwd, "test", *common, *devices, "--ckpt_path", str(ckpt), "--model.init_args.export_dir",
+        _vitp(cwd, "test", *common, *devices, "--ckpt_path", str(ckpt), "--model.init_args.output.export_dir",
               str(cwd / "export"), "--trainer.default_root_dir", str(cwd / "test"))
         metrics[name] = json.loads((cwd / "export" / "metrics.json").read_text())
     for key, value in weights["single"].items():

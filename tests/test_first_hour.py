@@ -32,7 +32,7 @@ RUN_DIR = Path("outputs/synthetic/vitp_tiny_mask2former")  # the config's defaul
 BIN = Path(sys.executable).parent
 SMALL = ["--data.init_args.image_size", "64", "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "4",
          "--data.init_args.eval_batch_size", "2", "--model.init_args.classifier.init_args.image_size", "64",
-         "--model.init_args.keep_threshold", "0.0", "--model.init_args.overlap_threshold", "0.0",
+         "--model.init_args.inference.keep_threshold", "0.0", "--model.init_args.inference.overlap_threshold", "0.0",
          "--trainer.accelerator", "cpu"]
 CHATTER = ("Seed set", "GPU available", "TPU available", "Tip:", "LightningCLI's args parameter", "litlogger",
            "Loading weights")
@@ -145,7 +145,7 @@ def _predict(trained: dict, out: Path | None, *extra: str) -> str:
     os.chdir(trained["workdir"])
     args = ["predict", "--config", str(CONFIG), "--ckpt_path", str(trained["ckpt"]), *SMALL,
             "--data.init_args.path", str(trained["images"]), *extra]
-    return vitp_in_process(*args, *([] if out is None else ["--model.init_args.export_dir", str(out)]))
+    return vitp_in_process(*args, *([] if out is None else ["--model.init_args.output.export_dir", str(out)]))
 
 
 def _segments(out: Path) -> dict[str, dict]:
@@ -391,13 +391,13 @@ def test_readme_names_exactly_the_files_predict_writes(trained: dict, predicted:
 
 
 def test_score_threshold_on_the_command_line(trained: dict, predicted: Path, tmp_path: Path):
-    """`vitp predict --model.init_args.score_threshold T` keeps only segments and instances scoring
+    """`vitp predict --model.init_args.output.score_threshold T` keeps only segments and instances scoring
     at least T (the default, 0, keeps all)."""
     everything = _segments(predicted)
     scores = [i["score"] for r in everything.values() for i in r["instances"]]
     threshold = float(np.median(scores))
     out = tmp_path / "cut"
-    _predict(trained, out, "--model.init_args.score_threshold", str(threshold))
+    _predict(trained, out, "--model.init_args.output.score_threshold", str(threshold))
     cut = _segments(out)
     kept = [i["score"] for r in cut.values() for i in r["instances"]]
     assert 0 < len(kept) < len(scores) and min(kept) >= threshold

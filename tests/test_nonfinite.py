@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from test_module import tiny_module
 from vitp.nonfinite import NonFiniteLossError
+from vitp.settings import OptimizerSettings
 from vitp.structures import Batch, Target
 
 
@@ -32,7 +33,7 @@ def fit(module, batches: list[Batch], **trainer_kwargs) -> L.Trainer:
 
 
 def test_nonfinite_loss_stops_naming_step_epoch_batch_and_term():
-    module = tiny_module(lr=1e-3)
+    module = tiny_module(optimization=OptimizerSettings(lr=1e-3))
     with pytest.raises(NonFiniteLossError) as err:
         fit(module, [point_batch(), point_batch(nan=True)])
     message = str(err.value)
@@ -42,7 +43,7 @@ def test_nonfinite_loss_stops_naming_step_epoch_batch_and_term():
 
 @pytest.mark.parametrize("clip", [None, 1.0])
 def test_skip_leaves_parameters_unchanged_and_counts(clip):
-    module = tiny_module(lr=1e-3, on_nonfinite_loss="skip")
+    module = tiny_module(optimization=OptimizerSettings(lr=1e-3, on_nonfinite_loss="skip"))
     before = {k: v.clone() for k, v in module.state_dict().items()}
     with pytest.warns(RuntimeWarning, match="skipping the optimizer step: non-finite training loss at global step 1"):
         trainer = fit(module, [point_batch(nan=True)] * 2, gradient_clip_val=clip)

@@ -31,7 +31,7 @@ def test_exported_predictions_score_the_same_with_reference_evaluators(tiny_coco
         "--model.init_args.proposer.init_args.label_noise", "0.3",
         "--model.init_args.proposer.init_args.drop", "0.2",
         "--model.init_args.proposer.init_args.jitter", "2",
-        "--model.init_args.export_dir", str(export),
+        "--model.init_args.output.export_dir", str(export),
     )
     metrics = json.loads((export / "metrics.json").read_text())
     assert 0 < metrics["pq"] < 90  # the noise really degrades the predictions

@@ -6,15 +6,19 @@ import pytest
 import torch
 from torch import nn
 
-from vitp.classifiers import PointViT
+from vitp.classifiers import GlimpseSettings, PointClassifier, PointViT
 from vitp.module import ViTPModule
 from vitp.pipeline import TwoStagePipeline
-from vitp.classifiers.glimpse import PointMasks
-from vitp.proposal_points import (ground_truth_point_masks, matched_proposal_index, point_components,
-                                  proposal_point_targets)
 from vitp.postprocess import PostProcessConfig
+from vitp.proposal_geometry import point_components
 from vitp.proposers import OracleProposer
-from vitp.structures import Batch, DatasetInfo, Proposals, Target
+from vitp.settings import InferenceSettings
+from vitp.structures import Batch, DatasetInfo, PointMasks, Proposals, Target
+from vitp.training import ProposalPoints
+from vitp.training.point_targets import ground_truth_point_masks, matched_proposal_index, proposal_point_targets
+
+OBJECTNESS = InferenceSettings(keep_rule="objectness")
+MASKS = GlimpseSettings(window=8, masks=True)
 
 INFO = DatasetInfo(("a", "b", "c"), (1, 5, 9), (True, True, False))
 TASKS = ("semantic", "instance", "panoptic")
@@ -44,14 +48,14 @@ def tiny_classifier(num_classes: int = 3) -> PointViT:
                     model_kwargs={"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32}).eval()
 
 
-class CountingClassifier(nn.Module):
+class CountingClassifier(PointClassifier):
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner, self.calls = inner, 0
 
-    def forward(self, *args):
+    def forward(self, *args, **kwargs):
         self.calls += 1
-        return self.inner(*args)
+        return self.inner(*args, **kwargs)
 
 
 class TaskConditionedOracle(OracleProposer):
@@ -100,14 +104,19 @@ def test_proposal_point_targets_label_matches_no_object_and_crowd():
     torch.testing.assert_close(points[0, 0], torch.tensor([2 * 2.5 / 8 - 1, 2 * 2.5 / 8 - 1]))
 
 
+def _proposal_targets(module: ViTPModule, batch: Batch):
+    targets = module.point_supervision(batch, module.pipeline)
+    return targets.points, targets.labels, targets.masks
+
+
 def test_no_object_training_adds_a_class_and_proposal_points():
     module = ViTPModule(OracleProposer(num_classes=3, label_noise=0.0), tiny_classifier(None).train(),
-                        dataset_info=INFO, no_object_points=True, keep_rule="objectness")
+                        dataset_info=INFO, point_supervision=ProposalPoints(), inference=OBJECTNESS)
     assert module.classifier.num_classes == 4
     batch = make_batch()
     batch.points = torch.zeros(2, 5, 2)
     batch.point_labels = torch.tensor([[2, 2, 0, -1, -1], [1, 2, -1, -1, -1]])
-    points, labels, masks = module._with_proposal_points(batch)
+    points, labels, masks = _proposal_targets(module, batch)
     assert masks is None  # the classifier does not read masks
     assert points.shape[1] == 5 + 3  # oracle masks match themselves; the crowd segment is ignored
     assert [sorted(row) for row in labels[:, 5:].tolist()] == [[-1, 0, 2], [-1, 1, 2]]
@@ -120,16 +129,16 @@ def test_no_object_training_adds_a_class_and_proposal_points():
 def test_mask_aware_classifier_gets_each_point_mask_in_training_and_inference():
     torch.manual_seed(0)
     clf = PointViT(None, model_name="vit_tiny_patch16_224", image_size=32, point_encoding="sample_pos_embed",
-                   point_glimpse=8, point_glimpse_masks=True,
+                   glimpse=MASKS,
                    model_kwargs={"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32}).train()
     module = ViTPModule(OracleProposer(num_classes=3, label_noise=0.0), clf, dataset_info=INFO,
-                        no_object_points=True, keep_rule="objectness")
+                        point_supervision=ProposalPoints(), inference=OBJECTNESS)
     batch = make_batch()
     # points on the stuff background (0, 0), in the thing square (pixel 4, 4) and on padding (-1)
     thing = 2 * 4.5 / 16 - 1
     batch.points = torch.tensor([[[-0.97, -0.97], [thing, thing]]] * 2)
     batch.point_labels = torch.tensor([[2, 0], [2, -1]])
-    points, labels, masks = module._with_proposal_points(batch)
+    points, labels, masks = _proposal_targets(module, batch)
     assert masks is not None and masks.index.shape == points.shape[:2]
     assert masks.index[:, :2].tolist() == [[0, 1], [0, 1]]       # the ground-truth segment under each point
     for i in range(2):                                           # proposal points: the proposals, after the GT masks
@@ -150,7 +159,7 @@ def test_mask_aware_classifier_gets_each_point_mask_in_training_and_inference():
 
 def test_objectness_keep_rule_reaches_postprocessing():
     module = ViTPModule(OracleProposer(num_classes=3), tiny_classifier(None), dataset_info=INFO,
-                        keep_rule="objectness", keep_threshold=0.3)
+                        inference=InferenceSettings(keep_rule="objectness", keep_threshold=0.3))
     assert module.pipeline.config == PostProcessConfig(keep_rule="objectness", keep_threshold=0.3)
 
 
@@ -158,9 +167,9 @@ def test_fuse_objectness_switch_keeps_the_proposer_objectness():
     clf = tiny_classifier(4)  # K + 1 outputs, as after no-object training
     batch = make_batch()
     proposer = OracleProposer(num_classes=3, label_noise=0.5, seed=3, logit_scale=0.5)  # unsure proposer
-    common = (proposer, clf, 3, INFO.thing_mask(), ("semantic",), ("vitp", "proposer"), 0.4, True)
-    fused = TwoStagePipeline(*common)
-    kept = TwoStagePipeline(*common, fuse_objectness=False)
+    common = (proposer, clf, 3, INFO.thing_mask(), ("semantic",), ("vitp", "proposer"))
+    fused = TwoStagePipeline(*common, InferenceSettings(fusion_alpha=0.4), point_no_object=True)
+    kept = TwoStagePipeline(*common, InferenceSettings(fusion_alpha=0.4, fuse_objectness=False), point_no_object=True)
     proposals = fused.propose(batch, "semantic")
     logits, _ = fused.classify(batch, [proposals])
     p_kept = kept.variant_probs(proposals, logits[0], ("vitp", "proposer"))
@@ -184,18 +193,18 @@ def test_matched_proposal_index_moves_points_to_the_proposal_of_their_segment():
 def test_training_on_proposal_masks_reads_the_matched_proposal():
     torch.manual_seed(0)
     clf = PointViT(None, model_name="vit_tiny_patch16_224", image_size=32, point_encoding="sample_pos_embed",
-                   point_glimpse=8, point_glimpse_masks=True,
+                   glimpse=MASKS,
                    model_kwargs={"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32}).train()
-    with pytest.raises(ValueError, match="no_object_points"):
-        ViTPModule(OracleProposer(num_classes=3), clf, dataset_info=INFO, train_on_proposal_masks=True)
+    with pytest.raises(ValueError, match="mask-aware"):
+        ViTPModule(OracleProposer(num_classes=3), tiny_classifier(None), dataset_info=INFO,
+                   point_supervision=ProposalPoints(read_proposal_masks=True))
     module = ViTPModule(OracleProposer(num_classes=3, label_noise=0.0), clf, dataset_info=INFO,
-                        no_object_points=True, keep_rule="objectness", train_on_proposal_masks=True,
-                        no_object_images=1)
+                        point_supervision=ProposalPoints(images=1, read_proposal_masks=True), inference=OBJECTNESS)
     batch = make_batch()
     thing = 2 * 4.5 / 16 - 1
     batch.points = torch.tensor([[[-0.97, -0.97], [thing, thing]]] * 2)
     batch.point_labels = torch.tensor([[2, 0], [2, 1]])
-    points, labels, masks = module._with_proposal_points(batch)
+    points, labels, masks = _proposal_targets(module, batch)
     assert masks.index[1, :2].tolist() == [0, 1]  # image 1 has no proposals: exact masks
     assert (masks.index[0, :2] >= 3).all()        # image 0: after its 3 ground-truth masks, a proposal
     for p, segment in ((0, 0), (1, 1)):
@@ -206,17 +215,17 @@ def test_training_on_proposal_masks_reads_the_matched_proposal():
 
 def test_mask_jitter_reaches_the_ground_truth_masks_in_training_only():
     clf = PointViT(None, model_name="vit_tiny_patch16_224", image_size=32, point_encoding="sample_pos_embed",
-                   point_glimpse=8, point_glimpse_masks=True,
+                   glimpse=MASKS,
                    model_kwargs={"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32}).train()
-    with pytest.raises(ValueError, match="train_mask_jitter"):
-        ViTPModule(OracleProposer(num_classes=3), clf, dataset_info=INFO, train_mask_jitter=1.5)
+    with pytest.raises(ValueError, match="mask_jitter"):
+        ProposalPoints(mask_jitter=1.5)
     module = ViTPModule(OracleProposer(num_classes=3, label_noise=0.0), clf, dataset_info=INFO,
-                        no_object_points=True, keep_rule="objectness", train_mask_jitter=1.0)
+                        point_supervision=ProposalPoints(mask_jitter=1.0), inference=OBJECTNESS)
     batch = make_batch()
     batch.points = torch.tensor([[[2 * 4.5 / 16 - 1] * 2]] * 2)
     batch.point_labels = torch.tensor([[0], [1]])
     torch.manual_seed(0)
-    _, _, masks = module._with_proposal_points(batch)
+    _, _, masks = _proposal_targets(module, batch)
     exact = [t.masks[:, :16, :16] for t in batch.targets]
     assert any(not torch.equal(masks.masks[i][:3], exact[i]) for i in range(2))
     assert torch.equal(ground_truth_point_masks(batch, batch.points).masks[0], exact[0])  # evaluation: exact
@@ -243,7 +252,7 @@ def test_mask_aware_classifier_reads_the_proposal_part_under_its_point():
     box then frames the segment alone."""
     torch.manual_seed(0)
     clf = PointViT(3, model_name="vit_tiny_patch16_224", image_size=32, point_encoding="sample_pos_embed",
-                   point_glimpse=8, point_glimpse_masks=True, point_glimpse_fit_box=True,
+                   glimpse=GlimpseSettings(window=8, masks=True, fit_box=True),
                    model_kwargs={"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32}).eval()
     seen = []
     clf.point_glimpse.register_forward_pre_hook(lambda mod, args: seen.append(args[3]))
@@ -255,7 +264,7 @@ def test_mask_aware_classifier_reads_the_proposal_part_under_its_point():
     batch = Batch(batch.images[:1], batch.targets[:1])
     for components, stray in ((True, False), (False, True)):
         pipe = TwoStagePipeline(OracleProposer(num_classes=3), clf, 3, INFO.thing_mask(), ("semantic",), ("vitp",),
-                                point_mask_components=components)
+                                InferenceSettings(point_mask_components=components))
         pipe.classify(batch, [Proposals(mask_logits=logits)])
         read = seen[-1].masks[0][seen[-1].index[0, 0]]
         assert read[2:8, 2:8].all() and bool(read[14, 14]) == stray

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitp.classifiers import PointViT
-from vitp.classifiers.glimpse import PointGlimpse, PointMasks
+from vitp.classifiers import GlimpseSettings, PointViT
+from vitp.classifiers.glimpse import PointGlimpse
+from vitp.structures import PointMasks
 
 KW = {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 64, "patch_size": 8}
 
@@ -62,7 +63,7 @@ def test_untrained_glimpse_changes_nothing_and_training_uses_it():
                      point_locality_radius=2, model_kwargs=KW)
     torch.manual_seed(0)
     glimpse = PointViT(4, model_name="vit_tiny_patch16_224", image_size=64, point_encoding="sample_patch",
-                       point_locality_radius=2, point_glimpse=16, model_kwargs=KW)
+                       point_locality_radius=2, glimpse=GlimpseSettings(16), model_kwargs=KW)
     glimpse.load_state_dict(plain.state_dict(), strict=False)
     images, points, valid = torch.randn(2, 3, 64, 48), torch.rand(2, 6, 2) * 2 - 1, torch.tensor([[64, 48], [40, 48]])
     plain.eval(), glimpse.eval()
@@ -83,10 +84,10 @@ def test_untrained_glimpse_changes_nothing_and_training_uses_it():
 def test_one_way_and_full_attention_agree_with_a_glimpse(start: int):
     torch.manual_seed(1)
     one_way = PointViT(3, model_name="vit_tiny_patch16_224", image_size=64, point_encoding="sample_pos_embed",
-                       point_glimpse=12, point_start_block=start, model_kwargs=KW).eval()
+                       glimpse=GlimpseSettings(12), point_start_block=start, model_kwargs=KW).eval()
     torch.nn.init.normal_(one_way.point_glimpse.proj.weight, std=0.1)
     full = PointViT(3, model_name="vit_tiny_patch16_224", image_size=64, point_encoding="sample_pos_embed",
-                    point_glimpse=12, point_start_block=start, attention="full", model_kwargs=KW).eval()
+                    glimpse=GlimpseSettings(12), point_start_block=start, attention="full", model_kwargs=KW).eval()
     full.load_state_dict(one_way.state_dict())
     images, points = torch.randn(2, 3, 64, 64), torch.rand(2, 1, 2) * 2 - 1  # one point: full = one-way
     valid = torch.tensor([[64, 64], [48, 40]])
@@ -94,8 +95,8 @@ def test_one_way_and_full_attention_agree_with_a_glimpse(start: int):
 
 
 def test_bad_glimpse_size():
-    with pytest.raises(ValueError, match="point_glimpse"):
-        PointViT(3, model_name="vit_tiny_patch16_224", point_glimpse=2, model_kwargs=KW)
+    with pytest.raises(ValueError, match="glimpse window"):
+        PointViT(3, model_name="vit_tiny_patch16_224", glimpse=GlimpseSettings(2), model_kwargs=KW)
 
 
 def test_mask_window_reads_the_point_own_mask_at_any_resolution():
@@ -118,7 +119,7 @@ def test_mask_window_reads_the_point_own_mask_at_any_resolution():
 def test_mask_aware_classifier_needs_and_uses_the_masks():
     torch.manual_seed(0)
     m = PointViT(3, model_name="vit_tiny_patch16_224", image_size=64, point_encoding="sample_patch",
-                 point_glimpse=16, point_glimpse_masks=True, model_kwargs=KW).eval()
+                 glimpse=GlimpseSettings(16, masks=True), model_kwargs=KW).eval()
     assert m.needs_point_masks
     torch.nn.init.normal_(m.point_glimpse.proj.weight, std=0.1)
     images, points, valid = torch.randn(1, 3, 64, 64), torch.zeros(1, 2, 2), torch.tensor([[64, 64]])
@@ -129,8 +130,6 @@ def test_mask_aware_classifier_needs_and_uses_the_masks():
     disc[1, 20:44, 30:34] = True
     a = m(images, points, valid, point_masks=PointMasks([disc], torch.tensor([[0, 1]])))
     assert (a[0, 0] - a[0, 1]).abs().max() > 1e-4          # same point, same image, other mask
-    with pytest.raises(ValueError, match="point_glimpse"):
-        PointViT(3, model_name="vit_tiny_patch16_224", point_glimpse_masks=True, model_kwargs=KW)
     with pytest.raises(ValueError, match="refers to mask"):
         PointMasks([disc], torch.tensor([[0, 2]]))
 
@@ -151,7 +150,7 @@ def test_fewer_samples_cover_the_same_window():
 def test_glimpse_head_adds_the_glimpse_own_logits():
     torch.manual_seed(0)
     m = PointViT(3, model_name="vit_tiny_patch16_224", image_size=64, point_encoding="sample_patch",
-                 point_glimpse=16, point_glimpse_samples=8, point_glimpse_head=True, model_kwargs=KW).eval()
+                 glimpse=GlimpseSettings(16, samples=8, head=True), model_kwargs=KW).eval()
     assert m.glimpse_head is not None and m.glimpse_head.out_features == 3
     torch.nn.init.normal_(m.point_glimpse.proj.weight, std=0.1)
     images, points, valid = torch.randn(2, 3, 64, 64), torch.rand(2, 4, 2) * 2 - 1, torch.tensor([[64, 64], [64, 40]])
@@ -161,8 +160,6 @@ def test_glimpse_head_adds_the_glimpse_own_logits():
     expected = m.glimpse_head(m.point_glimpse(prepared, points, vs))
     torch.testing.assert_close(m(images, points, valid), expected)
     assert (with_head - expected).abs().max() > 1e-4
-    with pytest.raises(ValueError, match="point_glimpse_head needs"):
-        PointViT(3, model_name="vit_tiny_patch16_224", point_glimpse_head=True, model_kwargs=KW)
 
 
 def test_box_fitted_window_frames_the_segment_whatever_its_size():
@@ -183,20 +180,8 @@ def test_box_fitted_window_frames_the_segment_whatever_its_size():
         PointGlimpse(4, 8, fit_box=True)
 
 
-def test_coarsened_masks_lose_detail_below_the_cell_size():
-    from vitp.proposal_points import coarsen_masks
-
-    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
-    masks[0, 8:24, 8:24] = True                  # a square aligned with 4-px cells: kept whole
-    masks[1, 10, 2:30] = True                    # a one-pixel line: gone
-    coarse = coarsen_masks(masks, 4)
-    assert coarse.dtype == torch.bool and coarse.shape == masks.shape
-    assert coarse[0, 10:22, 10:22].all() and not coarse[0, :6].any() and not coarse[1].any()
-    assert torch.equal(coarsen_masks(masks, 1), masks)
-
-
 def test_jittered_masks_have_proposer_like_errors_and_follow_the_seed():
-    from vitp.proposal_points import jitter_masks
+    from vitp.training.point_targets import jitter_masks
 
     masks = torch.zeros(6, 40, 40, dtype=torch.bool)
     for k in range(6):

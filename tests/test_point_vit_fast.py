@@ -9,13 +9,8 @@ import pytest
 import torch
 
 from vitp.classifiers import PointViT
-from vitp.classifiers.vit_ops import (
-    block_forward,
-    masked_one_way_attention,
-    one_way_attention,
-    self_slot_kv,
-    self_slot_mask,
-)
+from reference_attention import masked_one_way_attention
+from vitp.classifiers.vit_ops import block_forward, one_way_attention, self_slot_kv, self_slot_mask
 
 TINY3 = dict(embed_dim=64, depth=3, num_heads=2, img_size=56, init_values=1.0)
 NAME = "vit_small_patch14_dinov2"

@@ -14,7 +14,7 @@ from vitp.points import (
     mask_boxes,
     pixel_to_point,
 )
-from vitp.proposal_points import select_points
+from vitp.proposal_geometry import select_points
 from vitp.structures import Target
 
 

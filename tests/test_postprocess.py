@@ -109,7 +109,7 @@ def test_infer_runs_requested_tasks_only():
 
 
 def test_oracle_proposals_reproduce_ground_truth_and_peak_inside():
-    from vitp.proposal_points import select_points
+    from vitp.proposal_geometry import select_points
     from vitp.proposers import OracleProposer
     from vitp.structures import Target
 
@@ -131,7 +131,7 @@ def test_oracle_proposals_reproduce_ground_truth_and_peak_inside():
 def test_original_size_logits_maps_a_fractional_valid_region_through_the_frame():
     import torch.nn.functional as F
 
-    from vitp.pipeline import original_size_logits
+    from vitp.proposal_geometry import original_size_logits
     from vitp.structures import Batch, Proposals, Target
 
     logits = torch.randn(1, 2, 16, 16)  # a quarter of a 64x64 frame; the image fills 64x46 of it

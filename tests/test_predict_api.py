@@ -27,7 +27,7 @@ def _args(root: Path) -> list[str]:
     return ["--data.init_args.root", str(root), "--data.init_args.image_size", "96",
             "--data.init_args.num_workers", "0", "--data.init_args.eval_batch_size", "2",
             "--model.init_args.classifier.init_args.image_size", "96",
-            "--model.init_args.keep_threshold", "0.0", "--model.init_args.overlap_threshold", "0.0"]
+            "--model.init_args.inference.keep_threshold", "0.0", "--model.init_args.inference.overlap_threshold", "0.0"]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def _save(path: Path, array: np.ndarray) -> Path:
 def _predict(run, images: Path, out: Path) -> None:
     os.chdir(run["workdir"])
     vitp_in_process("predict", "--config", str(CONFIG), *_args(run["root"]), "--ckpt_path", str(run["ckpt"]),
-                    "--data.init_args.path", str(images), "--model.init_args.export_dir", str(out))
+                    "--data.init_args.path", str(images), "--model.init_args.output.export_dir", str(out))
 
 
 def test_predict_folder_of_mixed_images_and_python_api(run, tmp_path: Path):

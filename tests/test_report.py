@@ -120,7 +120,7 @@ def test_vitp_test_with_export_dir_writes_the_report(run, tmp_path: Path):  # no
     os.chdir(run["workdir"])
     out = tmp_path / "export"
     vitp_in_process("test", "--config", str(CONFIG), *_args(run["root"]), "--ckpt_path", str(run["ckpt"]),
-                    "--model.init_args.export_dir", str(out))
+                    "--model.init_args.output.export_dir", str(out))
     text = (out / "report.html").read_text()
     assert "ViT-P PQ" in text and "oracle classes PQ" in text and "proposer alone PQ" in text
     assert "<table id=\"confusion\">" in text

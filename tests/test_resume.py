@@ -52,7 +52,7 @@ def _fit(root: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
         "--data.init_args.point_sampler.init_args.num_points", "32",
         "--model.init_args.classifier.init_args.image_size", "64",
         "--model.init_args.classifier.init_args.model_kwargs", "{depth: 2, embed_dim: 64, num_heads: 2, img_size: 64}",
-        "--model.init_args.warmup_steps", "2", "--model.init_args.tasks", "[panoptic, semantic]",
+        "--model.init_args.optimization.warmup_steps", "2", "--model.init_args.tasks", "[panoptic, semantic]",
         "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "1", "--trainer.log_every_n_steps", "1",
         "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(cwd), *extra,

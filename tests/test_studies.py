@@ -18,7 +18,7 @@ import torch
 from conftest import PROJECT_ROOT
 from vitp.point_rules import POINT_RULES, select_points_by_rule
 from vitp.points import point_to_pixel
-from vitp.proposal_points import select_points
+from vitp.proposal_geometry import select_points
 
 
 def c_shape_logits(h: int = 16, w: int = 20) -> tuple[torch.Tensor, torch.Tensor]:

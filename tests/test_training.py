@@ -53,7 +53,7 @@ def test_default_run_stages_chain_through_files(tiny_coco_root: Path, tmp_path: 
     assert ckpt.is_file()
     export = tmp_path / "export"
     run_vitp("test", "--config", str(vitp_cfg), *data, *TINY_CLASSIFIER, "--ckpt_path", str(ckpt),
-             "--model.init_args.export_dir", str(export), cwd=tmp_path)
+             "--model.init_args.output.export_dir", str(export), cwd=tmp_path)
     metrics = json.loads((export / "metrics.json").read_text())
     for key in ("pq", "pq_proposer", "pq_oracle", "miou", "miou_proposer", "map_oracle"):
         assert key in metrics, sorted(metrics)
@@ -81,8 +81,8 @@ def test_predict_on_image_folder_writes_pngs_json_and_overlays(tiny_coco_root: P
     config = PROJECT_ROOT / "configs" / "synthetic" / "proposer" / "mask2former_small.yaml"
     vitp_in_process("predict", "--config", str(config), "--data.init_args.root", str(tiny_coco_root), *SMALL,
                     "--model.init_args.proposer.init_args.preset", "tiny",
-                    "--model.init_args.object_mask_threshold", "0.0", "--model.init_args.overlap_threshold", "0.0",
-                    "--data.init_args.predict_dir", str(images), "--model.init_args.export_dir", str(out))
+                    "--model.init_args.inference.object_mask_threshold", "0.0", "--model.init_args.inference.overlap_threshold", "0.0",
+                    "--data.init_args.predict_dir", str(images), "--model.init_args.output.export_dir", str(out))
     panoptic = json.loads((out / "panoptic.json").read_text())
     assert len(panoptic["annotations"]) == 3
     for name in ("panoptic", "semantic", "overlays/panoptic", "overlays/semantic"):

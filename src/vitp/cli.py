@@ -38,7 +38,7 @@ class VitpCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (LightningArgumentParser, CLI args)
         """Parse, then read ``--ckpt_path`` once (an unreadable file stops here, named); ``validate`` /
         ``test`` / ``predict`` build the model in the checkpoint's label space
-        (``data.init_args.label_space``); ``predict`` without ``model.init_args.export_dir`` writes to
+        (``data.init_args.label_space``); ``predict`` without ``model.init_args.output.export_dir`` writes to
         ``<default_root_dir>/predictions`` (``vitp.cli_hooks.prepare_run``)."""
         from vitp.cli_hooks import prepare_run
 

@@ -4,7 +4,7 @@
   truncated or corrupt checkpoint stops with an error naming the file; ``validate`` / ``test`` /
   ``predict`` build the model in the label space stored in the checkpoint
   (``data.init_args.label_space``), so no training data is needed to predict on your own images;
-  ``predict`` without ``model.init_args.export_dir`` writes to ``<default_root_dir>/predictions``;
+  ``predict`` without ``model.init_args.output.export_dir`` writes to ``<default_root_dir>/predictions``;
   a pretrained folder's ``vitp_config.yaml`` as ``--config`` runs that model (its relative paths
   resolved against the folder, its safetensors weights loaded once the model is built).
 * after ``fit`` (:func:`after_fit`): a run too short for its checkpoint callback to have saved
@@ -48,11 +48,10 @@ def prepare_run(subcommand: str | None, config: Any) -> Path | None:
         if (subcommand in ("validate", "test", "predict") and info is not None and data_args is not None
                 and "label_space" in data_args and data_args["label_space"] is None):
             data_args["label_space"] = str(ckpt)
-    model_args = _get(config, "model.init_args")
-    if subcommand == "predict" and model_args is not None and "export_dir" in model_args \
-            and not model_args["export_dir"]:
+    output = _get(config, "model.init_args.output")
+    if subcommand == "predict" and output is not None and "export_dir" in output and not output["export_dir"]:
         root = _get(config, "trainer.default_root_dir") or os.getcwd()
-        model_args["export_dir"] = str(Path(root) / "predictions")
+        output["export_dir"] = str(Path(root) / "predictions")
     return folder
 
 
@@ -66,7 +65,7 @@ def load_pretrained_weights(model: Any, folder: Path | None) -> None:
 
 def report_exports(trainer: Any, model: Any, stage: str) -> None:
     """Print where ``test`` / ``predict`` wrote their files (rank zero)."""
-    export_dir = getattr(getattr(model, "hp", None), "export_dir", None)
+    export_dir = getattr(getattr(model, "output", None), "export_dir", None)
     if not export_dir or not trainer.is_global_zero:
         return
     out = Path(export_dir).resolve()

@@ -18,10 +18,7 @@ Layout written under ``out_dir``::
 
 ``<stem>`` is the stem of ``Target.file_name``. PNGs are written as soon as ``write`` is called and
 JSON entries go to per-rank JSON-lines part files, so memory stays flat; rank 0 merges the parts
-in ``finalize`` (keeping the first entry of an image id seen twice, e.g. DistributedSampler padding).
-
-About 320 lines: one writer per format plus the per-image record that ``vitp predict`` and
-``vitp.Segmenter`` share; they live together so the formats stay consistent with each other.
+in ``finalize`` (the first entry of an image id seen twice wins, e.g. DistributedSampler padding).
 """
 
 from __future__ import annotations
@@ -252,15 +249,6 @@ class PredictionExporter:
         for f in self._files.values():
             f.close()
         self._files = {}
-
-    def _lines(self, kind: str) -> Iterator[dict[str, Any]]:
-        for r in range(self.world_size):
-            path = self._parts_dir / f"{kind}.{r}.jsonl"
-            if path.exists():
-                with open(path) as f:
-                    for line in f:
-                        if line.strip():
-                            yield json.loads(line)
 
     def _write_array(self, f, items: Iterator[dict[str, Any]]) -> int:
         n = 0

@@ -38,6 +38,9 @@ def fuse_class_probs(
         then fused over the first K columns, and the objectness too: the same weighted geometric
         mean of the two Bernoulli distributions (object, no object). Without it the proposer's own
         no-object probability is kept, as in the reference.
+
+    Long because each branch (with or without the proposer's classes, objectness, no-object logit) is
+    written out once, next to the formula it implements.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")

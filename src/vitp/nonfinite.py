@@ -1,6 +1,6 @@
 """Non-finite training losses: a clear error saying where and which term, or a skipped step.
 
-``ViTPModule(on_nonfinite_loss=...)``: ``"stop"`` raises :class:`NonFiniteLossError`; ``"skip"``
+``ViTPModule(optimization=OptimizerSettings(on_nonfinite_loss=...))``: ``"stop"`` raises :class:`NonFiniteLossError`; ``"skip"``
 makes ``training_step`` return None, which Lightning's automatic optimisation treats as "no
 backward for this batch" (checked for Lightning 2.6): the closure still zeroes the gradients
 (``set_to_none``), so gradient clipping sees no gradients and the optimizer leaves every parameter
@@ -29,8 +29,8 @@ def nonfinite_message(module: Any, batch_idx: int, losses: dict[str, torch.Tenso
             f"batch {batch_idx}: {shown} (all terms: {terms})")
 
 
-def check_skip_supported(module: Any) -> None:
+def check_skip_supported(policy: str, world_size: int) -> None:
     """``"skip"`` relies on Lightning skipping a None ``training_step`` output: one process only."""
-    if module.on_nonfinite_loss == "skip" and module.trainer.world_size > 1:
+    if policy == "skip" and world_size > 1:
         raise ValueError("on_nonfinite_loss='skip' is not supported with several processes (Lightning refuses a "
                          "None training_step output when world_size > 1); use 'stop'")

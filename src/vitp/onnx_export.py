@@ -9,10 +9,10 @@ The exported graph is ``PointViT`` with a fixed square input frame, the whole fr
     points  float[B, P, 2]      (y, x) in [-1, 1] of the frame; P is dynamic
     logits  float[B, P, K]      (K + 1 with a no-object output)
 
-A mask-aware classifier (``point_glimpse_masks``) takes a third input, the segment each point
+A mask-aware classifier (``glimpse.masks``) takes a third input, the segment each point
 classifies: ``point_masks float[B, P, S, S]`` (1 inside, on the same frame as ``images``). vitp gives
 each proposal's binarised mask cut to its connected part under the point
-(``vitp.proposal_points.point_components``); feed the exported model the same.
+(``vitp.proposal_geometry.point_components``); feed the exported model the same.
 
 B is fixed at export (default 1): PointViT loops over images in Python. Points are independent with
 ``one_way`` attention, so any P gives the logits PyTorch gives. ``vitp-export`` checks onnxruntime
@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from vitp.classifiers.glimpse import PointMasks
+from vitp.structures import PointMasks
 
 INPUT_NAMES = ("images", "points", "point_masks")  # the last only for a mask-aware classifier
 

@@ -1,11 +1,17 @@
-"""Parameter groups: no weight decay on norms/biases/tokens, layer-wise lr decay, point-embed lr."""
+"""Optimisation: parameter groups (no weight decay on norms/biases/tokens, layer-wise lr decay,
+point-embed lr) and the optimiser with its warm-up + cosine schedule."""
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from vitp.settings import OptimizerSettings
 
 _NO_DECAY = re.compile(r"(bias|norm|pos_embed|cls_token|reg_token|point_embed|\.gamma)")
 _BLOCK = re.compile(r"\bblocks\.(\d+)\.")
@@ -47,3 +53,28 @@ def build_param_groups(
             lr = base_lr
         groups.setdefault((lr, decay), []).append(param)
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+
+
+def build_optimizer(model: nn.Module, settings: "OptimizerSettings", total_steps: int) -> dict[str, Any]:
+    """Lightning's ``configure_optimizers`` answer for ``settings``: AdamW or SGD over
+    :func:`build_param_groups`, stepped per batch with a linear warm-up then cosine decay to 0 over
+    ``total_steps``."""
+    groups = build_param_groups(model, base_lr=settings.lr, weight_decay=settings.weight_decay,
+                                point_embed_lr=settings.point_embed_lr, layer_decay=settings.layer_decay)
+    if not groups:
+        raise ValueError("no trainable parameters")
+    if settings.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=settings.lr)
+    total = max(1, int(total_steps))
+    warmup = min(settings.warmup_steps, total - 1)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

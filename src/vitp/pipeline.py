@@ -15,51 +15,20 @@ tokens are encoded once. With one-way attention each point's logits do not depen
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from vitp.classifiers.base import PointClassifier
 from vitp.fusion import fuse_class_probs
-from vitp.classifiers.glimpse import PointMasks
-from vitp.point_rules import PointRule, check_point_rule, select_points_by_rule
-from vitp.proposal_points import match_segments, point_components, valid_region_logits
-from vitp.postprocess import PostProcessConfig, UpsampledLogits, crop_and_resize, crop_logits, infer, resize_prediction
-from vitp.structures import Batch, Prediction, Proposals, Target
+from vitp.point_rules import select_points_by_rule
+from vitp.postprocess import PostProcessConfig, UpsampledLogits, infer, resize_prediction
+from vitp.proposal_geometry import capped_size, lazy_logits, match_segments, proposal_point_masks
+from vitp.settings import InferenceSettings
+from vitp.structures import Batch, PointMasks, Prediction, Proposals, Target
 
 VARIANTS = ("vitp", "proposer", "oracle")
-
-
-def original_size_logits(proposals: Proposals, batch: Batch, index: int) -> torch.Tensor:
-    """Image ``index``'s mask logits with the padding removed, at its original size.
-
-    Proposals that state their valid region (``Proposals.valid_sizes``, in mask coordinates) are
-    cropped there; otherwise the input's valid region is mapped through the frame exactly, as
-    :func:`vitp.postprocess.crop_and_resize` does (no rounding to whole mask pixels).
-    """
-    target = batch.targets[index]
-    logits = proposals.mask_logits[index]
-    if proposals.valid_sizes is not None:
-        return crop_and_resize(logits, tuple(proposals.valid_sizes[index].tolist()), target.orig_size)
-    return crop_and_resize(logits, target.valid_size, target.orig_size, tuple(batch.images.shape[-2:]))
-
-
-def lazy_logits(proposals: Proposals, batch: Batch, index: int, size: tuple[int, int]) -> UpsampledLogits:
-    """:func:`original_size_logits` seen at ``size`` band by band (``vitp.postprocess.UpsampledLogits``),
-    never materialised at full size."""
-    logits = proposals.mask_logits[index]
-    if proposals.valid_sizes is not None:
-        return crop_logits(logits, tuple(proposals.valid_sizes[index].tolist()), size)
-    return crop_logits(logits, batch.targets[index].valid_size, size, tuple(batch.images.shape[-2:]))
-
-
-def capped_size(size: tuple[int, int], max_image_side: int | None) -> tuple[int, int]:
-    """``size`` scaled down so that its long side is at most ``max_image_side`` (None: unchanged)."""
-    h, w = size
-    if max_image_side is None or max(h, w) <= max_image_side:
-        return (h, w)
-    scale = max_image_side / max(h, w)
-    return (max(1, round(h * scale)), max(1, round(w * scale)))
 
 
 def oracle_class_probs(mask_logits: torch.Tensor | UpsampledLogits, target: Target, num_classes: int) -> torch.Tensor:
@@ -111,40 +80,23 @@ class TwoStagePipeline:
         is_thing: ``bool[K]``.
         tasks: tasks to post-process.
         variants: which of :data:`VARIANTS` to produce.
-        fusion_alpha: weight of the point classifier in the class fusion (see ``vitp.fusion``).
+        settings: fusion, inference points and post-processing thresholds.
         point_no_object: the classifier was trained with a no-object class (its last logit).
-        fuse_objectness: with ``point_no_object``, fuse the classifier's objectness with the
-            proposer's (see ``vitp.fusion.fuse_class_probs``); False drops the no-object logit and
-            keeps the proposer's, as the reference fusion does.
-        inference_top_k: points per proposal (logits averaged).
-        config: post-processing thresholds and the keep rule.
-        point_mask_components: a mask-aware classifier reads each proposal cut to its connected part
-            under the proposal's inference point (``vitp.proposal_points.point_components``), not
-            the whole binarised proposal.
-        point_rule: which point(s) of each proposal the classifier reads (``vitp.point_rules``):
-            ``argmax`` of the mask logits (the reference; default), ``interior``, ``centroid`` or
-            ``random`` (seeded with ``point_seed``).
-        point_seed: seed of the ``random`` rule.
+        point_seed: seed of the ``random`` point rule.
     """
 
     def __init__(
         self,
         proposer: nn.Module,
-        classifier: nn.Module | None,
+        classifier: PointClassifier | None,
         num_classes: int,
         is_thing: torch.Tensor,
         tasks: tuple[str, ...],
         variants: tuple[str, ...],
-        fusion_alpha: float = 0.4,
+        settings: InferenceSettings = InferenceSettings(),
         point_no_object: bool = False,
-        inference_top_k: int = 1,
-        config: PostProcessConfig = PostProcessConfig(),
-        fuse_objectness: bool = True,
-        point_mask_components: bool = True,
-        point_rule: PointRule = "argmax",
         point_seed: int = 0,
     ) -> None:
-        check_point_rule(point_rule, inference_top_k)
         unknown = set(variants) - set(VARIANTS)
         if unknown:
             raise ValueError(f"unknown variants {sorted(unknown)}; expected some of {VARIANTS}")
@@ -154,14 +106,15 @@ class TwoStagePipeline:
         self.is_thing = is_thing
         self.tasks = tasks
         self.variants = variants
-        self.fusion_alpha = fusion_alpha
+        self.settings = settings
+        self.config = settings.postprocess()
         self.point_no_object = point_no_object
-        self.fuse_objectness = fuse_objectness
-        self.inference_top_k = inference_top_k
-        self.config = config
-        self.point_mask_components = point_mask_components
-        self.point_rule = point_rule
         self.point_seed = point_seed
+
+    @property
+    def classifier_needs_masks(self) -> bool:
+        """The classifier reads each point's segment mask (``PointClassifier.needs_point_masks``)."""
+        return self.classifier is not None and self.classifier.needs_point_masks
 
     def task_groups(self) -> list[tuple[str, ...]]:
         """Tasks that share one proposer pass (each task alone for task-conditioned proposers)."""
@@ -180,20 +133,23 @@ class TwoStagePipeline:
         """Point logits ``float[B, Q, C]`` per proposal set, and those of ``extra_points`` — all
         from one classifier call (one patch pass). A mask-aware classifier also gets each point's
         mask: its proposal (binarised at logit 0) or, for an extra point, ``extra_point_masks``."""
-        b, k = len(batch), self.inference_top_k
+        b, k = len(batch), self.settings.top_k
         frame = tuple(batch.images.shape[-2:])
         valid = batch.valid_tensor()
         chunks = [
-            select_points_by_rule(p.mask_logits, valid, frame, self.point_rule, k, p.valid_sizes,
+            select_points_by_rule(p.mask_logits, valid, frame, self.settings.point_rule, k, p.valid_sizes,
                                   self.point_seed).reshape(b, -1, 2)
             for p in proposals
         ]
         if extra_points is not None:
             chunks.append(extra_points.to(batch.images.device, torch.float32))
         extra = {}
-        if getattr(self.classifier, "needs_point_masks", False):
-            extra["point_masks"] = self._point_masks(batch, proposals, chunks[: len(proposals)], extra_points,
-                                                     extra_point_masks)
+        if self.classifier_needs_masks:
+            if extra_points is not None and extra_point_masks is None:
+                raise ValueError("a mask-aware classifier needs extra_point_masks for the extra points")
+            own = proposal_point_masks(batch, proposals, chunks[: len(proposals)], k,
+                                       self.settings.point_mask_components)
+            extra["point_masks"] = own if extra_point_masks is None else PointMasks.concat([own, extra_point_masks])
         points = torch.cat(chunks, dim=1)
         trunk = proposals[0].trunk if proposals else None
         if trunk is not None and getattr(self.classifier, "frame", "valid") == "square":
@@ -209,28 +165,6 @@ class TwoStagePipeline:
             start += q * k
         return out, (logits[:, start:] if extra_points is not None else None)
 
-    def _point_masks(self, batch: Batch, proposals: list[Proposals], points: list[torch.Tensor],
-                     extra_points: torch.Tensor | None, extra_point_masks: PointMasks | None) -> PointMasks:
-        """Each image's proposals (every set, in the order ``classify`` lays out their ``points``
-        ``[B, Q * k, 2]``) on its valid region, then the masks of the extra points."""
-        if extra_points is not None and extra_point_masks is None:
-            raise ValueError("a mask-aware classifier needs extra_point_masks for the extra points")
-        stacks, index = [], []
-        k = self.inference_top_k
-        for i in range(len(batch)):
-            masks = [valid_region_logits(p, batch, i) > 0 for p in proposals]
-            if self.point_mask_components:  # cut at each proposal's first (most confident) point
-                masks = [point_components(m, pts[i, ::k]) for m, pts in zip(masks, points)]
-            count = sum(len(m) for m in masks)
-            idx = [torch.arange(count, device=batch.images.device).repeat_interleave(k)]
-            if extra_point_masks is not None:
-                masks.append(extra_point_masks.masks[i].to(batch.images.device).bool())
-                own = extra_point_masks.index[i].to(batch.images.device)
-                idx.append(torch.where(own >= 0, own + count, own))
-            stacks.append(torch.cat([m.to(batch.images.device) for m in masks]))
-            index.append(torch.cat(idx))
-        return PointMasks(stacks, torch.stack(index))
-
     def variant_probs(
         self, proposals: Proposals, point_logits: torch.Tensor | None, variants: tuple[str, ...]
     ) -> dict[str, torch.Tensor]:
@@ -240,11 +174,11 @@ class TwoStagePipeline:
         if "proposer" in variants and proposals.class_logits is not None:
             probs["proposer"] = proposals.class_logits.float().softmax(-1)
         if "vitp" in variants and point_logits is not None:
-            fuse_objectness = self.point_no_object and self.fuse_objectness
+            fuse_objectness = self.point_no_object and self.settings.fuse_objectness
             if self.point_no_object and not fuse_objectness:
                 point_logits = point_logits[..., : self.num_classes]
             probs["vitp"] = fuse_class_probs(
-                proposals.class_logits, point_logits, self.fusion_alpha,
+                proposals.class_logits, point_logits, self.settings.fusion_alpha,
                 mask_quality=proposals.objectness, point_no_object=fuse_objectness,
             )
         return probs
@@ -261,7 +195,7 @@ class TwoStagePipeline:
         config's (``PostProcessConfig.score_threshold``); with ``max_image_side``, images whose long
         side is larger are post-processed at that size and the results mapped back to the original
         size (nearest neighbour)."""
-        config = self.config if score_threshold is None else replace(self.config, score_threshold=score_threshold)
+        config = self.config if score_threshold is None else self.settings.postprocess(score_threshold)
         variants = self.variants if variants is None else tuple(v for v in variants if v in self.variants)
         proposals = [self.propose(batch, tasks[0]) for tasks in self.task_groups()]
         point_logits: list[torch.Tensor | None] = [None] * len(proposals)

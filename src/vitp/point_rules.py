@@ -4,7 +4,7 @@ The reference (and vitp's default, ``argmax``) takes the cell with the highest m
 paper leaves open whether another point would do better (issue 24). The rules here choose among the
 proposal's mask cells (logit > 0, inside the image's valid region):
 
-* ``argmax``: the ``top_k`` highest logits (exactly :func:`vitp.proposal_points.select_points`);
+* ``argmax``: the ``top_k`` highest logits (exactly :func:`vitp.proposal_geometry.select_points`);
 * ``interior``: the cell(s) farthest from the mask's boundary (Euclidean distance transform; the
   edge of the valid region counts as boundary), ties broken by the higher logit;
 * ``centroid``: the mask cell nearest to the mask's centroid (the centroid itself when it lies in
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from vitp.proposal_points import select_points, valid_cells
+from vitp.proposal_geometry import select_points, valid_cells
 
 PointRule = Literal["argmax", "interior", "centroid", "random"]
 POINT_RULES: tuple[str, ...] = get_args(PointRule)
@@ -78,7 +78,7 @@ def select_points_by_rule(
 ) -> torch.Tensor:
     """The inference point(s) of each proposal under ``rule``: ``float[B, Q, top_k, 2]`` (y, x).
 
-    Arguments as :func:`vitp.proposal_points.select_points`, plus ``rule`` (see the module
+    Arguments as :func:`vitp.proposal_geometry.select_points`, plus ``rule`` (see the module
     docstring) and ``seed`` (``random`` only). ``argmax`` returns ``select_points``' result unchanged.
     """
     check_point_rule(rule, top_k)

@@ -1,7 +1,7 @@
 """Training point samplers: ground-truth target -> points + labels (fine masks, coarse masks, boxes).
 
-Points of a proposer's proposals (inference points, no-object training) live in
-``vitp.proposal_points``.
+Points of a proposer's proposals live in ``vitp.proposal_geometry`` (inference points) and
+``vitp.training.point_targets`` (no-object training points).
 
 Coordinates are (y, x) in [-1, 1] relative to the *valid* image region of the input frame:
 -1 / +1 are the region's top-left / bottom-right edges

@@ -169,7 +169,8 @@ def _model_section(module: Any, config: dict[str, Any], directory: Path) -> tupl
     model = copy.deepcopy(config["model"])
     init = model.setdefault("init_args", {})
     _pop(init, "dataset_info")  # linked from the data module
-    init["export_dir"] = None
+    if isinstance(init.get("output"), dict):
+        init["output"]["export_dir"] = None
     relative: list[str] = []
     pinit = init["proposer"].setdefault("init_args", {})
     _pop(pinit, "num_classes", "class_names", "is_thing")  # linked

@@ -130,6 +130,53 @@ class Batch:
 
 
 @dataclass
+class PointMasks:
+    """The segment mask each query point belongs to.
+
+    masks: per image ``[N_b, h_b, w_b]`` (bool or float in [0, 1]) covering exactly the image's valid
+        region (any resolution: a point's window is mapped onto it).
+    index: ``long[B, P]``, the mask of each point in its image's stack; -1 = none (an empty mask).
+    """
+
+    masks: list[torch.Tensor]
+    index: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if len(self.masks) != self.index.shape[0]:
+            raise ValueError(f"PointMasks: {len(self.masks)} mask stacks for {self.index.shape[0]} images")
+        for b, m in enumerate(self.masks):
+            if m.dim() != 3:
+                raise ValueError(f"PointMasks: image {b}'s masks must be [N, h, w], got {tuple(m.shape)}")
+        # one device sync for all images (this runs on every classifier call and chunk)
+        counts = torch.tensor([len(m) for m in self.masks], device=self.index.device)
+        beyond = (self.index >= counts[:, None]).any(1)
+        if self.index.numel() and bool(beyond.any()):
+            b = int(beyond.nonzero()[0])
+            raise ValueError(f"PointMasks: image {b} has {len(self.masks[b])} masks, a point refers to mask "
+                             f"{int(self.index[b].max())}")
+
+    def points(self, start: int, stop: int) -> "PointMasks":
+        """The masks of points ``start:stop`` (same stacks)."""
+        return PointMasks(self.masks, self.index[:, start:stop])
+
+    @staticmethod
+    def concat(parts: "list[PointMasks]") -> "PointMasks":
+        """One ``PointMasks`` of the points of ``parts`` in order: per image the mask stacks are
+        concatenated and every part's indices shifted past the stacks before it (-1 stays -1)."""
+        stacks, index = [], []
+        for b in range(parts[0].index.shape[0]):
+            offset, own = 0, []
+            for part in parts:
+                idx = part.index[b]
+                own.append(torch.where(idx >= 0, idx + offset, idx))
+                offset += len(part.masks[b])
+            devices = parts[0].index.device
+            stacks.append(torch.cat([part.masks[b].to(devices) for part in parts]))
+            index.append(torch.cat(own))
+        return PointMasks(stacks, torch.stack(index))
+
+
+@dataclass
 class DecoderLayerOutput:
     """One intermediate decoder layer's predictions, for deep supervision in a proposer's loss.
 

@@ -16,7 +16,7 @@ least ``size`` pixels) instead of a fixed window around the point: the outline o
 however small or large, fills the same ``samples x samples`` grid (as RoIAlign does for mask heads).
 
 Beyond the paper (ViT-P's point token carries only a position); opt-in via
-``PointViT(point_glimpse=..., point_glimpse_masks=...)``. Without masks it reads only the image and the
+``PointViT(glimpse=GlimpseSettings(...))`` (one ``glimpse:`` block in YAML). Without masks it reads only the image and the
 point, so the classifier's contract (``images``, ``points`` -> logits) is unchanged.
 """
 
@@ -29,37 +29,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitp.points import mask_boxes
+from vitp.structures import PointMasks
 
 
-@dataclass
-class PointMasks:
-    """The segment mask each query point belongs to.
+@dataclass(frozen=True)
+class GlimpseSettings:
+    """A point's glimpse, as ``PointViT(glimpse=...)`` builds it.
 
-    masks: per image ``[N_b, h_b, w_b]`` (bool or float in [0, 1]) covering exactly the image's valid
-        region (any resolution: a point's window is mapped onto it).
-    index: ``long[B, P]``, the mask of each point in its image's stack; -1 = none (an empty mask).
+    Args:
+        window: G, the window side in pixels of the classifier's (rescaled) input image (the
+            smallest side with ``fit_box``); >= 4.
+        samples: samples per window side (default: one per pixel); the glimpse CNN's cost grows
+            with its square.
+        masks: the glimpse also reads the window of each point's own segment mask (``point_masks``
+            of ``forward``: ground truth in training, the proposal at inference), so the outline
+            comes from the mask.
+        fit_box: with ``masks``, the window is the square around the point's segment's bounding box
+            (10 % margin, side >= ``window``): every outline, small or large, fills the same grid.
+        head: also classify each point from its glimpse alone (a linear head on the glimpse
+            embedding, logits added to the ViT's): a direct path for the shape read from the window.
     """
 
-    masks: list[torch.Tensor]
-    index: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if len(self.masks) != self.index.shape[0]:
-            raise ValueError(f"PointMasks: {len(self.masks)} mask stacks for {self.index.shape[0]} images")
-        for b, m in enumerate(self.masks):
-            if m.dim() != 3:
-                raise ValueError(f"PointMasks: image {b}'s masks must be [N, h, w], got {tuple(m.shape)}")
-        # one device sync for all images (this runs on every classifier call and chunk)
-        counts = torch.tensor([len(m) for m in self.masks], device=self.index.device)
-        beyond = (self.index >= counts[:, None]).any(1)
-        if self.index.numel() and bool(beyond.any()):
-            b = int(beyond.nonzero()[0])
-            raise ValueError(f"PointMasks: image {b} has {len(self.masks[b])} masks, a point refers to mask "
-                             f"{int(self.index[b].max())}")
-
-    def points(self, start: int, stop: int) -> "PointMasks":
-        """The masks of points ``start:stop`` (same stacks)."""
-        return PointMasks(self.masks, self.index[:, start:stop])
+    window: int = 16
+    samples: int | None = None
+    masks: bool = False
+    fit_box: bool = False
+    head: bool = False
 
 
 class PointGlimpse(nn.Module):
@@ -82,7 +77,7 @@ class PointGlimpse(nn.Module):
         super().__init__()
         samples = size if samples is None else samples
         if size < 4 or samples < 4:
-            raise ValueError(f"point_glimpse must be >= 4 pixels and samples, got {size} pixels, {samples} samples")
+            raise ValueError(f"the glimpse window must be >= 4 pixels and samples, got {size} pixels, {samples} samples")
         if fit_box and not masks:
             raise ValueError("fitting the glimpse to the segment's box needs the masks (masks=True)")
         self.size, self.samples = int(size), int(samples)

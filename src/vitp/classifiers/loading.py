@@ -132,6 +132,9 @@ def load_into(
     checkpoint has transformer blocks the backbone lacks; when the head's shape differs and
     ``reinit_head`` is False; and, with ``strict``, when any other checkpoint entry has no place in
     the model (a pretraining classification head of a timm / HF checkpoint is ignored, and listed).
+
+    Long because it is one ordered procedure (read, convert keys, reconcile the head, load, report)
+    whose steps share the key report.
     """
     sd = read_state_dict(source, allow_unsafe_load)
     own = model.state_dict()

@@ -161,28 +161,6 @@ def one_way_attention(
     return o[..., :d] + o[..., d : d + 1] * v_self.to(o.dtype)
 
 
-def masked_one_way_attention(
-    q: torch.Tensor,
-    k_self: torch.Tensor,
-    v_self: torch.Tensor,
-    kv: tuple[torch.Tensor, torch.Tensor],
-    key_mask: torch.Tensor | None,
-    dropout_p: float = 0.0,
-) -> torch.Tensor:
-    """Straightforward reference of :func:`one_way_attention`: keys [context ; all queries] with a
-    ``[P, N + P]`` boolean mask (identity on the query part). O(P^2) memory; for tests."""
-    k_ctx, v_ctx = kv
-    B, H, P, _ = q.shape
-    N = k_ctx.shape[2]
-    k = torch.cat([k_ctx, k_self], dim=2)
-    v = torch.cat([v_ctx, v_self], dim=2)
-    if key_mask is None:
-        key_mask = torch.ones(B, N, dtype=torch.bool, device=q.device)
-    eye = torch.eye(P, dtype=torch.bool, device=q.device)
-    mask = torch.cat([key_mask[:, None, :].expand(B, P, N), eye.expand(B, P, P)], dim=2)[:, None]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-
-
 def block_query(
     block: nn.Module,
     xq: torch.Tensor,
@@ -254,3 +232,15 @@ def square_frame(images: torch.Tensor, size: int) -> tuple[torch.Tensor, float]:
     x = images if (fh, fw) == (h, w) else F.interpolate(images, size=(fh, fw), mode="bilinear",
                                                         align_corners=False, antialias=scale < 1)
     return F.pad(x, (0, size - fw, 0, size - fh)), scale
+
+
+def check_backbone(backbone: nn.Module, model_name: str) -> None:
+    """Raise unless ``backbone`` is a timm VisionTransformer PointViT can run (every block checked
+    by :func:`check_block`, no patch dropout)."""
+    for name in ("patch_embed", "blocks", "pos_embed", "cls_token"):
+        if not hasattr(backbone, name):
+            raise NotImplementedError(f"{model_name}: PointViT needs a timm VisionTransformer (no {name})")
+    for blk in backbone.blocks:
+        check_block(blk)
+    if not isinstance(getattr(backbone, "patch_drop", nn.Identity()), nn.Identity):
+        raise ValueError("patch dropout is not supported by PointViT (it would drop masked patches)")

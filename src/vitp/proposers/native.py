@@ -101,7 +101,7 @@ class NativeProposer(MaskProposer):
         is_thing: per dataset class (linked by the CLI; ``instance`` targets keep things only).
     """
 
-    def __init__(
+    def __init__(  # long: the architecture's arguments, each checked, for a fresh model or a saved one
         self,
         model: str | None = None,
         num_classes: int | None = None,

@@ -4,14 +4,14 @@ checkpoint, and per rule the metrics of the pipeline's own post-processing on sh
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from vitp.pipeline import original_size_logits
 from vitp.point_rules import POINT_RULES, check_point_rule, select_points_by_rule
-from vitp.proposal_points import match_segments
+from vitp.proposal_geometry import match_segments, original_size_logits
 from vitp.structures import Batch, Proposals
 
 SIZES = (("small", 0, 32**2), ("medium", 32**2, 96**2), ("large", 96**2, float("inf")))
@@ -106,7 +106,8 @@ class RuleEval:
                matches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """A rule: choose points, classify, post-process, count."""
         pipe = self.model.pipeline
-        pipe.point_rule, pipe.inference_top_k, pipe.point_seed = self.rule, self.top_k, self.seed
+        pipe.settings = replace(pipe.settings, point_rule=self.rule, top_k=self.top_k)
+        pipe.point_seed = self.seed
         valid, frame = batch.valid_tensor(), tuple(batch.images.shape[-2:])
         start = time.perf_counter()
         for p in proposals:

@@ -1,0 +1,163 @@
+"""A proposal's geometry at inference, in one place: its mask logits cropped to the valid region and
+resized to the original frame, its inference point, the connected part under that point, and the
+masks a mask-aware classifier reads. Training targets built from proposals (labels, matching for
+supervision, jittered ground truth) live in ``vitp.training.point_targets``.
+
+Coordinates follow ``vitp.points``: (y, x) in [-1, 1] relative to each image's valid region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from vitp.points import point_to_pixel
+from vitp.postprocess import UpsampledLogits, crop_and_resize, crop_logits
+from vitp.structures import Batch, PointMasks, Proposals
+
+
+def match_segments(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best ground-truth segment of each predicted mask: ``(iou float[Q], index long[Q])``.
+
+    ``pred bool[Q, P]`` and ``gt bool[N, P]`` are flattened masks on the same pixels (N >= 1).
+    """
+    pred, gt = pred.float(), gt.float()
+    inter = pred @ gt.T
+    union = pred.sum(1, keepdim=True) + gt.sum(1)[None] - inter
+    return (inter / union.clamp(min=1)).max(1)
+
+
+def valid_cells(
+    mask_logits: torch.Tensor,
+    valid_sizes: torch.Tensor | Sequence[Sequence[int]],
+    frame_size: tuple[int, int],
+    mask_valid_sizes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The valid region of each image in mask cells, ``float64[B, 2]``, and the mask cells whose
+    centre lies inside it, ``bool[B, h, w]`` (see :func:`select_points` for the arguments)."""
+    h, w = mask_logits.shape[-2:]
+    dev = mask_logits.device
+    if mask_valid_sizes is not None:
+        region = torch.as_tensor(mask_valid_sizes, device=dev).double()
+    else:
+        vs = torch.as_tensor(valid_sizes, device=dev).double()
+        H, W = frame_size
+        region = vs * torch.tensor([h / H, w / W], device=dev, dtype=torch.float64)
+    n_rows = (region[:, 0] - 0.5).ceil().clamp(1, h).long()  # cells with centre < region
+    n_cols = (region[:, 1] - 0.5).ceil().clamp(1, w).long()
+    ok = (torch.arange(h, device=dev)[None, :, None] < n_rows[:, None, None]) & (
+        torch.arange(w, device=dev)[None, None, :] < n_cols[:, None, None]
+    )
+    return region, ok
+
+
+def select_points(
+    mask_logits: torch.Tensor,
+    valid_sizes: torch.Tensor | Sequence[Sequence[int]],
+    frame_size: tuple[int, int],
+    top_k: int = 1,
+    mask_valid_sizes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The most confident location(s) of each proposal: ``float[B, Q, top_k, 2]`` (y, x).
+
+    ``mask_logits float[B, Q, h, w]`` cover the whole padded frame of size ``frame_size`` (H, W);
+    only mask cells whose centre lies inside the image's valid region (``valid_sizes long[B, 2]`` in
+    frame pixels, or ``mask_valid_sizes`` directly in mask cells) are candidates. Points are cell
+    centres in the valid-region convention of this module, ordered by decreasing logit.
+    """
+    w = mask_logits.shape[-1]
+    region, ok = valid_cells(mask_logits, valid_sizes, frame_size, mask_valid_sizes)
+    if top_k > int(ok.flatten(1).sum(1).min()):
+        raise ValueError(f"top_k={top_k} exceeds the number of valid mask cells")
+    logits = mask_logits.masked_fill(~ok[:, None], float("-inf"))
+    idx = logits.flatten(2).topk(top_k, dim=-1).indices  # [B, Q, k]
+    r, c = (idx // w).double(), (idx % w).double()
+    y = (2 * (r + 0.5) / region[:, 0, None, None] - 1).clamp(-1, 1)
+    x = (2 * (c + 0.5) / region[:, 1, None, None] - 1).clamp(-1, 1)
+    return torch.stack([y, x], dim=-1).to(mask_logits.dtype if mask_logits.is_floating_point() else torch.float32)
+
+
+def valid_region_logits(proposals: Proposals, batch: Batch, index: int) -> torch.Tensor:
+    """Image ``index``'s mask logits ``[Q, h, w]`` on the valid region of the input frame (the pixels
+    of ``Target.masks[:, :h, :w]``)."""
+    logits = proposals.mask_logits[index].detach().float()
+    h, w = batch.targets[index].valid_size
+    if proposals.valid_sizes is not None:
+        return crop_and_resize(logits, tuple(proposals.valid_sizes[index].tolist()), (h, w))
+    return crop_and_resize(logits, (h, w), (h, w), tuple(batch.images.shape[-2:]))
+
+
+def original_size_logits(proposals: Proposals, batch: Batch, index: int) -> torch.Tensor:
+    """Image ``index``'s mask logits with the padding removed, at its original size.
+
+    Proposals that state their valid region (``Proposals.valid_sizes``, in mask coordinates) are
+    cropped there; otherwise the input's valid region is mapped through the frame exactly, as
+    :func:`vitp.postprocess.crop_and_resize` does (no rounding to whole mask pixels).
+    """
+    target = batch.targets[index]
+    logits = proposals.mask_logits[index]
+    if proposals.valid_sizes is not None:
+        return crop_and_resize(logits, tuple(proposals.valid_sizes[index].tolist()), target.orig_size)
+    return crop_and_resize(logits, target.valid_size, target.orig_size, tuple(batch.images.shape[-2:]))
+
+
+def lazy_logits(proposals: Proposals, batch: Batch, index: int, size: tuple[int, int]) -> UpsampledLogits:
+    """:func:`original_size_logits` seen at ``size`` band by band (``vitp.postprocess.UpsampledLogits``),
+    never materialised at full size."""
+    logits = proposals.mask_logits[index]
+    if proposals.valid_sizes is not None:
+        return crop_logits(logits, tuple(proposals.valid_sizes[index].tolist()), size)
+    return crop_logits(logits, batch.targets[index].valid_size, size, tuple(batch.images.shape[-2:]))
+
+
+def capped_size(size: tuple[int, int], max_image_side: int | None) -> tuple[int, int]:
+    """``size`` scaled down so that its long side is at most ``max_image_side`` (None: unchanged)."""
+    h, w = size
+    if max_image_side is None or max(h, w) <= max_image_side:
+        return (h, w)
+    scale = max_image_side / max(h, w)
+    return (max(1, round(h * scale)), max(1, round(w * scale)))
+
+
+def point_components(masks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``bool[Q, h, w]`` masks (on an image's valid region) each cut to its 8-connected part under
+    its point (``points float[Q, 2]``, this module's convention); a mask its point misses is kept
+    whole. A proposal's stray pixels far from its segment would otherwise stretch the box a
+    box-framed glimpse reads (``PointGlimpse(fit_box=True)``): exact ground-truth masks have none."""
+    q, h, w = masks.shape
+    if q == 0:
+        return masks
+    rows, cols = (t.tolist() for t in point_to_pixel(points, (h, w)))
+    array = masks.detach().cpu().numpy()
+    out = masks.clone()
+    eight = np.ones((3, 3), dtype=bool)
+    for k in range(q):
+        if not array[k, rows[k], cols[k]]:
+            continue
+        labels, count = ndimage.label(array[k], structure=eight)
+        if count > 1:
+            out[k] = torch.from_numpy(labels == labels[rows[k], cols[k]]).to(masks.device)
+    return out
+
+
+def proposal_point_masks(batch: Batch, proposals: Sequence[Proposals], points: Sequence[torch.Tensor],
+                         points_per_proposal: int = 1, components: bool = True) -> PointMasks:
+    """The masks a mask-aware classifier reads for proposal points: each image's proposals of every
+    set in ``proposals`` (binarised at logit 0 on the valid region), in the order of their
+    ``points`` (per set ``float[B, Q * k, 2]``, ``k = points_per_proposal`` consecutive points per
+    proposal). With ``components`` each proposal is cut to its connected part under its first point
+    (:func:`point_components`). Used at inference and for the proposal points of training alike."""
+    k = points_per_proposal
+    stacks, index = [], []
+    device = batch.images.device
+    for i in range(len(batch)):
+        masks = [valid_region_logits(p, batch, i) > 0 for p in proposals]
+        if components:  # cut at each proposal's first (most confident) point
+            masks = [point_components(m, pts[i, ::k]) for m, pts in zip(masks, points)]
+        count = sum(len(m) for m in masks)
+        stacks.append(torch.cat([m.to(device) for m in masks]))
+        index.append(torch.arange(count, device=device).repeat_interleave(k))
+    return PointMasks(stacks, torch.stack(index))

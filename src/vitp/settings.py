@@ -1,0 +1,127 @@
+"""Typed settings groups of ``ViTPModule`` (LightningCLI shows each as one nested block in
+``--help`` and YAML, e.g. ``--model.init_args.inference.fusion_alpha 0.4``).
+
+* :class:`InferenceSettings`: how proposals become predictions (fusion, inference points,
+  post-processing thresholds); what ``vitp.pipeline.TwoStagePipeline`` runs.
+* :class:`EvaluationSettings`: which extra variants validation and test report.
+* :class:`OptimizerSettings`: the optimiser, its schedule and the non-finite-loss policy.
+* :class:`OutputSettings`: files written by test and predict, and predict's own thresholds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from vitp.point_rules import PointRule, check_point_rule
+from vitp.postprocess import PostProcessConfig
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """From proposals to predictions.
+
+    Args:
+        fusion_alpha: weight of the point classifier in the geometric class ensemble (1 = alone;
+            see ``vitp.fusion``).
+        fuse_objectness: with a classifier trained on "no object" (``ProposalPoints``), fuse its
+            objectness with the proposer's; False keeps the proposer's (the reference fusion).
+        point_rule: which point(s) of each proposal the classifier reads (``vitp.point_rules``):
+            ``argmax`` of the mask logits (the reference, default), ``interior`` (distance-transform
+            maximum), ``centroid`` (snapped into the mask) or ``random`` (a mask cell; seeded).
+        top_k: points per proposal (their logits averaged).
+        point_mask_components: a mask-aware classifier reads each proposal cut to its connected
+            part under the proposal's point, so stray pixels do not stretch the segment's box.
+        keep_rule: which panoptic segment candidates are kept: ``reference`` (Mask2Former / ViT-P:
+            the top class probability exceeds ``object_mask_threshold``) or ``objectness`` (the object
+            probability exceeds ``keep_threshold``); see ``vitp.postprocess.PostProcessConfig``.
+        keep_threshold: object probability above which a segment is kept (``objectness`` rule).
+        object_mask_threshold: class-probability threshold of the ``reference`` rule.
+        overlap_threshold: see ``vitp.postprocess.PostProcessConfig``.
+        topk_instances: see ``vitp.postprocess.PostProcessConfig``.
+    """
+
+    fusion_alpha: float = 0.4
+    fuse_objectness: bool = True
+    point_rule: PointRule = "argmax"
+    top_k: int = 1
+    point_mask_components: bool = True
+    keep_rule: Literal["objectness", "reference"] = "reference"
+    keep_threshold: float = 0.5
+    object_mask_threshold: float = 0.8
+    overlap_threshold: float = 0.8
+    topk_instances: int = 100
+
+    def __post_init__(self) -> None:
+        check_point_rule(self.point_rule, self.top_k)
+        self.postprocess()  # validates the keep rule
+
+    def postprocess(self, score_threshold: float = 0.0) -> PostProcessConfig:
+        """The post-processing thresholds, with ``score_threshold`` (0 keeps every segment)."""
+        return PostProcessConfig(self.object_mask_threshold, self.overlap_threshold, self.topk_instances,
+                                 self.keep_rule, self.keep_threshold, score_threshold)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """Variants validation and test report beside the main one (``vitp`` with a classifier).
+
+    Args:
+        proposer_classes: also the proposer's own classes (``*_proposer`` metrics) when a
+            classifier is set (skipped for class-agnostic proposers).
+        oracle_classes: also the proposer's masks with ground-truth classes (``*_oracle``).
+    """
+
+    proposer_classes: bool = True
+    oracle_classes: bool = False
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """Optimiser, learning-rate schedule (linear warm-up, then cosine) and non-finite losses.
+
+    Args:
+        optimizer: ``adamw`` (with layer-wise lr decay) or ``sgd`` (the reference recipe).
+        lr: base learning rate.
+        weight_decay: weight decay (not applied to norms, biases, tokens, position embeddings).
+        momentum: SGD momentum.
+        point_embed_lr: learning rate of the point-position embedding (reference: 1e-2).
+        layer_decay: layer-wise lr decay of the classifier's ViT blocks (1 = none).
+        warmup_steps: linear warm-up steps before the cosine decay.
+        on_nonfinite_loss: a NaN / infinite training loss ``stop``s the run with an error naming the
+            global step, epoch, batch and loss terms, or (``skip``, single process only) skips that
+            batch's optimizer step with a warning, counted in ``train/skipped_nonfinite``
+            (see ``vitp.nonfinite``).
+    """
+
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    point_embed_lr: float | None = None
+    layer_decay: float = 1.0
+    warmup_steps: int = 0
+    on_nonfinite_loss: Literal["stop", "skip"] = "stop"
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Files written by ``test`` and ``predict`` (see ``vitp.export``) and predict's thresholds.
+
+    Args:
+        export_dir: write predictions (and metrics) here during test and predict (``predict`` also
+            writes one JSON per image, ``segments/<stem>.json``); None writes nothing.
+        overlays: with ``export_dir``, ``predict`` also writes overlays on the images (coloured
+            segments, outlines, class names).
+        score_threshold: ``predict`` (and ``vitp.Segmenter``) keeps only panoptic segments and
+            instances scoring at least this; validation and test keep all (AP needs the
+            low-scoring instances too).
+        max_image_side: ``predict`` post-processes images whose long side is larger at this size
+            and maps the results back to the original size (memory and time stay those of this
+            size); None: always at the original size. Validation and test: always the original size.
+    """
+
+    export_dir: str | None = None
+    overlays: bool = True
+    score_threshold: float = 0.0
+    max_image_side: int | None = 1333
