@@ -102,12 +102,16 @@ class Batch:
     targets: one ``Target`` per image.
     points: optional point supervision ``float[B, P, 2]``, (y, x) in [-1, 1] relative to the valid
         region; ``point_labels`` ``long[B, P]`` with -1 for padding.
+    skipped: messages of samples the collate dropped (``on_bad_sample=skip``), reported by the loader.
+    train_position: where the training loader stood (``{"epoch", "batches"}``), for resuming.
     """
 
     images: torch.Tensor
     targets: list[Target]
     points: torch.Tensor | None = None
     point_labels: torch.Tensor | None = None
+    skipped: list[str] = field(default_factory=list)
+    train_position: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -126,6 +130,8 @@ class Batch:
             targets=[t.to(device) for t in self.targets],
             points=None if self.points is None else self.points.to(device),
             point_labels=None if self.point_labels is None else self.point_labels.to(device),
+            skipped=list(self.skipped),
+            train_position=self.train_position,
         )
 
 

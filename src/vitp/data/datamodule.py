@@ -202,7 +202,7 @@ class SegmentationDataModule(L.LightningDataModule):
         calls this hook for the batch about to be trained, not for the one it prefetched): saved in
         checkpoints by ``state_dict``, so a run resumed from a mid-epoch checkpoint starts at the next
         batch of the same epoch (``VitpDataLoader``)."""
-        position = getattr(batch, "train_position", None)
+        position = batch.train_position if isinstance(batch, Batch) else None
         if position is not None:
             self.train_position = position
         return batch

@@ -206,7 +206,7 @@ class _LazyIterator:
         while True:
             batch = next(self.it)
             self.loader._consumed += 1
-            skipped = getattr(batch, "skipped", None)
+            skipped = batch.skipped
             if skipped:
                 if self.loader.on_skipped is not None:
                     self.loader.on_skipped(list(skipped))
