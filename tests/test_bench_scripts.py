@@ -55,3 +55,27 @@ def test_bench_end_to_end(tiny_coco_root: Path, tmp_path: Path, capsys):
     printed = capsys.readouterr().out
     assert "segments kept per image: proposer" in printed
     assert "| vitp / proposer |" in printed and "| pointvit L k11 / timm L |" in printed
+
+
+def test_bench_hf_proposer(tiny_coco_root: Path, tmp_path: Path):
+    """vitp's proposer-alone path and HF's own on the same tiny saved Mask2Former: both timed, their
+    panoptic results compared (pixel agreement, PQ, segments kept)."""
+    from vitp.cli import cli
+    from vitp.data.coco import read_dataset_info
+    from vitp.proposers import Mask2FormerProposer
+
+    torch.manual_seed(0)
+    info = read_dataset_info(tiny_coco_root, "val")
+    proposer_dir = tmp_path / "hf_model"
+    Mask2FormerProposer(preset="tiny", num_classes=info.num_classes, class_names=list(info.class_names),
+                        is_thing=list(info.is_thing)).save_pretrained(proposer_dir)
+    args = ["--config", str(CONFIG), "--data.init_args.root", str(tiny_coco_root), "--trainer.logger", "false",
+            "--model.init_args.proposer.init_args.model", str(proposer_dir), *SMALL]
+    ckpt = tmp_path / "vitp.ckpt"
+    torch.save({"state_dict": cli(args, run=False).model.state_dict(), "pytorch-lightning_version": L.__version__,
+                "epoch": 0, "global_step": 0}, ckpt)
+    out = _script("bench_hf_proposer").main([
+        "--workdir", str(tmp_path), "--ckpt", str(ckpt), "--proposer", str(proposer_dir),
+        "--data-root", str(tiny_coco_root), "--images", "2", "--reps", "1", "--threshold", "0.0", "--", *SMALL])
+    assert out["vitp_over_hf_cpu"] > 0 and 0.0 <= out["pixel_class_agreement"] <= 100.0
+    assert out["segments_vitp"] > 0  # threshold 0: the random model's queries are kept
