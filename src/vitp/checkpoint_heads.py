@@ -73,17 +73,13 @@ def reconcile_head_shapes(model: nn.Module, state_dict: dict[str, Any], num_clas
     raise ValueError(message)
 
 
-def reconcile_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
-    """``ViTPModule.on_load_checkpoint``: the shape check above (heads never re-initialised in
-    ``validate`` / ``test`` / ``predict``),
-    refusing to resume a fit (optimizer state included) into re-initialised heads, whose optimizer
-    state could not follow."""
-    # validate / test / predict never re-initialise; without a trainer (``load_from_checkpoint`` in
-    # Python, e.g. to fine-tune next) the option decides; ``vitp.Segmenter`` refuses by itself
-    fitting = module._trainer is None or module.trainer.state.fn == "fit"
-    heads = reconcile_head_shapes(module, checkpoint["state_dict"], module.dataset_info.num_classes,
-                                  module.reinit_heads_on_mismatch, fitting=fitting)
-    if heads and "optimizer_states" in checkpoint and module._trainer is not None and module.trainer.state.fn == "fit":
+def reconcile_checkpoint(module: nn.Module, checkpoint: dict[str, Any], num_classes: int, reinit: bool,
+                         fitting: bool, resuming_fit: bool) -> None:
+    """``ViTPModule.on_load_checkpoint``: the shape check above (``fitting=False``: ``validate`` /
+    ``test`` / ``predict``, heads never re-initialised), refusing to resume a fit (``resuming_fit``,
+    optimizer state included) into re-initialised heads, whose optimizer state could not follow."""
+    heads = reconcile_head_shapes(module, checkpoint["state_dict"], num_classes, reinit, fitting=fitting)
+    if heads and "optimizer_states" in checkpoint and resuming_fit:
         raise ValueError(
             "`fit --ckpt_path` resumes the optimizer too, whose state cannot follow re-initialised heads; to fine-tune "
             "on a new label space, start a new fit from the weights, e.g. --model.init_args.classifier.init_args."

@@ -132,7 +132,12 @@ class ViTPModule(L.LightningModule):
         return names
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        reconcile_checkpoint(self, checkpoint)  # class-count mismatches: a clear error or fresh heads
+        # class-count mismatches: a clear error or fresh heads. validate / test / predict never
+        # re-initialise; without a trainer (``load_from_checkpoint`` in Python, e.g. to fine-tune next)
+        # the option decides; ``vitp.Segmenter`` refuses by itself
+        stage = self.trainer.state.fn if self._trainer is not None else None
+        reconcile_checkpoint(self, checkpoint, self.dataset_info.num_classes, self.reinit_heads_on_mismatch,
+                             fitting=stage in (None, "fit"), resuming_fit=stage == "fit")
         self.skipped_nonfinite = int(checkpoint.get("vitp_counters", {}).get("skipped_nonfinite", 0))
 
     def train(self, mode: bool = True) -> "ViTPModule":
