@@ -8,6 +8,28 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 
+class SkippedSamplesLogger(L.Callback):
+    """Log ``{stage}/skipped_samples``: the samples the data module skipped (``on_bad_sample=skip``,
+    ``SegmentationDataModule.skipped_samples``), summed over processes, at the end of every train,
+    validation and test epoch. ``ViTPModule.configure_callbacks`` adds it to every run."""
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if getattr(datamodule, "on_bad_sample", "error") != "skip":
+            return
+        count = float(datamodule.skipped_samples.get(stage, 0))
+        pl_module.log(f"{stage}/skipped_samples", count, sync_dist=True, reduce_fx="sum")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, pl_module, "train")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, pl_module, "test")
+
+
 class SaveProposer(L.Callback):
     """At the end of ``fit``, save the trained proposer with ``save_pretrained(dirpath)``.
 

@@ -227,17 +227,11 @@ class ViTPModule(L.LightningModule):
         checkpoint["vitp_counters"] = {"skipped_nonfinite": self.skipped_nonfinite}
         checkpoint.update(checkpoint_extras(self))  # label space, training data, last metrics
 
-    def _log_skipped_samples(self, stage: str) -> None:
-        """``{stage}/skipped_samples``: samples the data module skipped (``on_bad_sample=skip``),
-        summed over processes."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if getattr(datamodule, "on_bad_sample", "error") != "skip":
-            return
-        count = float(datamodule.skipped_samples.get(stage, 0))
-        self.log(f"{stage}/skipped_samples", count, sync_dist=True, reduce_fx="sum")
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Callbacks every run of this module gets (``vitp.callbacks``): skipped-sample logging."""
+        from vitp.callbacks import SkippedSamplesLogger
 
-    def on_train_epoch_end(self) -> None:
-        self._log_skipped_samples("train")
+        return [SkippedSamplesLogger()]
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Batch, stage: str) -> None:
@@ -277,7 +271,6 @@ class ViTPModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
-        self._log_skipped_samples("val")
 
     def on_test_epoch_start(self) -> None:
         self._exporter = self._make_exporter()
@@ -288,7 +281,6 @@ class ViTPModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         results = self._log_metrics("test")
-        self._log_skipped_samples("test")
         if self._exporter is not None:
             self._exporter.finalize(results)
             self._exporter = None
