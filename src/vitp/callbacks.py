@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
@@ -28,6 +29,78 @@ class SkippedSamplesLogger(L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log(trainer, pl_module, "test")
+
+
+class PredictionFiles(L.Callback):
+    """Write ``test`` and ``predict`` results under the module's ``output.export_dir`` (``vitp.export``):
+    test: the main variant's predictions, ``metrics.json`` and ``report.html`` (``vitp.report``; rank
+    0's images under DDP); predict: PNGs, JSON, one ``segments/<stem>.json`` per image and, with
+    ``output.overlays``, overlays (``vitp.visualize``). ``ViTPModule.configure_callbacks`` adds it
+    when ``export_dir`` is set. Writes as the batches come, so memory stays flat (``vitp predict``
+    does not keep the predictions either)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._writers: list[Any] = []
+        self._report: Any = None
+
+    def _start(self, pl_module: L.LightningModule, per_image_json: bool) -> Any:
+        from vitp.export import PredictionExporter
+
+        exporter = PredictionExporter(pl_module.output.export_dir, pl_module.dataset_info,
+                                      per_image_json=per_image_json)
+        self._writers = [exporter]
+        return exporter
+
+    def _write(self, predictions: Any, batch: Any) -> None:
+        for writer in self._writers:
+            for pred, target in zip(predictions, batch.targets):
+                writer.write(pred, target)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from vitp.report import ReportCollector
+
+        self._start(pl_module, per_image_json=False)
+        self._report = ReportCollector(pl_module.dataset_info)
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._write(outputs.predictions[pl_module.main_variant], batch)
+        self._report.add_batch(outputs, batch)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        results = pl_module.test_results
+        self._writers[0].finalize(results)
+        if trainer.is_global_zero:  # under DDP: the images of rank 0
+            self._report.write(pl_module.output.export_dir, results)
+        self._writers, self._report = [], None
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(pl_module, per_image_json=True)
+        if pl_module.output.overlays:
+            from vitp.visualize import OverlayWriter
+
+            self._writers.append(OverlayWriter(pl_module.output.export_dir, pl_module.dataset_info,
+                                               _image_reader(trainer)))
+
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._write(outputs, batch)
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._writers[0].finalize(None)
+        self._writers = []
+
+
+def _image_reader(trainer: L.Trainer) -> Any:
+    """The predict dataset's image reader (``read_image``: your own images are read with their EXIF
+    orientation applied), so overlays show the pixels the predictions refer to."""
+    loaders = trainer.predict_dataloaders
+    for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+        reader = getattr(getattr(loader, "dataset", None), "read_image", None)
+        if reader is not None:
+            return reader
+    return None
 
 
 class SaveProposer(L.Callback):

@@ -52,6 +52,8 @@ def prepare_run(subcommand: str | None, config: Any) -> Path | None:
     if subcommand == "predict" and output is not None and "export_dir" in output and not output["export_dir"]:
         root = _get(config, "trainer.default_root_dir") or os.getcwd()
         output["export_dir"] = str(Path(root) / "predictions")
+    if subcommand == "predict" and "return_predictions" in config and config["return_predictions"] is None:
+        config["return_predictions"] = False  # written to files as they come (PredictionFiles), not kept
     return folder
 
 

@@ -18,7 +18,7 @@ from vitp.checkpoint_heads import checkpoint_extras, reconcile_checkpoint
 from vitp.classifiers.base import PointClassifier
 from vitp.metrics.point_accuracy import PointAccuracy
 from vitp.nonfinite import NonFiniteLossError, check_skip_supported, nonfinite_message
-from vitp.pipeline import TwoStagePipeline
+from vitp.pipeline import PipelineOutput, TwoStagePipeline
 from vitp.proposers.base import TASKS, MaskProposer
 from vitp.settings import EvaluationSettings, InferenceSettings, OptimizerSettings, OutputSettings
 from vitp.structures import Batch, DatasetInfo, Prediction
@@ -107,8 +107,7 @@ class ViTPModule(L.LightningModule):
             proposer, classifier, dataset_info.num_classes, dataset_info.thing_mask(), self.tasks,
             tuple(self.variant_names), inference, point_no_object=self.point_supervision.no_object,
         )
-        self._exporter: Any = None
-        self._overlays: Any = None
+        self.test_results: dict[str, float] = {}  # the last test's metrics
         self.skipped_nonfinite = 0  # training steps skipped for a non-finite loss (this process)
         self.reinit_heads_on_mismatch = reinit_heads_on_mismatch
 
@@ -228,13 +227,14 @@ class ViTPModule(L.LightningModule):
         checkpoint.update(checkpoint_extras(self))  # label space, training data, last metrics
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """Callbacks every run of this module gets (``vitp.callbacks``): skipped-sample logging."""
-        from vitp.callbacks import SkippedSamplesLogger
+        """Callbacks every run of this module gets (``vitp.callbacks``): skipped-sample logging, and
+        with ``output.export_dir`` the files of test and predict."""
+        from vitp.callbacks import PredictionFiles, SkippedSamplesLogger
 
-        return [SkippedSamplesLogger()]
+        return [SkippedSamplesLogger()] + ([PredictionFiles()] if self.output.export_dir else [])
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_step(self, batch: Batch, stage: str) -> None:
+    def _eval_step(self, batch: Batch) -> PipelineOutput:
         supervised = self.classifier is not None and batch.points is not None
         needs_masks = supervised and self.pipeline.classifier_needs_masks
         extra_masks = ground_truth_point_masks(batch, batch.points) if needs_masks else None
@@ -243,17 +243,15 @@ class ViTPModule(L.LightningModule):
             self.point_accuracy.update(out.extra_point_logits, batch.point_labels)
         for name, preds in out.predictions.items():
             self.metrics[name].update(preds, batch.targets)
-        if stage == "test" and self._exporter is not None:
-            for pred, target in zip(out.predictions[self.main_variant], batch.targets):
-                self._exporter.write(pred, target)
-        if stage == "test" and getattr(self, "_report", None) is not None:
-            self._report.add_batch(out, batch)  # report.html, see vitp.report
+        return out
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        self._eval_step(batch)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: Batch, batch_idx: int) -> PipelineOutput:
+        """The batch's predictions of every variant (``vitp.callbacks.PredictionFiles`` writes the main
+        variant's when ``output.export_dir`` is set)."""
+        return self._eval_step(batch)
 
     def _log_metrics(self, stage: str) -> dict[str, float]:
         results = self.point_accuracy.compute_and_reset()
@@ -272,61 +270,13 @@ class ViTPModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
 
-    def on_test_epoch_start(self) -> None:
-        self._exporter = self._make_exporter()
-        if self._exporter is not None:
-            from vitp.report import ReportCollector
-
-            self._report = ReportCollector(self.dataset_info)
-
     def on_test_epoch_end(self) -> None:
-        results = self._log_metrics("test")
-        if self._exporter is not None:
-            self._exporter.finalize(results)
-            self._exporter = None
-        if getattr(self, "_report", None) is not None:
-            if self.trainer.is_global_zero:  # under DDP: the images of rank 0
-                self._report.write(self.output.export_dir, results)
-            self._report = None
+        self.test_results = self._log_metrics("test")  # metrics.json of PredictionFiles
 
-    def _make_exporter(self, per_image_json: bool = False) -> Any:
-        if not self.output.export_dir:
-            return None
-        from vitp.export import PredictionExporter
-
-        return PredictionExporter(self.output.export_dir, self.dataset_info, per_image_json=per_image_json)
-
-    def _predict_image_reader(self) -> Any:
-        """The predict dataset's image reader (``read_image``: your own images are read with their
-        EXIF orientation applied), so overlays show the pixels the predictions refer to."""
-        loaders = getattr(self.trainer, "predict_dataloaders", None) if self._trainer is not None else None
-        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
-            reader = getattr(getattr(loader, "dataset", None), "read_image", None)
-            if reader is not None:
-                return reader
-        return None
-
-    def on_predict_epoch_start(self) -> None:
-        self._exporter = self._make_exporter(per_image_json=True)
-        if self._exporter is not None and self.output.overlays:
-            from vitp.visualize import OverlayWriter
-
-            self._overlays = OverlayWriter(self.output.export_dir, self.dataset_info, self._predict_image_reader())
-
-    def predict_step(self, batch: Batch, batch_idx: int) -> list[Prediction] | None:
-        """The main variant's predictions; with ``export_dir`` they are written there (PNGs, JSON,
-        overlays) and None is returned, so a large folder does not pile up in memory."""
-        predictions = self.predict_batch(batch)[self.main_variant]
-        for writer in (self._exporter, self._overlays):
-            if writer is not None:
-                for pred, target in zip(predictions, batch.targets):
-                    writer.write(pred, target)
-        return None if self._exporter is not None else predictions
-
-    def on_predict_epoch_end(self) -> None:
-        if self._exporter is not None:
-            self._exporter.finalize(None)
-        self._exporter = self._overlays = None
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[Prediction]:
+        """The main variant's predictions (``vitp.callbacks.PredictionFiles`` writes them when
+        ``output.export_dir`` is set; ``vitp predict`` then keeps none in memory)."""
+        return self.predict_batch(batch)[self.main_variant]
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
