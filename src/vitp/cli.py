@@ -40,8 +40,9 @@ class VitpCLI(LightningCLI):
         ``test`` / ``predict`` build the model in the checkpoint's label space
         (``data.init_args.label_space``); ``predict`` without ``model.init_args.output.export_dir`` writes to
         ``<default_root_dir>/predictions`` (``vitp.cli_hooks.prepare_run``)."""
-        from vitp.cli_hooks import prepare_run
+        from vitp.cli_hooks import check_renamed_options, prepare_run
 
+        check_renamed_options(args)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         self.pretrained_folder = prepare_run(subcommand, self.config[subcommand] if subcommand else self.config)

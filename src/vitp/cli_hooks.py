@@ -57,6 +57,33 @@ def prepare_run(subcommand: str | None, config: Any) -> Path | None:
     return folder
 
 
+def check_renamed_options(args: Any) -> None:
+    """Stop with the file, each renamed option and its new place when a ``--config`` file uses the
+    option names from before they were grouped (``vitp.settings.RENAMED``): jsonargparse would only
+    say the key is not accepted."""
+    import sys
+
+    import yaml
+
+    from vitp.settings import renamed_options
+
+    argv = list(sys.argv[1:] if args is None else args)
+    for i, arg in enumerate(argv[:-1]):
+        if arg not in ("--config", "-c"):
+            continue
+        path = Path(argv[i + 1])
+        if not path.is_file():
+            continue  # jsonargparse names a missing file itself
+        try:
+            config = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            continue  # and a broken one
+        renamed = renamed_options(config.get("model", {})) if isinstance(config, dict) else []
+        if renamed:
+            raise SystemExit(f"{path}: options renamed when the model's settings were grouped "
+                             f"(docs/architecture.md#renamed-options):\n  " + "\n  ".join(renamed))
+
+
 def load_pretrained_weights(model: Any, folder: Path | None) -> None:
     """After the classes are built: a pretrained folder's weights into the model (see :func:`prepare_run`)."""
     if folder is not None and model is not None:

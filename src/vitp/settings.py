@@ -125,3 +125,45 @@ class OutputSettings:
     overlays: bool = True
     score_threshold: float = 0.0
     max_image_side: int | None = 1333
+
+
+RENAMED: dict[str, str] = {
+    **{k: f"inference.{k}" for k in ("fusion_alpha", "fuse_objectness", "point_mask_components", "keep_rule",
+                                      "keep_threshold", "object_mask_threshold", "overlap_threshold",
+                                      "topk_instances")},
+    "inference_top_k": "inference.top_k", "inference_point_rule": "inference.point_rule",
+    "evaluate_variants": "evaluation.proposer_classes", "evaluate_oracle_classes": "evaluation.oracle_classes",
+    **{k: f"optimization.{k}" for k in ("optimizer", "lr", "weight_decay", "momentum", "point_embed_lr",
+                                         "layer_decay", "warmup_steps", "on_nonfinite_loss")},
+    "export_dir": "output.export_dir", "export_overlays": "output.overlays",
+    "score_threshold": "output.score_threshold", "max_image_side": "output.max_image_side",
+    "no_object_points": "point_supervision: {class_path: vitp.training.ProposalPoints}",
+    "no_object_iou": "point_supervision (ProposalPoints init_args.iou)",
+    "no_object_images": "point_supervision (ProposalPoints init_args.images)",
+    "train_on_proposal_masks": "point_supervision (ProposalPoints init_args.read_proposal_masks)",
+    "train_mask_jitter": "point_supervision (init_args.mask_jitter)",
+    "train_mask_stride": "nothing (removed)",
+}
+"""``ViTPModule`` options before they were grouped (issue 23) -> where they live now."""
+
+RENAMED_CLASSIFIER: dict[str, str] = {
+    "point_glimpse": "glimpse.window", "point_glimpse_samples": "glimpse.samples",
+    "point_glimpse_masks": "glimpse.masks", "point_glimpse_fit_box": "glimpse.fit_box",
+    "point_glimpse_head": "glimpse.head",
+}
+"""``PointViT`` glimpse options before ``GlimpseSettings`` -> where they live now."""
+
+
+def renamed_options(model: dict) -> list[str]:
+    """``"old -> new"`` for every option of a config's ``model`` section that was renamed (empty
+    when none): checked before parsing, so an old config gets an error saying where each option went."""
+    init = model.get("init_args") if isinstance(model, dict) else None
+    if not isinstance(init, dict):
+        return []
+    found = [f"model.init_args.{k} -> model.init_args.{RENAMED[k]}" for k in init if k in RENAMED]
+    classifier = init.get("classifier")
+    cinit = classifier.get("init_args") if isinstance(classifier, dict) else None
+    if isinstance(cinit, dict):
+        found += [f"classifier.init_args.{k} -> classifier.init_args.{RENAMED_CLASSIFIER[k]}"
+                  for k in cinit if k in RENAMED_CLASSIFIER]
+    return found
