@@ -79,3 +79,17 @@ def test_bench_hf_proposer(tiny_coco_root: Path, tmp_path: Path):
         "--data-root", str(tiny_coco_root), "--images", "2", "--reps", "1", "--threshold", "0.0", "--", *SMALL])
     assert out["vitp_over_hf_cpu"] > 0 and 0.0 <= out["pixel_class_agreement"] <= 100.0
     assert out["segments_vitp"] > 0  # threshold 0: the random model's queries are kept
+
+
+def test_gpu_check_dry_run_on_cpu(tiny_coco_root: Path, tmp_path: Path):
+    """The GPU check's ViT part runs on the CPU at a tiny size (bf16 autocast, FLOPs and throughput
+    counted); the pipeline part skips a missing run with a message."""
+    script = _script("gpu_check")
+    out = script.main(["--device", "cpu", "--workdir", str(tmp_path), "--vit-model", "vit_tiny_patch16_224",
+                       "--vit-size", "64", "--vit-batch", "2", "--vit-reps", "1", "--points", "5",
+                       "--vit-kwargs", "{'depth': 2, 'embed_dim': 32, 'num_heads': 2, 'img_size': 64}",
+                       "--peak-tflops", "1.0"])
+    assert out["pipeline"] is None  # no make demo run in tmp_path
+    assert out["vit"]["images_per_s"] > 0 and 0 < out["vit"]["mfu"] < 1
+    # the analytic count: 2 blocks of 16 patch tokens and 5 queries, width 32
+    assert script.vit_flops(2, 32, 16, 5) == 2 * (16 * 24 * 32 ** 2 + 4 * 16 * 16 * 32) + 2 * 5 * (24 * 32 ** 2 + 4 * 17 * 32)
