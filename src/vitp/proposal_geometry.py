@@ -80,14 +80,22 @@ def select_points(
     return torch.stack([y, x], dim=-1).to(mask_logits.dtype if mask_logits.is_floating_point() else torch.float32)
 
 
+def _crop_args(proposals: Proposals, batch: Batch, index: int,
+               size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int] | None]:
+    """``(valid_size, size, frame_size)`` for ``crop_and_resize`` / ``crop_logits``: image ``index``'s
+    valid region, seen at ``size``. Proposals that state their valid region (``Proposals.valid_sizes``,
+    in mask coordinates) give it with no frame; otherwise it is the input's valid region in the padded
+    input frame."""
+    if proposals.valid_sizes is not None:
+        return tuple(proposals.valid_sizes[index].tolist()), size, None
+    return tuple(batch.targets[index].valid_size), size, tuple(batch.images.shape[-2:])
+
+
 def valid_region_logits(proposals: Proposals, batch: Batch, index: int) -> torch.Tensor:
     """Image ``index``'s mask logits ``[Q, h, w]`` on the valid region of the input frame (the pixels
     of ``Target.masks[:, :h, :w]``)."""
     logits = proposals.mask_logits[index].detach().float()
-    h, w = batch.targets[index].valid_size
-    if proposals.valid_sizes is not None:
-        return crop_and_resize(logits, tuple(proposals.valid_sizes[index].tolist()), (h, w))
-    return crop_and_resize(logits, (h, w), (h, w), tuple(batch.images.shape[-2:]))
+    return crop_and_resize(logits, *_crop_args(proposals, batch, index, tuple(batch.targets[index].valid_size)))
 
 
 def original_size_logits(proposals: Proposals, batch: Batch, index: int) -> torch.Tensor:
@@ -97,20 +105,14 @@ def original_size_logits(proposals: Proposals, batch: Batch, index: int) -> torc
     cropped there; otherwise the input's valid region is mapped through the frame exactly, as
     :func:`vitp.postprocess.crop_and_resize` does (no rounding to whole mask pixels).
     """
-    target = batch.targets[index]
-    logits = proposals.mask_logits[index]
-    if proposals.valid_sizes is not None:
-        return crop_and_resize(logits, tuple(proposals.valid_sizes[index].tolist()), target.orig_size)
-    return crop_and_resize(logits, target.valid_size, target.orig_size, tuple(batch.images.shape[-2:]))
+    size = tuple(batch.targets[index].orig_size)
+    return crop_and_resize(proposals.mask_logits[index], *_crop_args(proposals, batch, index, size))
 
 
 def lazy_logits(proposals: Proposals, batch: Batch, index: int, size: tuple[int, int]) -> UpsampledLogits:
     """:func:`original_size_logits` seen at ``size`` band by band (``vitp.postprocess.UpsampledLogits``),
     never materialised at full size."""
-    logits = proposals.mask_logits[index]
-    if proposals.valid_sizes is not None:
-        return crop_logits(logits, tuple(proposals.valid_sizes[index].tolist()), size)
-    return crop_logits(logits, batch.targets[index].valid_size, size, tuple(batch.images.shape[-2:]))
+    return crop_logits(proposals.mask_logits[index], *_crop_args(proposals, batch, index, size))
 
 
 def capped_size(size: tuple[int, int], max_image_side: int | None) -> tuple[int, int]:
@@ -144,17 +146,21 @@ def point_components(masks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def proposal_point_masks(batch: Batch, proposals: Sequence[Proposals], points: Sequence[torch.Tensor],
-                         points_per_proposal: int = 1, components: bool = True) -> PointMasks:
+                         points_per_proposal: int = 1, components: bool = True,
+                         regions: Sequence[Sequence[torch.Tensor]] | None = None) -> PointMasks:
     """The masks a mask-aware classifier reads for proposal points: each image's proposals of every
     set in ``proposals`` (binarised at logit 0 on the valid region), in the order of their
     ``points`` (per set ``float[B, Q * k, 2]``, ``k = points_per_proposal`` consecutive points per
     proposal). With ``components`` each proposal is cut to its connected part under its first point
-    (:func:`point_components`). Used at inference and for the proposal points of training alike."""
+    (:func:`point_components`). ``regions``: per image, per set, the :func:`valid_region_logits`
+    the caller has already (else computed here). Used at inference and for the proposal points of
+    training alike."""
     k = points_per_proposal
     stacks, index = [], []
     device = batch.images.device
     for i in range(len(batch)):
-        masks = [valid_region_logits(p, batch, i) > 0 for p in proposals]
+        logits = regions[i] if regions is not None else [valid_region_logits(p, batch, i) for p in proposals]
+        masks = [r > 0 for r in logits]
         if components:  # cut at each proposal's first (most confident) point
             masks = [point_components(m, pts[i, ::k]) for m, pts in zip(masks, points)]
         count = sum(len(m) for m in masks)

@@ -170,14 +170,14 @@ class PointMasks:
         """One ``PointMasks`` of the points of ``parts`` in order: per image the mask stacks are
         concatenated and every part's indices shifted past the stacks before it (-1 stays -1)."""
         stacks, index = [], []
+        device = parts[0].index.device
         for b in range(parts[0].index.shape[0]):
             offset, own = 0, []
             for part in parts:
-                idx = part.index[b]
+                idx = part.index[b].to(device)
                 own.append(torch.where(idx >= 0, idx + offset, idx))
                 offset += len(part.masks[b])
-            devices = parts[0].index.device
-            stacks.append(torch.cat([part.masks[b].to(devices) for part in parts]))
+            stacks.append(torch.cat([part.masks[b].to(device) for part in parts]))
             index.append(torch.cat(own))
         return PointMasks(stacks, torch.stack(index))
 

@@ -114,11 +114,11 @@ class ProposalPoints(GroundTruthPoints):
         if not pipeline.classifier_needs_masks:
             return PointTargets(all_points, all_labels)
         gt = ground_truth_point_masks(batch, batch.points, self.mask_jitter)
-        own = proposal_point_masks(sub, [proposals], [points[:n]], 1, pipeline.settings.point_mask_components)
-        q = points.shape[1]
-        stacks = list(own.masks) + [torch.zeros((0, *m.shape[-2:]), dtype=torch.bool) for m in gt.masks[n:]]
-        index = torch.cat([own.index, torch.full((pad, q), -1, dtype=torch.long, device=own.index.device)])
-        proposal_masks = PointMasks([s.to(m.device) for s, m in zip(stacks, gt.masks)], index.to(points.device))
+        own = proposal_point_masks(sub, [proposals], [points[:n]], 1, pipeline.settings.point_mask_components,
+                                   regions=[[r] for r in region])
+        empty = [m.new_zeros((0, *m.shape[-2:]), dtype=torch.bool) for m in gt.masks[n:]]  # padded images
+        proposal_masks = PointMasks(list(own.masks) + empty,
+                                    torch.cat([own.index, own.index.new_full((pad, points.shape[1]), -1)]))
         if self.read_proposal_masks:
             for i, target in enumerate(batch.targets[:n]):
                 h, w = target.valid_size
