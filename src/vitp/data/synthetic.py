@@ -38,8 +38,7 @@ import torch
 from PIL import Image
 
 from vitp.data.io import id2rgb
-from vitp.data.synthetic_scene import (  # noqa: F401  (re-exported: the generator's public names)
-    STUFF_CATEGORIES, STYLES, THING_CATEGORIES, categories, generate_image)
+from vitp.data.synthetic_scene import STYLES, categories, generate_image
 from vitp.points import mask_boxes
 
 MARKER_NAME = ".vitp_synthetic.json"

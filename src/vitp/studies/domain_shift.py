@@ -42,7 +42,7 @@ class ShiftSettings:
 
 def domain_roots(settings: ShiftSettings) -> dict[str, Path]:
     """``name -> dataset root`` (generated styles are written when missing)."""
-    from vitp.data.synthetic import STYLES
+    from vitp.data.synthetic_scene import STYLES
 
     _, args = cfg.data_args(settings.config, settings.extra)
     roots = {}
