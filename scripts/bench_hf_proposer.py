@@ -112,7 +112,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     pipe.settings = replace(pipe.settings, keep_rule="reference", object_mask_threshold=args.threshold,
                             overlap_threshold=0.8)
-    pipe.config = pipe.settings.postprocess()
     model = pipe.proposer.hf
     processor = Mask2FormerImageProcessor()
     stuff = {k for k in range(info.num_classes) if not info.is_thing[k]}

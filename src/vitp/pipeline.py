@@ -107,9 +107,13 @@ class TwoStagePipeline:
         self.tasks = tasks
         self.variants = variants
         self.settings = settings
-        self.config = settings.postprocess()
         self.point_no_object = point_no_object
         self.point_seed = point_seed
+
+    @property
+    def config(self) -> PostProcessConfig:
+        """The post-processing thresholds of ``settings`` (derived, so replacing ``settings`` updates them)."""
+        return self.settings.postprocess()
 
     @property
     def classifier_needs_masks(self) -> bool:
