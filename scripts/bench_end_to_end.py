@@ -14,6 +14,9 @@ excluded), the package's single inference path ``ViTPModule.pipeline`` (``TwoSta
 * ``post proposer`` / ``post vitp``: the pipeline with the proposer's output (and the classifier's
   logits) replayed from a cache: what remains is the class fusion (``vitp``) and the post-processing,
   whose cost grows with the number of segments kept (printed per variant);
+* ``... all candidates``: the same with ``InferenceSettings.rule_out_candidates`` off, so every
+  panoptic candidate the keep rule lets through is post-processed at full size (the code before
+  candidates were ruled out at mask resolution; the results are equal, the counts are printed);
 * ``vitp separate`` (only for a proposer that shares its trunk, ``EomtProposer(share_trunk_from=k)``):
   ``vitp`` with the proposer's trunk states not handed over, so the classifier runs its own patch pass;
 * ``timm``: a plain timm forward of the classifier's own backbone (``backbone(x)``, no points) on
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import statistics
 import sys
@@ -102,6 +106,20 @@ def replay(pipe: object, proposals: object, point_logits: torch.Tensor | None) -
     p.propose = lambda batch, task: proposals
     p.classify = lambda batch, proposals, extra_points=None, extra_point_masks=None: ([point_logits], None)
     return p
+
+
+def panoptic_candidates(pipe: object, batch: object, proposals: object, point_logits: torch.Tensor) -> dict:
+    """Per variant, ``(kept by the keep rule, left after the mask-resolution rule-out)`` for image 0."""
+    from vitp.postprocess import _Panoptic
+    from vitp.proposal_geometry import capped_size, lazy_logits
+
+    target = batch.targets[0]
+    logits = lazy_logits(proposals, batch, 0, capped_size(tuple(target.orig_size), None))
+    out = {}
+    for name, probs in pipe.variant_probs(proposals, point_logits, ("proposer", "vitp")).items():
+        every = dataclasses.replace(pipe.config, rule_out=False)
+        out[name] = tuple(len(_Panoptic(logits, probs[0], pipe.is_thing, c).queries) for c in (every, pipe.config))
+    return out
 
 
 def count_segments(pred: object, task: str) -> int | None:
@@ -189,6 +207,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         separate.proposer = copy.copy(pipe.proposer)
         separate.proposer.share_trunk_from = None
 
+    every = copy.copy(pipe)  # the same pipeline, every kept panoptic candidate post-processed at full size
+    every.settings = dataclasses.replace(pipe.settings, rule_out_candidates=False)
+    candidates: dict[str, list[tuple[int, int]]] = {"proposer": [], "vitp": []}
+
     fns_per_image: list[dict[str, Callable[[], object]]] = []
     n_points = []
     segments: dict[str, list[int | None]] = {"proposer": [], "vitp": []}
@@ -201,6 +223,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             preds = pipe(batch, variants=("proposer", "vitp")).predictions
             for name in segments:
                 segments[name].append(count_segments(preds[name][0], task))
+            if task == "panoptic":
+                for name, counts in panoptic_candidates(pipe, batch, props, logits).items():
+                    candidates[name].append(counts)
             fns: dict[str, Callable[[], object]] = {
                 "proposer": lambda b=batch: pipe(b, variants=("proposer",)),
                 "vitp": lambda b=batch: pipe(b, variants=("vitp",)),
@@ -209,6 +234,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                 "post proposer": lambda b=batch, r=replay(pipe, props, None): r(b, variants=("proposer",)),
                 "post vitp": lambda b=batch, r=replay(pipe, props, logits): r(b, variants=("vitp",)),
                 "timm": lambda b=batch, v=valid: backbone(clf.prepare_images(b.images, v)[0]),
+                "proposer all candidates": lambda b=batch: every(b, variants=("proposer",)),
+                "vitp all candidates": lambda b=batch: every(b, variants=("vitp",)),
+                "post vitp all candidates": lambda b=batch, r=replay(every, props, logits): r(b, variants=("vitp",)),
             }
             if separate is not None:
                 fns["vitp separate"] = lambda b=batch: separate(b, variants=("vitp",))
@@ -232,6 +260,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     if segments["vitp"][0] is not None:
         print("segments kept per image: " + ", ".join(
             f"{name} {statistics.mean(v):.1f}" for name, v in segments.items()))
+    if candidates["vitp"]:
+        print("panoptic candidates per image, kept by the keep rule -> post-processed at full size: " + ", ".join(
+            f"{name} {statistics.mean(c[0] for c in v):.1f} -> {statistics.mean(c[1] for c in v):.1f}"
+            for name, v in candidates.items()))
     print()
     print("| variant | images/s (CPU) | images/s (wall) | ms / image (CPU) | CPU / proposer (wall) |")
     print("|---|---:|---:|---:|---:|")
@@ -240,7 +272,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
               f"{cpu[name] / cpu['proposer']:.2f} ({wall[name] / wall['proposer']:.2f}) |")
     ratios = {"vitp / proposer": ("vitp", "proposer"), "pointvit / timm": ("pointvit", "timm"),
               "pointvit / proposer": ("pointvit", "proposer"),
-              "post vitp / post proposer": ("post vitp", "post proposer")}
+              "post vitp / post proposer": ("post vitp", "post proposer"),
+              "vitp all candidates / proposer all candidates": ("vitp all candidates", "proposer all candidates"),
+              "vitp / vitp all candidates": ("vitp", "vitp all candidates"),
+              "post vitp / post vitp all candidates": ("post vitp", "post vitp all candidates")}
     if separate is not None:
         ratios["vitp separate / proposer"] = ("vitp separate", "proposer")
         ratios["vitp / vitp separate"] = ("vitp", "vitp separate")

@@ -55,6 +55,7 @@ def test_bench_end_to_end(tiny_coco_root: Path, tmp_path: Path, capsys):
     printed = capsys.readouterr().out
     assert "segments kept per image: proposer" in printed
     assert "| vitp / proposer |" in printed and "| pointvit L k11 / timm L |" in printed
+    assert "| vitp / vitp all candidates |" in printed and "post-processed at full size: proposer" in printed
 
 
 def test_bench_hf_proposer(tiny_coco_root: Path, tmp_path: Path):
@@ -93,3 +94,27 @@ def test_gpu_check_dry_run_on_cpu(tiny_coco_root: Path, tmp_path: Path):
     assert out["vit"]["images_per_s"] > 0 and 0 < out["vit"]["mfu"] < 1
     # the analytic count: 2 blocks of 16 patch tokens and 5 queries, width 32
     assert script.vit_flops(2, 32, 16, 5) == 2 * (16 * 24 * 32 ** 2 + 4 * 16 * 16 * 32) + 2 * 5 * (24 * 32 ** 2 + 4 * 17 * 32)
+
+
+def test_bench_eval_scale_tiny(tmp_path: Path, capsys):
+    """Files written in the official layouts, every evaluator run in its own process, vitp's PQ /
+    mIoU / mask AP equal to pycocotools', faster-coco-eval's and the NumPy mIoU (panopticapi's row
+    runs where it is installed); a second call reuses the files."""
+    bench = _script("bench_eval_scale")
+    args = ["--dir", str(tmp_path / "eval"), "--images", "6", "--size", "48", "64", "--segments", "5", "12",
+            "--workers", "1", "--loader-workers", "0"]
+    results = bench.main(args)
+    printed = capsys.readouterr().out
+    assert "agreement (tolerance 1e-4): all equal" in printed
+    assert {"vitp", "pycocotools", "faster-coco-eval", "miou-reference"} <= set(results)
+    vitp = results["vitp"]["metrics"]
+    assert 0 < vitp["pq"] < 100 and 0 < vitp["miou"] < 100 and 0 < vitp["ap_map"] < 100
+    assert results["pycocotools"]["metrics"]["ap_map"] == vitp["ap_map"]
+    assert all(r["wall"] > 0 and r["peak_mib"] > 0 for r in results.values())
+    layout = ["annotations/panoptic_val2017.json", "annotations/instances_val2017.json",
+              "annotations/panoptic_val2017/000000000001.png", "predictions/panoptic.json",
+              "predictions/instances.json", "predictions/semantic/000000000006.png"]
+    assert all((tmp_path / "eval" / f).exists() for f in layout)
+    stamp = (tmp_path / "eval" / "manifest.json").stat().st_mtime_ns
+    bench.main([*args, "--tools", "miou-reference"])
+    assert (tmp_path / "eval" / "manifest.json").stat().st_mtime_ns == stamp

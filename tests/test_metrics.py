@@ -585,6 +585,29 @@ def test_mask_ap_matches_pycocotools(seed):
     assert m._images == []
 
 
+def test_label_map_rles_equal_mask_by_mask_encoding():
+    """One column-major pass over a label map gives pycocotools' own RLE of every value's mask
+    (absent values, masks that start or end the image, single rows and columns included)."""
+    from pycocotools import mask as mu
+
+    from vitp.metrics.instance import label_map_rles
+
+    rng = np.random.default_rng(0)
+    for h, w in [(1, 1), (1, 7), (7, 1), (5, 9), (48, 64)]:
+        for case in range(4):
+            labels = rng.integers(-1, 6, (h, w))
+            if case == 1:
+                labels[:] = 2
+            elif case == 2:  # blocks: long runs across columns
+                labels = np.kron(rng.integers(-1, 6, (h // 4 + 1, w // 4 + 1)), np.ones((4, 4), int))[:h, :w]
+            values = [0, 1, 2, 3, 4, 5, 9]
+            rles, areas = label_map_rles(labels, values)
+            for v, rle, area in zip(values, rles, areas):
+                expected = mu.encode(np.asfortranarray((labels == v).astype(np.uint8)))
+                assert rle["counts"] == expected["counts"] and list(rle["size"]) == [h, w], (h, w, case, v)
+                assert area == int((labels == v).sum())
+
+
 # --------------------------------------------------------------------------------------------------
 # holder
 

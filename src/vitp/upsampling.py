@@ -74,6 +74,24 @@ class UpsampledLogits:
         second = rows.index_select(1, yi1 - first).mul_(wy1[:, None]).double()
         return torch.addcmul(second, rows.double().index_select(1, yi0 - first), wy0.double()[:, None]).float()
 
+    def bounds(self, queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lower, upper)``, each ``float[q, h, w]`` at mask resolution: every upsampled logit lies
+        between ``lower`` and ``upper`` of one cell (the cell of its top-left source pixel).
+
+        A bilinear value blends source rows ``i, i + 1`` and columns ``j, j + 1`` (clamped at the
+        borders), so it lies between the minimum and maximum of that 2 x 2 window; a slack of
+        ``1e-3 + 1e-5 |x|`` covers the rounding of the blend. Cheap tests at mask resolution use
+        these bounds to rule out queries before any full-size work (``vitp.postprocess``).
+        """
+        low = self.low if queries is None else self.low[queries]
+        if self.identity:
+            lower = upper = low
+        else:
+            padded = F.pad(low[None], (0, 1, 0, 1), mode="replicate")
+            upper = F.max_pool2d(padded, 2, stride=1)[0]
+            lower = -F.max_pool2d(-padded, 2, stride=1)[0]
+        return lower - (1e-3 + 1e-5 * lower.abs()), upper + (1e-3 + 1e-5 * upper.abs())
+
     def full(self) -> torch.Tensor:
         """``float[Q, H, W]`` in one piece (small outputs, callers that need every query at once)."""
         if self.identity:

@@ -32,20 +32,44 @@ def encode_masks(masks: Tensor | np.ndarray) -> list[dict[str, Any]]:
     return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
 
 
+def label_map_rles(labels: np.ndarray, values: Sequence[int]) -> tuple[list[dict[str, Any]], list[int]]:
+    """COCO RLEs (``counts`` as bytes) and areas of ``labels == v`` for each ``v`` in ``values``, from
+    one column-major pass over the label map ``int[H, W]`` (no ``H x W`` mask per value): each
+    value's runs in COCO's column-major order become its uncompressed counts, compressed by
+    pycocotools, so the RLEs equal ``mask_utils.encode`` of each mask."""
+    h, w = labels.shape
+    flat = np.ascontiguousarray(labels.T).reshape(-1)
+    if flat.size == 0:
+        return [mask_utils.frPyObjects({"size": [h, w], "counts": [0]}, h, w) for _ in values], [0] * len(values)
+    starts = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1])
+    ends = np.concatenate([starts[1:], [flat.size]])
+    run_values = flat[starts]
+    order = np.argsort(run_values, kind="stable")  # each value's runs together, in image order
+    sorted_values = run_values[order]
+    rles, areas = [], []
+    for v in values:
+        lo, hi = np.searchsorted(sorted_values, v), np.searchsorted(sorted_values, v, side="right")
+        s, e = starts[order[lo:hi]], ends[order[lo:hi]]
+        # counts alternate background / foreground run lengths, starting with background
+        counts = np.empty(2 * len(s) + 1, dtype=np.int64)
+        counts[0:-1:2] = s - np.concatenate([[0], e[:-1]])
+        counts[1::2] = e - s
+        counts[-1] = flat.size - (e[-1] if len(e) else 0)
+        if counts[-1] == 0 and len(counts) > 1:  # pycocotools ends on the last run, without a 0
+            counts = counts[:-1]
+        rles.append(mask_utils.frPyObjects({"size": [h, w], "counts": counts.tolist()}, h, w))
+        areas.append(int((e - s).sum()))
+    return rles, areas
+
+
 def _gt_records(target: Target, is_thing: Tensor) -> list[tuple[dict, int, int, int]]:
     """``(rle, class, iscrowd, area)`` of each non-empty thing segment of a target."""
     seg = target.segments.detach().to("cpu").numpy()
     labels = target.labels.detach().to("cpu").long()
     crowd = target.is_crowd.detach().to("cpu").bool()
-    out = []
-    for i in torch.nonzero(is_thing[labels]).flatten().tolist():
-        m = seg == i
-        area = int(m.sum())
-        if area == 0:
-            continue
-        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-        out.append((rle, int(labels[i]), int(crowd[i]), area))
-    return out
+    things = torch.nonzero(is_thing[labels]).flatten().tolist()
+    rles, areas = label_map_rles(seg, things)
+    return [(rle, int(labels[i]), int(crowd[i]), area) for i, rle, area in zip(things, rles, areas) if area > 0]
 
 
 class MaskAP(Metric):
@@ -123,11 +147,12 @@ class MaskAP(Metric):
         images, anns, results = [], [], []
         for img_id, ((h, w), gts, dts) in enumerate(self._gathered(), start=1):
             images.append({"id": img_id, "height": h, "width": w})
-            for rle, c, crowd, area in gts:
+            boxes = mask_utils.toBbox([g[0] for g in gts]).tolist() if gts else []
+            for (rle, c, crowd, area), box in zip(gts, boxes):
                 rle = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
                 anns.append({
                     "id": len(anns) + 1, "image_id": img_id, "category_id": c + 1, "iscrowd": crowd,
-                    "area": float(area), "segmentation": rle, "bbox": mask_utils.toBbox(rle).tolist(),
+                    "area": float(area), "segmentation": rle, "bbox": box,
                 })  # fmt: skip
             for rle, c, s in dts:
                 rle = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
