@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 NUM_THING, NUM_STUFF = 80, 53  # COCO panoptic's categories
-GENERATOR_VERSION = 2  # files written by another version are rewritten
+GENERATOR_VERSION = 3  # files written by another version are rewritten
 TOOLS = ("vitp", "panopticapi", "pycocotools", "faster-coco-eval", "miou-reference")
 
 
@@ -102,22 +102,23 @@ def generate_one(args: tuple) -> tuple[dict, dict, list[dict], list[dict]]:
     name = f"{i + 1:012d}"
     records, instances = [], ([], [])
     from pycocotools import mask as mask_utils
+
     from vitp.data.io import id2rgb
+    from vitp.metrics.instance import label_map_rles
     for kind, ids, cls in (("gt", gt_ids, gt_classes), ("pred", pred_ids, pred_cls)):
         folder = root / ("annotations/panoptic_val2017" if kind == "gt" else "predictions/panoptic")
         Image.fromarray(id2rgb(ids)).save(folder / f"{name}.png")
         sem = np.concatenate([[255], np.asarray(cls) - 1]).astype(np.uint8)[ids]
         Image.fromarray(sem).save(root / ("annotations/semantic_val2017" if kind == "gt" else "predictions/semantic")
                                   / f"{name}.png")
-        area = np.bincount(ids.ravel(), minlength=len(cls) + 1)
+        rles, area = label_map_rles(ids, range(1, len(cls) + 1))  # one pass, equal to encoding each mask
+        boxes = mask_utils.toBbox(rles).tolist() if rles else []
         infos = []
         for k, c in enumerate(cls, start=1):
-            if area[k] == 0:
+            if area[k - 1] == 0:
                 continue
-            m = ids == k
-            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-            bbox = [float(v) for v in mask_utils.toBbox(rle)]
-            info = {"id": k, "category_id": int(c), "area": int(area[k]), "bbox": bbox,
+            rle, bbox = rles[k - 1], boxes[k - 1]
+            info = {"id": k, "category_id": int(c), "area": int(area[k - 1]), "bbox": bbox,
                     "iscrowd": crowd[k - 1] if kind == "gt" else 0}
             if kind == "pred":
                 info["score"] = float(scores[k - 1])
@@ -126,7 +127,7 @@ def generate_one(args: tuple) -> tuple[dict, dict, list[dict], list[dict]]:
                 rle["counts"] = rle["counts"].decode("ascii")
                 if kind == "gt":
                     instances[0].append({"image_id": i + 1, "category_id": int(c), "segmentation": rle,
-                                         "area": float(area[k]), "bbox": bbox, "iscrowd": info["iscrowd"]})
+                                         "area": float(area[k - 1]), "bbox": bbox, "iscrowd": info["iscrowd"]})
                 else:
                     instances[1].append({"image_id": i + 1, "category_id": int(c), "segmentation": rle,
                                          "score": float(scores[k - 1])})

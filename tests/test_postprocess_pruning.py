@@ -45,7 +45,8 @@ def _case(seed: int) -> dict:
 
 
 @pytest.mark.parametrize("chunk", [5000, 1 << 22])
-def test_ruled_out_candidates_change_nothing(chunk: int):
+def test_ruled_out_candidates_change_nothing(chunk: int, monkeypatch):
+    monkeypatch.setattr(new, "LOCAL_MIN_ELEMENTS", 0)  # every case takes the local path
     ruled_out = candidates = 0
     for seed in range(40):
         c = _case(seed)
@@ -79,3 +80,24 @@ def test_bounds_hold_for_every_upsampled_value(size: tuple[int, int]):
     cell_upper = upper[:, ys][:, :, xs]
     assert bool((cell_lower <= full).all()) and bool((full <= cell_upper).all())
     assert torch.equal(lazy.bounds(torch.tensor([4, 1]))[1], upper[[4, 1]])
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_equals_the_previous_band_implementation(local: bool, monkeypatch):
+    """Every task, both paths (local competition and one whole-image pass), against the band-wise
+    code before this change (``tests/reference_postprocess_bands.py``), bit for bit."""
+    import reference_postprocess_bands as previous
+
+    monkeypatch.setattr(new, "LOCAL_MIN_ELEMENTS", 0 if local else 1 << 62)
+    for seed in range(30):
+        c = _case(seed)
+        chunk = [5000, 1 << 22][seed % 2]
+        before = previous.infer(previous.crop_logits(c["logits"], c["valid"], c["orig"], c["frame"], chunk_elements=chunk),
+                                c["probs"], c["is_thing"], config=previous.PostProcessConfig(**c["config"]))
+        after = new.infer(new.crop_logits(c["logits"], c["valid"], c["orig"], c["frame"], chunk_elements=chunk),
+                          c["probs"], c["is_thing"], config=new.PostProcessConfig(**c["config"]))
+        assert torch.equal(after.semantic, before.semantic), seed
+        for field in ("segments", "labels", "scores"):
+            assert torch.equal(getattr(after.panoptic, field), getattr(before.panoptic, field)), (seed, field)
+        for field in ("masks", "labels", "scores"):
+            assert torch.equal(getattr(after.instance, field), getattr(before.instance, field)), (seed, field)

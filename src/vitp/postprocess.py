@@ -30,6 +30,11 @@ __all__ = ["PostProcessConfig", "UpsampledLogits", "crop_and_resize", "panoptic_
            "semantic_inference", "instance_inference", "infer", "resize_prediction"]
 
 KEEP_RULES = ("objectness", "reference")
+LOCAL_BANDS = 8  # at least this many bands of rows (of at most 64 rows) when the panoptic part reads
+# only its local candidates: short enough to localise, long enough that per-band overhead stays small
+LOCAL_MIN_ELEMENTS = 1 << 21  # below this many candidate-pixels one whole-image pass is cheaper
+# (measured on 2 cores: 256 px images with ~20 candidates lose 2-3 ms to the mask-resolution tests,
+# 640 x 480 and larger gain 5-10x; docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,9 @@ class PostProcessConfig:
     topk_instances: number of (query, class) pairs kept for instance segmentation.
     score_threshold: panoptic segment candidates whose score is below it are not kept (before
         they compete for pixels), nor instances whose final score is below it; 0 keeps all.
-    rule_out: leave out, at mask resolution, the panoptic candidates that cannot win a pixel
-        (exact: the result is the same; False only to measure what it saves).
+    rule_out: on large outputs, leave out at mask resolution the panoptic candidates that cannot
+        win a pixel, and read per band of rows only those that compete there (exact: the result is
+        the same; False only to measure what it saves).
     """
 
     object_mask_threshold: float = 0.8
@@ -120,29 +126,52 @@ class _Semantic:
         self.probs = class_probs[:, :-1].float()
         self.out = torch.empty(logits.size, dtype=torch.long, device=logits.low.device)
 
-    def update(self, y0: int, y1: int, band: torch.Tensor, sigmoid: torch.Tensor) -> None:
+    def band_queries(self, y0: int, y1: int) -> torch.Tensor:
+        return self.queries
+
+    def update(self, y0: int, y1: int, queries: torch.Tensor, band: torch.Tensor, sigmoid: torch.Tensor) -> None:
         self.out[y0:y1] = torch.einsum("qk,qhw->khw", self.probs, sigmoid).argmax(0)
 
 
-def _can_win(logits: UpsampledLogits, queries: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """``bool[q]``: which candidates may win a pixel of the panoptic argmax (``score * sigmoid``).
+def _competition(logits: UpsampledLogits, scores: torch.Tensor, queries: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per panoptic candidate and cell row (mask resolution, :meth:`UpsampledLogits.bounds`):
+    ``(may_win bool[q, h], may_cover bool[q, h])``.
 
-    Decided at mask resolution from :meth:`UpsampledLogits.bounds`: a candidate whose best possible
-    value in every cell is below the value some candidate is sure to reach there never wins a
-    pixel, so it can be left out before any full-size work without changing the result (it would
-    have won no area, and the argmax among the others is the same). Post-processing cost then grows
-    with the candidates that compete, not with every candidate the keep rule lets through.
+    ``may_win``: the candidate may win a pixel of the argmax (``score * sigmoid``) in that row: its
+    best possible value in some cell is not below the value some candidate is sure to reach there.
+    ``may_cover``: its own mask (sigmoid >= 0.5) may reach that row. A candidate outside
+    ``may_win`` there wins no pixel of it, and outside ``may_cover`` adds nothing to its own area,
+    so full-size work per band of rows involves only the candidates that compete in it: the cost
+    grows with local competition, not with every candidate the keep rule lets through.
     """
-    if len(queries) < 2:
-        return torch.ones(len(queries), dtype=torch.bool, device=queries.device)
     lower, upper = logits.bounds(queries)
     s = scores[:, None, None]
     sure = (s * lower.sigmoid()).amax(0) * (1 - 1e-6)  # a few ulps below, for rounding
-    return ((s * upper.sigmoid()) >= sure).flatten(1).any(1)
+    return ((s * upper.sigmoid()) >= sure).any(2), (upper >= 0).any(2)
+
+
+def _first_argmax(scores: torch.Tensor, sigmoid: torch.Tensor) -> torch.Tensor:
+    """``(scores[:, None, None] * sigmoid).argmax(0)`` (the first maximum on ties, as torch's), as a
+    running maximum over the few candidates of a band: cheaper than a reduction over the outer
+    dimension, and free when one candidate competes alone."""
+    index = torch.zeros(sigmoid.shape[1:], dtype=torch.long, device=sigmoid.device)
+    if len(scores) > 1:
+        best = scores[0] * sigmoid[0]
+        for j in range(1, len(scores)):
+            value = scores[j] * sigmoid[j]
+            better = value > best
+            index.masked_fill_(better, j)
+            best = torch.where(better, value, best)
+    return index
 
 
 class _Panoptic:
-    """Kept queries compete for pixels (``score * sigmoid``); areas decide which become segments."""
+    """Kept queries compete for pixels (``score * sigmoid``); areas decide which become segments.
+
+    With ``config.rule_out``, candidates that cannot win a pixel are dropped at mask resolution and
+    each band of rows reads only the candidates that compete in it (exact: see :func:`_competition`).
+    """
 
     def __init__(self, logits: UpsampledLogits, class_probs: torch.Tensor, is_thing: torch.Tensor,
                  config: PostProcessConfig) -> None:
@@ -156,8 +185,13 @@ class _Panoptic:
         if config.score_threshold > 0:
             keep &= scores >= config.score_threshold
         keep = keep.nonzero()[:, 0]
-        if config.rule_out:
-            keep = keep[_can_win(logits, keep, scores[keep])]
+        self.logits = logits
+        self.local = config.rule_out and len(keep) > 1 and len(keep) * logits.size[0] * logits.size[1] >= LOCAL_MIN_ELEMENTS
+        if self.local:
+            may_win, may_cover = _competition(logits, scores[keep], keep)
+            competes = may_win.any(1)
+            keep, self.may_win, may_cover = keep[competes], may_win[competes], may_cover[competes]
+            self.rows = self.may_win | may_cover
         self.queries, self.scores, self.labels = keep, scores[keep], labels[keep]
         self.is_thing, self.config = is_thing, config
         q, device = len(self.queries), logits.low.device
@@ -166,14 +200,27 @@ class _Panoptic:
         self.won_area, self.win_anywhere, self.own_area = (torch.zeros(q, dtype=torch.long, device=device)
                                                            for _ in range(3))
 
-    def update(self, y0: int, y1: int, band: torch.Tensor, sigmoid: torch.Tensor) -> None:
+    def band_queries(self, y0: int, y1: int) -> torch.Tensor:
+        """The candidates (query ids, sorted) that rows ``y0:y1`` need."""
+        if not self.local:
+            return self.queries
+        r0, r1 = self.logits.cell_rows(y0, y1)
+        return self.queries[self.rows[:, r0:r1 + 1].any(1)]
+
+    def update(self, y0: int, y1: int, queries: torch.Tensor, band: torch.Tensor, sigmoid: torch.Tensor) -> None:
         q = len(self.queries)
-        winner = (self.scores[:, None, None] * sigmoid).argmax(0)
+        k = torch.searchsorted(self.queries, queries)  # candidate index of each band query
         binary = sigmoid >= 0.5
-        inside = binary.gather(0, winner[None])[0]  # the winning query's own mask covers the pixel
+        self.own_area.index_add_(0, k, torch.count_nonzero(binary, dim=(1, 2)))
+        if self.local:
+            r0, r1 = self.logits.cell_rows(y0, y1)
+            win = self.may_win[k, r0:r1 + 1].any(1)
+            k, sigmoid, binary = k[win], sigmoid[win], binary[win]
+        local = _first_argmax(self.scores[k], sigmoid)
+        inside = binary.gather(0, local[None])[0]  # the winning query's own mask covers the pixel
+        winner = k[local]
         self.won_area += torch.bincount(winner[inside], minlength=q)
         self.win_anywhere += torch.bincount(winner.flatten(), minlength=q)
-        self.own_area += torch.count_nonzero(binary, dim=(1, 2))
         self.winner[y0:y1] = winner
         self.inside[y0:y1] = inside
 
@@ -225,7 +272,10 @@ class _Instance:
         self.logits, self.threshold = logits, config.score_threshold
         self.masks = torch.empty((n if self.threshold <= 0 else 0, *logits.size), dtype=torch.bool, device=device)
 
-    def update(self, y0: int, y1: int, band: torch.Tensor, sigmoid: torch.Tensor) -> None:
+    def band_queries(self, y0: int, y1: int) -> torch.Tensor:
+        return self.queries
+
+    def update(self, y0: int, y1: int, queries: torch.Tensor, band: torch.Tensor, sigmoid: torch.Tensor) -> None:
         masks = band > 0
         self.inside_sum += (sigmoid * masks).flatten(1).sum(1).double()
         self.area += torch.count_nonzero(masks, dim=(1, 2))
@@ -310,16 +360,23 @@ def infer(
         parts["instance"] = _Instance(logits, class_probs, is_thing, config)
     needed = torch.unique(torch.cat([p.queries for p in parts.values()])) if parts else None
     if needed is not None and len(needed):
-        every = len(needed) == logits.shape[0]
-        select = {name: None if torch.equal(p.queries, needed) else torch.searchsorted(needed, p.queries)
-                  for name, p in parts.items()}
-        for y0, y1 in logits.bands(len(needed)):
-            band = logits.band(y0, y1, None if every else needed)
+        # the panoptic part reads a subset per band (the candidates competing there); alone, it gets
+        # short bands. Beside other tasks (which read every query) the bands keep their size, so the
+        # instance scores' float sums are taken over the same bands as before
+        local = "panoptic" in parts and parts["panoptic"].local and len(parts) == 1
+        max_rows = -(-logits.size[0] // max(LOCAL_BANDS, logits.size[0] // 64)) if local else None
+        for y0, y1 in logits.bands(len(needed), max_rows):
+            wanted = {name: part.band_queries(y0, y1) for name, part in parts.items() if len(part.queries)}
+            rows = torch.unique(torch.cat(list(wanted.values())))  # sorted query ids read in this band
+            every = len(rows) == logits.shape[0]
+            band = logits.band(y0, y1, None if every else rows)
             sigmoid = band.sigmoid()
-            for name, part in parts.items():
-                if len(part.queries):
-                    s = select[name]
-                    part.update(y0, y1, band if s is None else band[s], sigmoid if s is None else sigmoid[s])
+            for name, queries in wanted.items():
+                if torch.equal(queries, rows):
+                    parts[name].update(y0, y1, queries, band, sigmoid)
+                else:
+                    s = torch.searchsorted(rows, queries)
+                    parts[name].update(y0, y1, queries, band[s], sigmoid[s])
     prediction = Prediction()
     if "semantic" in parts:
         prediction.semantic = parts["semantic"].out

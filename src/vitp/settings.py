@@ -39,8 +39,9 @@ class InferenceSettings:
         object_mask_threshold: class-probability threshold of the ``reference`` rule.
         overlap_threshold: see ``vitp.postprocess.PostProcessConfig``.
         topk_instances: see ``vitp.postprocess.PostProcessConfig``.
-        rule_out_candidates: panoptic candidates that cannot win a pixel are left out at mask
-            resolution, before any full-size work (exact; False only to measure what it saves).
+        rule_out_candidates: on large outputs, panoptic candidates that cannot win a pixel are left
+            out at mask resolution, and each band of rows reads only the candidates competing there
+            (exact; False only to measure what it saves).
     """
 
     fusion_alpha: float = 0.4

@@ -31,6 +31,13 @@ def _row_weights(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, tor
     return i0, i1, w[i0, cols], torch.where(two, w[i1, cols], torch.zeros(()))
 
 
+def _window2(x: torch.Tensor, op) -> torch.Tensor:
+    """``op`` (max or min) over each 2 x 2 window ``[i:i+2, j:j+2]`` of ``x[..., h, w]``, clamped at
+    the last row and column (shifted views: far cheaper on CPU than a stride-1 pooling)."""
+    rows = torch.cat([op(x[..., :-1, :], x[..., 1:, :]), x[..., -1:, :]], dim=-2)
+    return torch.cat([op(rows[..., :-1], rows[..., 1:]), rows[..., -1:]], dim=-1)
+
+
 class UpsampledLogits:
     """Mask logits ``float[Q, h, w]`` (padding already removed) seen at ``size`` ``(H, W)``.
 
@@ -52,11 +59,12 @@ class UpsampledLogits:
     def shape(self) -> tuple[int, int, int]:
         return (self.low.shape[0], *self.size)
 
-    def bands(self, num_queries: int | None = None) -> Iterator[tuple[int, int]]:
+    def bands(self, num_queries: int | None = None, max_rows: int | None = None) -> Iterator[tuple[int, int]]:
         """``(y0, y1)`` row ranges whose band for ``num_queries`` queries holds about
-        ``chunk_elements`` floats."""
+        ``chunk_elements`` floats (and at most ``max_rows`` rows)."""
         q = max(1, self.low.shape[0] if num_queries is None else num_queries)
         rows = max(1, self.chunk_elements // (q * max(1, self.size[1])))
+        rows = min(rows, max_rows) if max_rows else rows
         for y0 in range(0, self.size[0], rows):
             yield y0, min(y0 + rows, self.size[0])
 
@@ -74,6 +82,12 @@ class UpsampledLogits:
         second = rows.index_select(1, yi1 - first).mul_(wy1[:, None]).double()
         return torch.addcmul(second, rows.double().index_select(1, yi0 - first), wy0.double()[:, None]).float()
 
+    def cell_rows(self, y0: int, y1: int) -> tuple[int, int]:
+        """The first and last cell row (:meth:`bounds`) of output rows ``y0:y1``."""
+        if self.identity:
+            return y0, y1 - 1
+        return int(self._y[0][y0]), int(self._y[0][y1 - 1])
+
     def bounds(self, queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lower, upper)``, each ``float[q, h, w]`` at mask resolution: every upsampled logit lies
         between ``lower`` and ``upper`` of one cell (the cell of its top-left source pixel).
@@ -87,9 +101,7 @@ class UpsampledLogits:
         if self.identity:
             lower = upper = low
         else:
-            padded = F.pad(low[None], (0, 1, 0, 1), mode="replicate")
-            upper = F.max_pool2d(padded, 2, stride=1)[0]
-            lower = -F.max_pool2d(-padded, 2, stride=1)[0]
+            upper, lower = _window2(low, torch.maximum), _window2(low, torch.minimum)
         return lower - (1e-3 + 1e-5 * lower.abs()), upper + (1e-3 + 1e-5 * upper.abs())
 
     def full(self) -> torch.Tensor:

@@ -25,11 +25,13 @@ _log = logging.getLogger(__name__)
 def encode_masks(masks: Tensor | np.ndarray) -> list[dict[str, Any]]:
     """COCO RLEs (``counts`` as bytes) of ``bool[n, H, W]`` masks."""
     if isinstance(masks, Tensor):
-        masks = masks.detach().to("cpu", torch.uint8).numpy()
+        masks = masks.detach().to("cpu")
+        masks = masks.numpy().view(np.uint8) if masks.dtype == torch.bool else masks.to(torch.uint8).numpy()
     masks = np.asarray(masks, dtype=np.uint8)
     if masks.shape[0] == 0:
         return []
-    return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    # COCO's column-major [H, W, n] is [n, W, H] in C order: transposing mask by mask is cache-friendly
+    return mask_utils.encode(np.ascontiguousarray(masks.transpose(0, 2, 1)).transpose(2, 1, 0))
 
 
 def label_map_rles(labels: np.ndarray, values: Sequence[int]) -> tuple[list[dict[str, Any]], list[int]]:
