@@ -15,8 +15,13 @@ excluded), the package's single inference path ``ViTPModule.pipeline`` (``TwoSta
   logits) replayed from a cache: what remains is the class fusion (``vitp``) and the post-processing,
   whose cost grows with the number of segments kept (printed per variant);
 * ``... all candidates``: the same with ``InferenceSettings.rule_out_candidates`` off, so every
-  panoptic candidate the keep rule lets through is post-processed at full size (the code before
-  candidates were ruled out at mask resolution; the results are equal, the counts are printed);
+  panoptic candidate the keep rule lets through is post-processed at full size (on outputs of at
+  least ``postprocess.LOCAL_MIN_ELEMENTS`` candidate-pixels; smaller ones take one whole-image pass
+  either way; the results are equal, the counts are printed);
+* ``... previous``: the post-processing before the running-maximum argmax and the local competition
+  (``tests/reference_postprocess_bands.py``, bit-identical results) on the same proposals and class
+  probabilities, beside ``... current`` (the package's, called the same way): ``post ...`` alone and
+  ``vitp previous`` end to end (proposer + classifier + that post-processing);
 * ``vitp separate`` (only for a proposer that shares its trunk, ``EomtProposer(share_trunk_from=k)``):
   ``vitp`` with the proposer's trunk states not handed over, so the classifier runs its own patch pass;
 * ``timm``: a plain timm forward of the classifier's own backbone (``backbone(x)``, no points) on
@@ -106,6 +111,22 @@ def replay(pipe: object, proposals: object, point_logits: torch.Tensor | None) -
     p.propose = lambda batch, task: proposals
     p.classify = lambda batch, proposals, extra_points=None, extra_point_masks=None: ([point_logits], None)
     return p
+
+
+def post_only(module: object, pipe: object, batch: object, proposals: object, point_logits: torch.Tensor | None,
+              variant: str) -> list:
+    """``variant``'s class probabilities, then ``module``'s ``crop_logits`` + ``infer`` per image (the
+    pipeline's post-processing, with the implementation chosen)."""
+    from vitp.proposal_geometry import _crop_args
+
+    probs = pipe.variant_probs(proposals, point_logits, (variant,))[variant]
+    config = module.PostProcessConfig(**{f: getattr(pipe.config, f) for f in ("object_mask_threshold",
+                                         "overlap_threshold", "topk_instances", "keep_rule", "keep_threshold")})
+    out = []
+    for i, target in enumerate(batch.targets):
+        logits = module.crop_logits(proposals.mask_logits[i], *_crop_args(proposals, batch, i, tuple(target.orig_size)))
+        out.append(module.infer(logits, probs[i], pipe.is_thing, pipe.tasks, config))
+    return out
 
 
 def panoptic_candidates(pipe: object, batch: object, proposals: object, point_logits: torch.Tensor) -> dict:
@@ -207,6 +228,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         separate.proposer = copy.copy(pipe.proposer)
         separate.proposer.share_trunk_from = None
 
+    sys.path.insert(0, str(ROOT / "tests"))
+    import reference_postprocess_bands as previous  # noqa: E402  (the post-processing before issue 25)
+    from vitp import postprocess as current
+
+    def vitp_previous(b: object) -> object:
+        props = pipe.propose(b, task)
+        return post_only(previous, pipe, b, props, pipe.classify(b, [props])[0][0], "vitp")
+
     every = copy.copy(pipe)  # the same pipeline, every kept panoptic candidate post-processed at full size
     every.settings = dataclasses.replace(pipe.settings, rule_out_candidates=False)
     candidates: dict[str, list[tuple[int, int]]] = {"proposer": [], "vitp": []}
@@ -237,6 +266,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                 "proposer all candidates": lambda b=batch: every(b, variants=("proposer",)),
                 "vitp all candidates": lambda b=batch: every(b, variants=("vitp",)),
                 "post vitp all candidates": lambda b=batch, r=replay(every, props, logits): r(b, variants=("vitp",)),
+                "post proposer previous": lambda b=batch, p=props: post_only(previous, pipe, b, p, None, "proposer"),
+                "post proposer current": lambda b=batch, p=props: post_only(current, pipe, b, p, None, "proposer"),
+                "post vitp previous": lambda b=batch, p=props, lg=logits: post_only(previous, pipe, b, p, lg, "vitp"),
+                "post vitp current": lambda b=batch, p=props, lg=logits: post_only(current, pipe, b, p, lg, "vitp"),
+                "vitp previous": lambda b=batch: vitp_previous(b),
             }
             if separate is not None:
                 fns["vitp separate"] = lambda b=batch: separate(b, variants=("vitp",))
@@ -275,7 +309,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
               "post vitp / post proposer": ("post vitp", "post proposer"),
               "vitp all candidates / proposer all candidates": ("vitp all candidates", "proposer all candidates"),
               "vitp / vitp all candidates": ("vitp", "vitp all candidates"),
-              "post vitp / post vitp all candidates": ("post vitp", "post vitp all candidates")}
+              "post vitp / post vitp all candidates": ("post vitp", "post vitp all candidates"),
+              "post proposer current / previous": ("post proposer current", "post proposer previous"),
+              "post vitp current / previous": ("post vitp current", "post vitp previous"),
+              "vitp / vitp previous": ("vitp", "vitp previous"),
+              "vitp previous / proposer": ("vitp previous", "proposer")}
     if separate is not None:
         ratios["vitp separate / proposer"] = ("vitp separate", "proposer")
         ratios["vitp / vitp separate"] = ("vitp", "vitp separate")
