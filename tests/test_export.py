@@ -163,3 +163,40 @@ def test_export_uint16_semantic(tmp_path):
     png = np.asarray(Image.open(tmp_path / "semantic" / "x.png"))
     assert png.tolist() == [[7, 300, 300], [300, 65535, 7]]
     assert not (tmp_path / "panoptic.json").exists() and not (tmp_path / "instances.json").exists()
+
+
+def test_id2rgb_bytes_equal_the_arithmetic():
+    """The byte view gives panopticapi's ``id % 256, id // 256 % 256, id // 65536 % 256`` for any
+    integer map (negative and beyond 2**24 included, non-contiguous views too)."""
+    from vitp.data.io import id2rgb, rgb2id
+
+    ids = np.random.default_rng(0).integers(-300, 1 << 30, (37, 53))
+    expected = np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], -1).astype(np.uint8)
+    for x in (ids, ids.astype(np.int32), ids[:, ::3], ids.T):
+        ref = np.stack([x % 256, x // 256 % 256, x // 65536 % 256], -1).astype(np.uint8)
+        assert np.array_equal(id2rgb(x), ref)
+    small = np.abs(ids) % (1 << 24)
+    assert np.array_equal(rgb2id(id2rgb(small)), small) and np.array_equal(id2rgb(ids), expected)
+
+
+def test_nearest_resized_rle_equals_encoding_the_resized_mask():
+    """An instance mask held at post-processing size is encoded at the image size from its own runs;
+    the RLE equals pycocotools' encoding of the full-size nearest-neighbour mask (up- and
+    down-scaling, empty and full masks, single rows and columns)."""
+    from pycocotools import mask as mu
+
+    from vitp.export import nearest_resized_rle
+    from vitp.structures import InstancePrediction
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        size = tuple(int(v) for v in rng.integers(1, 90, 2))
+        mask = rng.random((h, w)) < [0.5, 0.05, 0.95][trial % 3]
+        if trial % 7 == 0:
+            mask[:] = trial % 2 == 0
+        inst = InstancePrediction(torch.from_numpy(mask)[None], torch.zeros(1, dtype=torch.long), torch.ones(1),
+                                  image_size=size)
+        expected = mu.encode(np.asfortranarray(inst.mask(0).numpy().astype(np.uint8)))
+        rle = nearest_resized_rle(mask, size)
+        assert rle["counts"] == expected["counts"] and list(rle["size"]) == list(size), (trial, h, w, size)

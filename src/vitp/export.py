@@ -75,10 +75,57 @@ def label_areas_boxes(labels: torch.Tensor, n: int, band_pixels: int = 1 << 22) 
     return area, torch.stack([lo[0], lo[1], hi[0], hi[1]], dim=1)
 
 
+def nearest_resized_rle(mask: np.ndarray, size: tuple[int, int]) -> dict[str, Any]:
+    """COCO RLE (counts as bytes) of ``bool[h, w]`` ``mask`` resized to ``size`` ``(H0, W0)`` by
+    nearest neighbour (``F.interpolate``'s: source ``floor(dst * in / out)``, as
+    ``InstancePrediction.mask``), built from the mask's own row transitions: nothing of size
+    ``H0 x W0`` is made, so a mask held at post-processing size costs its size, not the photo's.
+
+    In COCO's column-major order, output column ``x`` repeats source column ``xs[x]`` with each
+    source row stretched over the output rows that read it; its value changes where the source
+    column's does (mapped to output rows), and at the column's start where the previous column
+    ended on another value.
+    """
+    h0, w0 = int(size[0]), int(size[1])
+    h, w = mask.shape
+    ys = np.arange(h0) * h // h0
+    xs = np.arange(w0) * w // w0
+    rows, first_out = np.unique(ys, return_index=True)  # source rows read, and the first output row of each
+    src = np.asarray(mask, dtype=bool)[rows]  # [rows read, w]
+    change = np.empty_like(src)
+    change[0] = src[0]  # a transition at row 0 of a column that starts on 1 (from an implicit 0)
+    change[1:] = src[1:] != src[:-1]
+    j, r = np.nonzero(change.T)  # per source column, its transition rows in order
+    per_col = np.bincount(j, minlength=w)
+    offset = np.concatenate([[0], np.cumsum(per_col)[:-1]])
+    # output column x repeats source column xs[x]: its transitions, at x * H0 + their first output rows
+    n = per_col[xs]
+    x = np.repeat(np.arange(w0), n)
+    k = np.repeat(offset[xs] - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(int(n.sum()))
+    pos = x * h0 + first_out[r[k]]
+    # at a column's start the previous column's last value is the real predecessor, not 0
+    ends_on = np.concatenate([[False], src[-1, xs[:-1]]])
+    starts_on = src[0, xs]
+    starts = np.arange(w0) * h0
+    fix = ends_on  # previous column ended on 1: toggle the transition at this column's start
+    pos = np.setxor1d(pos, starts[fix & starts_on]) if (fix & starts_on).any() else pos  # 1 -> 1: none
+    pos = np.union1d(pos, starts[fix & ~starts_on]) if (fix & ~starts_on).any() else pos  # 1 -> 0: one
+    pos = np.sort(pos)
+    counts = np.diff(np.concatenate([[0], pos, [h0 * w0]]))
+    if len(counts) > 1 and counts[-1] == 0:
+        counts = counts[:-1]
+    return mask_utils.frPyObjects({"size": [h0, w0], "counts": counts.tolist()}, h0, w0)
+
+
 def instance_rles(inst: InstancePrediction) -> Iterator[dict[str, Any]]:
     """COCO RLE (counts as bytes) of each instance mask at the image size, one mask at a time (an
-    instance prediction held at a smaller size is resized mask by mask: ``InstancePrediction.mask``)."""
+    instance prediction held at a smaller size is encoded from its small mask:
+    :func:`nearest_resized_rle`)."""
     for i in range(len(inst.scores)):
+        m = inst.masks[i]
+        if tuple(m.shape) != tuple(inst.size):
+            yield nearest_resized_rle(m.detach().cpu().numpy(), inst.size)
+            continue
         column_major = inst.mask(i, transposed=True).detach().cpu().numpy().view(np.uint8).T
         yield mask_utils.encode(column_major[:, :, None])[0]
 
@@ -102,7 +149,9 @@ def panoptic_segments_info(
     return (seg + 1).cpu().numpy(), info
 
 
-def image_record(pred: Prediction, info: DatasetInfo) -> tuple[np.ndarray | None, dict[str, Any]]:
+def image_record(pred: Prediction, info: DatasetInfo,
+                 panoptic: tuple[np.ndarray, list[dict[str, Any]]] | None = None,
+                 rles: Sequence[dict[str, Any]] | None = None) -> tuple[np.ndarray | None, dict[str, Any]]:
     """One image's predictions as plain data: the panoptic id map (``int64[H, W]``, 0 = void, the
     ids of the exported panoptic PNG; None without a panoptic prediction) and a JSON-ready dict::
 
@@ -112,13 +161,15 @@ def image_record(pred: Prediction, info: DatasetInfo) -> tuple[np.ndarray | None
 
     ``label`` is the class name, ``category_id`` the dataset's original id, ``bbox`` ``[x, y, w, h]``,
     ``segmentation`` a COCO RLE (counts as str). Keys of tasks that were not run are absent.
-    ``vitp predict`` (``segments/<stem>.json``) and ``vitp.Segmenter`` both use it.
+    ``vitp predict`` (``segments/<stem>.json``) and ``vitp.Segmenter`` both use it. ``panoptic``
+    (``panoptic_segments_info``'s result) and ``rles`` (``instance_rles``') are taken when given
+    instead of being computed again.
     """
     names, cat_ids, thing = info.class_names, info.category_ids, info.is_thing
     record: dict[str, Any] = {}
     ids = None
     if pred.panoptic is not None:
-        ids, segments_info = panoptic_segments_info(pred.panoptic, cat_ids)
+        ids, segments_info = panoptic if panoptic is not None else panoptic_segments_info(pred.panoptic, cat_ids)
         scores = pred.panoptic.scores.detach().to("cpu").double().tolist()
         labels = pred.panoptic.labels.detach().to("cpu").long().tolist()
         record["panoptic"] = [{
@@ -131,7 +182,7 @@ def image_record(pred: Prediction, info: DatasetInfo) -> tuple[np.ndarray | None
         labels = inst.labels.detach().to("cpu").long().tolist()
         scores = inst.scores.detach().to("cpu").double().tolist()
         record["instances"] = []
-        for rle, c, sc in zip(instance_rles(inst), labels, scores):  # one full-size mask at a time
+        for rle, c, sc in zip(instance_rles(inst) if rles is None else rles, labels, scores):
             x, y, bw, bh = (int(v) for v in mask_utils.toBbox(rle))  # [0, 0, 0, 0] when empty
             record["instances"].append({
                 "category_id": int(cat_ids[c]), "label": names[c], "score": float(sc),
@@ -204,14 +255,17 @@ class PredictionExporter:
         stem = self._stem(target)
         h, w = (int(s) for s in target.orig_size)
         self._emit("images", {"id": image_id, "file_name": target.file_name, "height": h, "width": w})
+        panoptic = None if pred.panoptic is None else panoptic_segments_info(pan=pred.panoptic,
+                                                                          category_ids=self.info.category_ids)
+        rles = None if pred.instance is None else list(instance_rles(pred.instance))
         if self.per_image_json:
-            _, record = image_record(pred, self.info)
+            _, record = image_record(pred, self.info, panoptic, rles)
             json_dir = self.out_dir / "segments"
             json_dir.mkdir(exist_ok=True)
             header = {"image_id": image_id, "file_name": target.file_name, "height": h, "width": w}
             (json_dir / f"{stem}.json").write_text(json.dumps({**header, **record}) + "\n")
-        if pred.panoptic is not None:
-            ids, segments_info = panoptic_segments_info(pan=pred.panoptic, category_ids=self.info.category_ids)
+        if panoptic is not None:
+            ids, segments_info = panoptic
             png_dir = self.out_dir / "panoptic"
             png_dir.mkdir(exist_ok=True)
             Image.fromarray(id2rgb(ids)).save(png_dir / f"{stem}.png")
@@ -230,9 +284,8 @@ class PredictionExporter:
             sem_dir = self.out_dir / "semantic"
             sem_dir.mkdir(exist_ok=True)
             Image.fromarray(out.astype(self._sem_dtype)).save(sem_dir / f"{stem}.png")
-        if pred.instance is not None:
+        if pred.instance is not None and rles is not None:
             inst = pred.instance
-            rles = instance_rles(inst)
             labels = inst.labels.detach().to("cpu").long().tolist()
             scores = inst.scores.detach().to("cpu").double().tolist()
             for rle, c, s in zip(rles, labels, scores):
