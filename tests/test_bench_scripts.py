@@ -57,6 +57,12 @@ def test_bench_end_to_end(tiny_coco_root: Path, tmp_path: Path, capsys):
     assert "| vitp / proposer |" in printed and "| pointvit L k11 / timm L |" in printed
     assert "| vitp / vitp all candidates |" in printed and "post-processed at full size: proposer" in printed
 
+    out = _script("bench_cpu_options").main([
+        "--workdir", str(workdir), "--ckpt", str(ckpt), "--proposer", str(proposer_dir),
+        "--data-root", str(tiny_coco_root), "--images", "1", "--reps", "1", *SMALL])
+    assert {"fp32, 1 thread", "fp32, 2 threads", "bf16 autocast", "channels_last"} == set(out["cpu"])
+    assert "| channels_last |" in capsys.readouterr().out
+
 
 def test_bench_hf_proposer(tiny_coco_root: Path, tmp_path: Path):
     """vitp's proposer-alone path and HF's own on the same tiny saved Mask2Former: both timed, their
