@@ -8,7 +8,8 @@ arguments; ``default`` adds none):
     vitp predict --config CONFIG --ckpt_path CKPT --data.init_args.path FOLDER \\
         --model.init_args.output.export_dir OUT --trainer.profiler simple ...
 
-and reports the wall time, images/s, the peak memory of the process tree and, from Lightning's
+and reports the wall time, images/s, the CPU time of the process tree (steadier than wall time on a
+shared machine), its peak memory and, from Lightning's
 ``SimpleProfiler``, where the main process spends its time (waiting for the loader's next batch,
 the predict step, the callbacks that write the files). Run from the trained default run's
 directory (``--workdir``):
@@ -92,18 +93,21 @@ def run_predict(extra: list[str], args: argparse.Namespace, out: Path) -> dict:
     if args.data_root is not None:
         cmd += ["--data.init_args.root", str(args.data_root.resolve())]
     cmd += extra
+    before = os.times()
     start, peak = time.perf_counter(), 0
     child = subprocess.Popen(cmd, cwd=args.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     while child.poll() is None:
         peak = max(peak, _tree_pss(child.pid))
-        time.sleep(0.1)
+        time.sleep(0.2)
     wall = time.perf_counter() - start
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
     lines = child.stdout.read().splitlines() if child.stdout else []
     if child.returncode != 0:
         raise SystemExit("vitp predict failed:\n" + "\n".join(lines[-40:]))
     written = len(list((out / "panoptic").glob("*.png")))
-    return {"wall": wall, "peak_mib": peak / 2**20, "written": written, "profile": profile_rows("\n".join(lines), 8)}
+    return {"wall": wall, "cpu": cpu, "peak_mib": peak / 2**20, "written": written, "profile": profile_rows("\n".join(lines), 8)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
@@ -137,10 +141,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     print(f"{args.images} JPEGs, long side {min(sides)}-{max(sides)} px (median {int(np.median(sides))}); CPU "
           f"{cpu_model()}, {os.cpu_count()} cores; load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())} "
           "at end\n")
-    print("| run | wall (s) | images/s | peak memory, PSS (MiB) | files written |")
-    print("|---|---:|---:|---:|---:|")
+    print("| run | wall (s) | images/s | CPU, process tree (s) | images per CPU-s | peak memory, PSS (MiB) | files |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for run, r in results.items():
-        print(f"| `{run}` | {r['wall']:.1f} | {args.images / r['wall']:.2f} | {r['peak_mib']:.0f} | {r['written']} |")
+        print(f"| `{run}` | {r['wall']:.1f} | {args.images / r['wall']:.2f} | {r['cpu']:.1f} | "
+              f"{args.images / r['cpu']:.3f} | {r['peak_mib']:.0f} | {r['written']} |")
     for run, r in results.items():
         print(f"\nwhere `{run}` spends the main process's time (SimpleProfiler, total s / calls / %):")
         for action, total, calls, pct in r["profile"]:

@@ -63,6 +63,11 @@ def test_bench_end_to_end(tiny_coco_root: Path, tmp_path: Path, capsys):
     assert {"fp32, 1 thread", "fp32, 2 threads", "bf16 autocast", "channels_last"} == set(out["cpu"])
     assert "| channels_last |" in capsys.readouterr().out
 
+    out = _script("bench_postprocess").main([
+        "--workdir", str(workdir), "--ckpt", str(ckpt), "--proposer", str(proposer_dir),
+        "--data-root", str(tiny_coco_root), "--images", "1", "--reps", "1", "--scales", "1", "3", *SMALL])
+    assert len(out["rows"]) == 4 and all(r[3] > 0 and r[4] > 0 for r in out["rows"])
+
 
 def test_bench_hf_proposer(tiny_coco_root: Path, tmp_path: Path):
     """vitp's proposer-alone path and HF's own on the same tiny saved Mask2Former: both timed, their
