@@ -1,38 +1,70 @@
-"""annotation_budget.{csv,md,png} from the finished cells (the last run may be stopped mid-grid), plus the
-default run's seed-0 checkpoint as the `fine` source with all 300 images (32.4 h) as a reference point."""
+"""annotation_budget.{csv,md,png} from the finished cells (the runs may be stopped mid-grid, and cells
+may have different numbers of seeds), plus the default run's seed-0 checkpoint as the `fine` source
+with all 300 images (32.4 h) as a reference point.
+
+    python budget_table.py OUT DEST      # OUT: the study's --out, DEST: where the tables go
+
+Every cell's seeds are read from its step files (cells/<source>_b<budget>_s<seed>/step{0,1}.json);
+the main table is mean ± std over the seeds a cell has (sample std, n - 1; a single seed shows no
+±), a second table lists every seed."""
 import json, sys
 from pathlib import Path
 from vitp.studies import config as cfg
 from vitp.studies.costs import costs_markdown, load_costs
 from vitp.studies.supervision import image_costs, images_within, parse_source
-from vitp.studies.report import aggregate, markdown_table, plot_budget, write_csv
+from vitp.studies.report import aggregate, fmt, markdown_table, plot_budget, write_csv
 from vitp.studies.annotation_budget import SHOWN
 OUT = Path(sys.argv[1]); DEST = Path(sys.argv[2]); DEST.mkdir(parents=True, exist_ok=True)
+SOURCES = ["fine", "box", "clicks1", "fine:0.1+box:0.9"]
+BUDGETS = [1800.0, 7200.0, 28800.0]
+SEEDS = [0, 1, 2]
 costs = load_costs(None)
 images = cfg.training_images(Path("/tmp/data_default/annotations/panoptic_train2017.json"))
-rows = []
-for src in ["fine", "box", "clicks1", "fine:0.1+box:0.9"]:
+rows, missing = [], []
+for src in SOURCES:
     source = parse_source(src)
-    for budget in [1800.0, 7200.0, 28800.0]:
-        cell = OUT / "cells" / f"{source.name.replace(':', '').replace('+', '_')}_b{budget:g}_s0"
-        if not (cell / "step1.json").is_file():
-            continue
+    for budget in BUDGETS:
         n, spent = images_within(budget, image_costs(source, images, costs))
-        r = json.loads((cell / "step1.json").read_text())["result"]
-        fit = json.loads((cell / "step0.json").read_text())["result"]
-        rows.append({"source": source.name, "budget_s": budget, "seed": 0, "images": n, "of_images": len(images),
-                     "spent_s": round(spent, 1), "hours": spent / 3600, **{k: v for k, v in r.items() if k != "seconds"},
-                     "train_seconds": fit.get("seconds")})
+        for seed in SEEDS:
+            cell = OUT / "cells" / f"{source.name.replace(':', '').replace('+', '_')}_b{budget:g}_s{seed}"
+            if not (cell / "step1.json").is_file():
+                missing.append((source.name, budget, seed))
+                continue
+            r = json.loads((cell / "step1.json").read_text())["result"]
+            fit = json.loads((cell / "step0.json").read_text())["result"]
+            rows.append({"source": source.name, "budget_s": int(budget), "seed": seed, "images": n,
+                         "of_images": len(images), "spent_s": round(spent, 1), "hours": spent / 3600,
+                         **{k: v for k, v in r.items() if k != "seconds"}, "train_seconds": fit.get("seconds")})
 # reference: the default run (fine masks, all 300 images, the same 304 steps), seed 0, vitp validate with points
 ref = json.loads(Path("/tmp/studies24/domain_shift/cells/default_s0/step2.json").read_text())["result"]
 n, spent = images_within(1e9, image_costs(parse_source("fine"), images, costs))
-rows.append({"source": "fine (all images: the default run)", "budget_s": round(spent), "seed": 0, "images": n,
+REF = "fine (all images: the default run)"
+rows.append({"source": REF, "budget_s": round(spent), "seed": 0, "images": n,
              "of_images": len(images), "spent_s": round(spent, 1), "hours": spent / 3600,
              **{k: v for k, v in ref.items() if k != "seconds"}})
 write_csv(DEST / "annotation_budget.csv", rows)
 entries = aggregate(rows, ("source", "budget_s"), ("hours", "images", *SHOWN))
-plot_budget(DEST / "annotation_budget.png", entries, ("pq", "pq_th", "miou", "map"))
-md = markdown_table(entries, ("source", "budget_s", "hours", "images", *SHOWN),
-                    ("source", "budget (s)", "hours", "images", *SHOWN))
-(DEST / "annotation_budget.md").write_text("# Annotation budget (seed 0)\n\n" + md + "\n\n## Cost table\n\n" + costs_markdown(costs) + "\n")
-print(md)
+for e in entries:
+    e["seeds"] = ", ".join(str(r["seed"]) for r in rows if (r["source"], r["budget_s"]) == (e["source"], e["budget_s"]))
+    e["hours"] = e["hours"][0]
+    e["images"] = int(e["images"][0])
+plot_budget(DEST / "annotation_budget.png",
+            [{**e, "hours": (e["hours"], 0.0, 1)} for e in entries if e["source"] != REF], ("pq", "pq_th", "miou", "map"))
+md = markdown_table(entries, ("source", "budget_s", "hours", "images", "seeds", *SHOWN),
+                    ("source", "budget (s)", "hours", "images", "seeds", *SHOWN))
+per_seed = markdown_table(rows, ("source", "budget_s", "seed", "images", *SHOWN, "train_seconds"),
+                          ("source", "budget (s)", "seed", "images", *SHOWN, "fit (s)"))
+text = ["# Annotation budget\n",
+        "Config `configs/synthetic/vitp/tiny_mask2former.yaml` (the default recipe), 304 optimizer steps per cell "
+        "(`--equal_steps 304`), every cell with the same stage-1 proposer (the default run's seed 0); `seeds`: the "
+        "stage-2 training seeds a cell has. Metrics on the validation split (`vitp validate`); with two or more "
+        "seeds mean ± std (sample std, n - 1), a single seed has no ±. `hours`: annotation time the images used "
+        "cost; `images`: training images bought by the budget (of 300). Last row: the default run (fine masks on "
+        "all images, seed 0), the reference.\n", md, "\n## Every seed\n", per_seed,
+        "\n![annotation budget: PQ, PQ_th, mIoU, AP against annotation hours](annotation_budget.png)\n"]
+if missing:
+    text.append("\nNot run (source, budget s, seed): " + ", ".join(f"{s} {b:g} s{d}" for s, b, d in missing) + "\n")
+text += ["\n## Cost table\n", costs_markdown(costs),
+         "\nCommands: [commands.md](commands.md); rows: [annotation_budget.csv](annotation_budget.csv).\n"]
+(DEST / "annotation_budget.md").write_text("\n".join(text))
+print(md); print(per_seed)
