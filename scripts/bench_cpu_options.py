@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_end_to_end import CHECKPOINT, CONFIG, interleaved_totals  # noqa: E402
+from bench_end_to_end import CHECKPOINT, CONFIG, interleaved_totals, load_run  # noqa: E402
 from bench_point_vit import machine_line  # noqa: E402
 
 
@@ -56,22 +55,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also torch.compile (minutes of compilation on a CPU)")
     args, overrides = parser.parse_known_args(argv)
-    from vitp import Segmenter
-
-    extra = ["--model.init_args.tasks", "[panoptic]", "--trainer.enable_progress_bar", "false"]
-    if args.data_root is not None:
-        extra += ["--data.init_args.root", str(args.data_root.resolve())]
-    if args.proposer is not None:
-        extra += ["--model.init_args.proposer.init_args.model", str(args.proposer.resolve())]
-    old = os.getcwd()
-    os.chdir(args.workdir)
-    try:
-        seg = Segmenter.from_checkpoint((args.ckpt or args.workdir / CHECKPOINT).resolve(), config=args.config.resolve(),
-                                        overrides=[*extra, *overrides], batch_size=1)
-        dataset = seg.datamodule.build_dataset("test")
-        batches = [seg.collate([dataset[i]]) for i in range(min(args.images, len(dataset)))]
-    finally:
-        os.chdir(old)
+    seg, batches = load_run(args, ["--model.init_args.tasks", "[panoptic]"], overrides)
     pipe = seg.module.eval().pipeline
 
     def call(p: object, threads: int = 1, autocast: bool = False, channels_last: bool = False) -> Callable:

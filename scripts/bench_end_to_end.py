@@ -98,6 +98,27 @@ def interleaved_totals(
     return {n: med(v) for n, v in cpu.items()}, {n: med(v) for n, v in wall.items()}
 
 
+def load_run(args: argparse.Namespace, extra: list[str], overrides: list[str]) -> tuple[object, list]:
+    """The trained run (``args.workdir``, ``.config``, ``.ckpt``, ``.proposer``, ``.data_root``) as
+    ``vitp test`` builds it, and its first ``args.images`` test batches (batch of 1)."""
+    from vitp import Segmenter
+
+    extra = [*extra, "--trainer.enable_progress_bar", "false"]
+    if args.data_root is not None:
+        extra += ["--data.init_args.root", str(args.data_root.resolve())]
+    if args.proposer is not None:
+        extra += ["--model.init_args.proposer.init_args.model", str(args.proposer.resolve())]
+    old = os.getcwd()
+    os.chdir(args.workdir)
+    try:
+        seg = Segmenter.from_checkpoint((args.ckpt or args.workdir / CHECKPOINT).resolve(), config=args.config.resolve(),
+                                        overrides=[*extra, *overrides], batch_size=1)
+        dataset = seg.datamodule.build_dataset("test")
+        return seg, [seg.collate([dataset[i]]) for i in range(min(args.images, len(dataset)))]
+    finally:
+        os.chdir(old)
+
+
 def large_classifier(num_outputs: int, model: str, size: int, start: int) -> torch.nn.Module:
     """A randomly initialised PointViT of ``model`` at ``size`` px (no download)."""
     from vitp.classifiers import PointViT

@@ -13,7 +13,6 @@ process CPU time, 1 thread.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
-from bench_end_to_end import CHECKPOINT, CONFIG  # noqa: E402
+from bench_end_to_end import CONFIG, load_run  # noqa: E402
 from bench_point_vit import machine_line  # noqa: E402
 
 
@@ -42,24 +41,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     import reference_postprocess_bands as previous  # noqa: E402
 
-    from vitp import Segmenter
     from vitp import postprocess as current
     from vitp.proposal_geometry import _crop_args
 
-    extra = ["--trainer.enable_progress_bar", "false"]
-    if args.data_root is not None:
-        extra += ["--data.init_args.root", str(args.data_root.resolve())]
-    if args.proposer is not None:
-        extra += ["--model.init_args.proposer.init_args.model", str(args.proposer.resolve())]
-    old = os.getcwd()
-    os.chdir(args.workdir)
-    try:
-        seg = Segmenter.from_checkpoint((args.ckpt or args.workdir / CHECKPOINT).resolve(), config=args.config.resolve(),
-                                        overrides=[*extra, *overrides], batch_size=1)
-        dataset = seg.datamodule.build_dataset("test")
-        batches = [seg.collate([dataset[i]]) for i in range(min(args.images, len(dataset)))]
-    finally:
-        os.chdir(old)
+    seg, batches = load_run(args, [], overrides)
     pipe = seg.module.eval().pipeline
     cases = []
     with torch.inference_mode():
