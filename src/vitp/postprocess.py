@@ -11,8 +11,9 @@ time (about ``chunk_elements`` floats per band), so no ``float[Q, H0, W0]`` tens
 Peak memory is the low-resolution logits, one band, and the outputs (``long[H0, W0]`` maps and
 the kept instances' ``bool[H0, W0]`` masks). The bands (``vitp.upsampling``) are computed with
 the arithmetic of torch's own bilinear kernel (``F.interpolate``, ``align_corners=False``), so the
-results equal those of interpolating the whole stack at once (``tests/reference_postprocess.py`` is the old code;
-``tests/test_postprocess_memory.py`` compares them).
+results equal those of interpolating the whole stack at once, up to float32 ulps in some shapes
+(``vitp.upsampling``; ``tests/reference_postprocess.py`` is the old code, ``tests/test_postprocess_memory.py``
+compares them).
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
 """Mask logits at mask resolution, read back at a larger size one band of rows at a time.
 
-:class:`UpsampledLogits` is what ``vitp.postprocess`` works on: it equals
-``F.interpolate(low[None], size, mode="bilinear", align_corners=False)[0]`` value for value, but
-only ever builds a band of about ``chunk_elements`` floats.
+:class:`UpsampledLogits` is what ``vitp.postprocess`` works on: it gives
+``F.interpolate(low[None], size, mode="bilinear", align_corners=False)[0]`` but only ever builds a
+band of about ``chunk_elements`` floats. Value for value equal in the shapes tested (e.g. 64 x 48 ->
+1500 x 1000); in others (e.g. 16 x 16 -> 64 x 64) torch's kernel rounds differently and a band
+value may differ by one or two float32 ulps (measured 2026-12-06), so a pixel exactly at a
+threshold may flip. The band of all rows (small outputs) is ``F.interpolate`` itself.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class UpsampledLogits:
     """Mask logits ``float[Q, h, w]`` (padding already removed) seen at ``size`` ``(H, W)``.
 
     Nothing of size ``Q x H x W`` is stored: :meth:`band` gives rows ``y0:y1`` of the bilinear
-    upsampling, equal to ``F.interpolate(low[None], size)[0, :, y0:y1]``: the source rows it reads
+    upsampling, ``F.interpolate(low[None], size)[0, :, y0:y1]`` (see the module note): the source rows it reads
     are resized along x by ``F.interpolate`` (identity along y), then blended along y as torch's
     CPU kernel blends them, ``fma(a, w0, b * w1)`` (the fused multiply-add in float64).
     """
