@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,45 @@ class PredictionFiles(L.Callback):
     0's images under DDP); predict: PNGs, JSON, one ``segments/<stem>.json`` per image and, with
     ``output.overlays``, overlays (``vitp.visualize``). ``ViTPModule.configure_callbacks`` adds it
     when ``export_dir`` is set. Writes as the batches come, so memory stays flat (``vitp predict``
-    does not keep the predictions either)."""
+    does not keep the predictions either).
 
-    def __init__(self) -> None:
+    Args:
+        background: ``predict`` writes on one background thread (in order), so the files of a batch
+            are written while the model runs on the next; at most ``max_pending`` batches wait, and
+            a writer's error stops the run at the next batch or at the end.
+        max_pending: batches written or waiting at once in the background.
+    """
+
+    def __init__(self, background: bool = True, max_pending: int = 2) -> None:
         super().__init__()
         self._writers: list[Any] = []
         self._report: Any = None
+        self.background, self.max_pending = background, max(1, max_pending)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+
+    def _submit(self, predictions: Any, batch: Any) -> None:
+        if self._pool is None:
+            self._write(predictions, batch)
+            return
+        while len(self._pending) >= self.max_pending:
+            self._pending.pop(0).result()  # re-raises a writer's error here
+        self._pending.append(self._pool.submit(self._write, predictions, batch))
+
+    def _drain(self) -> None:
+        pending, self._pending = self._pending, []
+        try:
+            for future in pending:
+                future.result()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool, self._pending = None, []
 
     def _start(self, pl_module: L.LightningModule, per_image_json: bool) -> Any:
         from vitp.export import PredictionExporter
@@ -77,6 +111,8 @@ class PredictionFiles(L.Callback):
 
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start(pl_module, per_image_json=True)
+        if self.background:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitp-writer")
         if pl_module.output.overlays:
             from vitp.visualize import OverlayWriter
 
@@ -85,9 +121,10 @@ class PredictionFiles(L.Callback):
 
     def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._write(outputs, batch)
+        self._submit(outputs, batch)
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._drain()
         self._writers[0].finalize(None)
         self._writers = []
 
