@@ -104,7 +104,7 @@ def generate_one(args: tuple) -> tuple[dict, dict, list[dict], list[dict]]:
     from pycocotools import mask as mask_utils
 
     from vitp.data.io import id2rgb
-    from vitp.metrics.instance import label_map_rles
+    from vitp.rle import label_map_rles
     for kind, ids, cls in (("gt", gt_ids, gt_classes), ("pred", pred_ids, pred_cls)):
         folder = root / ("annotations/panoptic_val2017" if kind == "gt" else "predictions/panoptic")
         Image.fromarray(id2rgb(ids)).save(folder / f"{name}.png")

@@ -36,6 +36,9 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_eval_scale import _tree_pss  # noqa: E402  (sums the PSS of the vitp process tree)
+
 CONFIG = ROOT / "configs/synthetic/vitp/tiny_mask2former.yaml"
 CHECKPOINT = Path("outputs/synthetic/vitp_tiny_mask2former/checkpoints/last.ckpt")
 
@@ -63,13 +66,6 @@ def make_folder(folder: Path, source: Path, images: int, min_side: int, max_side
         sides.append(side)
     done.write_text(json.dumps({"args": manifest, "long_sides": sides}))
     return sides
-
-
-def _tree_pss(pid: int) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_eval_scale import _tree_pss as pss
-
-    return pss(pid)
 
 
 def profile_rows(text: str, top: int) -> list[tuple[str, float, int, float]]:
@@ -135,7 +131,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         out = (args.out or args.folder.with_name(args.folder.name + ".out")) / f"run{i}"
         results[run] = run_predict(extra, args, out)
         print(f"{run}: {results[run]['wall']:.1f} s", file=sys.stderr)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_point_vit import cpu_model
 
     print(f"{args.images} JPEGs, long side {min(sides)}-{max(sides)} px (median {int(np.median(sides))}); CPU "

@@ -185,7 +185,7 @@ def test_nearest_resized_rle_equals_encoding_the_resized_mask():
     down-scaling, empty and full masks, single rows and columns)."""
     from pycocotools import mask as mu
 
-    from vitp.export import nearest_resized_rle
+    from vitp.rle import nearest_resized_rle
     from vitp.structures import InstancePrediction
 
     rng = np.random.default_rng(0)

@@ -590,7 +590,7 @@ def test_label_map_rles_equal_mask_by_mask_encoding():
     (absent values, masks that start or end the image, single rows and columns included)."""
     from pycocotools import mask as mu
 
-    from vitp.metrics.instance import label_map_rles
+    from vitp.rle import label_map_rles
 
     rng = np.random.default_rng(0)
     for h, w in [(1, 1), (1, 7), (7, 1), (5, 9), (48, 64)]:

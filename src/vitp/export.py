@@ -35,7 +35,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from vitp.data.io import id2rgb
-from vitp.structures import DatasetInfo, InstancePrediction, PanopticPrediction, Prediction, Target
+from vitp.rle import instance_rles
+from vitp.structures import DatasetInfo, PanopticPrediction, Prediction, Target
 
 _PARTS = ".parts"
 
@@ -73,61 +74,6 @@ def label_areas_boxes(labels: torch.Tensor, n: int, band_pixels: int = 1 << 22) 
             lo[axis].scatter_reduce_(0, idx, coord, "amin")
             hi[axis].scatter_reduce_(0, idx, coord, "amax")
     return area, torch.stack([lo[0], lo[1], hi[0], hi[1]], dim=1)
-
-
-def nearest_resized_rle(mask: np.ndarray, size: tuple[int, int]) -> dict[str, Any]:
-    """COCO RLE (counts as bytes) of ``bool[h, w]`` ``mask`` resized to ``size`` ``(H0, W0)`` by
-    nearest neighbour (``F.interpolate``'s: source ``floor(dst * in / out)``, as
-    ``InstancePrediction.mask``), built from the mask's own row transitions: nothing of size
-    ``H0 x W0`` is made, so a mask held at post-processing size costs its size, not the photo's.
-
-    In COCO's column-major order, output column ``x`` repeats source column ``xs[x]`` with each
-    source row stretched over the output rows that read it; its value changes where the source
-    column's does (mapped to output rows), and at the column's start where the previous column
-    ended on another value.
-    """
-    h0, w0 = int(size[0]), int(size[1])
-    h, w = mask.shape
-    ys = np.arange(h0) * h // h0
-    xs = np.arange(w0) * w // w0
-    rows, first_out = np.unique(ys, return_index=True)  # source rows read, and the first output row of each
-    src = np.asarray(mask, dtype=bool)[rows]  # [rows read, w]
-    change = np.empty_like(src)
-    change[0] = src[0]  # a transition at row 0 of a column that starts on 1 (from an implicit 0)
-    change[1:] = src[1:] != src[:-1]
-    j, r = np.nonzero(change.T)  # per source column, its transition rows in order
-    per_col = np.bincount(j, minlength=w)
-    offset = np.concatenate([[0], np.cumsum(per_col)[:-1]])
-    # output column x repeats source column xs[x]: its transitions, at x * H0 + their first output rows
-    n = per_col[xs]
-    x = np.repeat(np.arange(w0), n)
-    k = np.repeat(offset[xs] - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(int(n.sum()))
-    pos = x * h0 + first_out[r[k]]
-    # at a column's start the previous column's last value is the real predecessor, not 0
-    ends_on = np.concatenate([[False], src[-1, xs[:-1]]])
-    starts_on = src[0, xs]
-    starts = np.arange(w0) * h0
-    fix = ends_on  # previous column ended on 1: toggle the transition at this column's start
-    pos = np.setxor1d(pos, starts[fix & starts_on]) if (fix & starts_on).any() else pos  # 1 -> 1: none
-    pos = np.union1d(pos, starts[fix & ~starts_on]) if (fix & ~starts_on).any() else pos  # 1 -> 0: one
-    pos = np.sort(pos)
-    counts = np.diff(np.concatenate([[0], pos, [h0 * w0]]))
-    if len(counts) > 1 and counts[-1] == 0:
-        counts = counts[:-1]
-    return mask_utils.frPyObjects({"size": [h0, w0], "counts": counts.tolist()}, h0, w0)
-
-
-def instance_rles(inst: InstancePrediction) -> Iterator[dict[str, Any]]:
-    """COCO RLE (counts as bytes) of each instance mask at the image size, one mask at a time (an
-    instance prediction held at a smaller size is encoded from its small mask:
-    :func:`nearest_resized_rle`)."""
-    for i in range(len(inst.scores)):
-        m = inst.masks[i]
-        if tuple(m.shape) != tuple(inst.size):
-            yield nearest_resized_rle(m.detach().cpu().numpy(), inst.size)
-            continue
-        column_major = inst.mask(i, transposed=True).detach().cpu().numpy().view(np.uint8).T
-        yield mask_utils.encode(column_major[:, :, None])[0]
 
 
 def panoptic_segments_info(

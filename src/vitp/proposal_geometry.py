@@ -15,7 +15,7 @@ import torch
 from scipy import ndimage
 
 from vitp.points import point_to_pixel
-from vitp.postprocess import UpsampledLogits, crop_and_resize, crop_logits
+from vitp.upsampling import UpsampledLogits, crop_and_resize, crop_logits
 from vitp.structures import Batch, PointMasks, Proposals
 
 

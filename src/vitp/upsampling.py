@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CHUNK_ELEMENTS", "UpsampledLogits"]
+__all__ = ["CHUNK_ELEMENTS", "UpsampledLogits", "crop_and_resize", "crop_logits"]
 
 CHUNK_ELEMENTS = 1 << 23  # floats per band of upsampled logits (32 MiB; about 8x that while a band is built)
 
@@ -121,3 +121,41 @@ class UpsampledLogits:
         for y0, y1 in self.bands():
             out[:, y0:y1] = self.band(y0, y1) > 0
         return out
+
+
+def crop_logits(
+    mask_logits: torch.Tensor,
+    valid_size: tuple[int, int],
+    orig_size: tuple[int, int],
+    frame_size: tuple[int, int] | None = None,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> UpsampledLogits:
+    """Remove padding from ``float[Q, h, w]`` mask logits; seen at ``orig_size`` (lazily).
+
+    ``valid_size`` is the region holding the image, in the coordinates of ``frame_size`` (the
+    padded input frame); with ``frame_size=None`` it is already in mask coordinates. When the
+    valid region maps onto whole mask pixels it is cropped directly (exact for masks given at the
+    original resolution); otherwise the logits are first upsampled to the frame, as Mask2Former
+    does.
+    """
+    q, h, w = mask_logits.shape
+    if frame_size is None:
+        frame_size = (h, w)
+    crop_h = valid_size[0] * h / frame_size[0]
+    crop_w = valid_size[1] * w / frame_size[1]
+    if crop_h.is_integer() and crop_w.is_integer():
+        cropped = mask_logits[:, : int(crop_h), : int(crop_w)]
+    else:
+        cropped = F.interpolate(mask_logits[None], size=frame_size, mode="bilinear", align_corners=False)[0]
+        cropped = cropped[:, : valid_size[0], : valid_size[1]]
+    return UpsampledLogits(cropped, orig_size, chunk_elements)
+
+
+def crop_and_resize(
+    mask_logits: torch.Tensor,
+    valid_size: tuple[int, int],
+    orig_size: tuple[int, int],
+    frame_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """:func:`crop_logits` materialised: ``float[Q, H0, W0]`` (small images, tests, analysis)."""
+    return crop_logits(mask_logits, valid_size, orig_size, frame_size).full()

@@ -11,6 +11,7 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 from torchmetrics import Metric
 
+from vitp.rle import label_map_rles
 from vitp.structures import DatasetInfo, InstancePrediction, Target
 
 AP_KEYS = (
@@ -32,36 +33,6 @@ def encode_masks(masks: Tensor | np.ndarray) -> list[dict[str, Any]]:
         return []
     # COCO's column-major [H, W, n] is [n, W, H] in C order: transposing mask by mask is cache-friendly
     return mask_utils.encode(np.ascontiguousarray(masks.transpose(0, 2, 1)).transpose(2, 1, 0))
-
-
-def label_map_rles(labels: np.ndarray, values: Sequence[int]) -> tuple[list[dict[str, Any]], list[int]]:
-    """COCO RLEs (``counts`` as bytes) and areas of ``labels == v`` for each ``v`` in ``values``, from
-    one column-major pass over the label map ``int[H, W]`` (no ``H x W`` mask per value): each
-    value's runs in COCO's column-major order become its uncompressed counts, compressed by
-    pycocotools, so the RLEs equal ``mask_utils.encode`` of each mask."""
-    h, w = labels.shape
-    flat = np.ascontiguousarray(labels.T).reshape(-1)
-    if flat.size == 0:
-        return [mask_utils.frPyObjects({"size": [h, w], "counts": [0]}, h, w) for _ in values], [0] * len(values)
-    starts = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1])
-    ends = np.concatenate([starts[1:], [flat.size]])
-    run_values = flat[starts]
-    order = np.argsort(run_values, kind="stable")  # each value's runs together, in image order
-    sorted_values = run_values[order]
-    rles, areas = [], []
-    for v in values:
-        lo, hi = np.searchsorted(sorted_values, v), np.searchsorted(sorted_values, v, side="right")
-        s, e = starts[order[lo:hi]], ends[order[lo:hi]]
-        # counts alternate background / foreground run lengths, starting with background
-        counts = np.empty(2 * len(s) + 1, dtype=np.int64)
-        counts[0:-1:2] = s - np.concatenate([[0], e[:-1]])
-        counts[1::2] = e - s
-        counts[-1] = flat.size - (e[-1] if len(e) else 0)
-        if counts[-1] == 0 and len(counts) > 1:  # pycocotools ends on the last run, without a 0
-            counts = counts[:-1]
-        rles.append(mask_utils.frPyObjects({"size": [h, w], "counts": counts.tolist()}, h, w))
-        areas.append(int((e - s).sum()))
-    return rles, areas
 
 
 def _gt_records(target: Target, is_thing: Tensor) -> list[tuple[dict, int, int, int]]:
