@@ -585,6 +585,69 @@ def test_mask_ap_matches_pycocotools(seed):
     assert m._images == []
 
 
+def test_mask_ap_of_a_panoptic_prediction_and_of_held_masks():
+    """A panoptic prediction's thing segments as detections give the AP of the same segments as
+    image-size instance masks; masks held at a smaller size give the AP of their full-size resize."""
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(3)
+    is_thing = [True, True, False, True, False]
+    info = make_info(is_thing)
+    pans, targets, masks_as_instances, small, full = [], [], [], [], []
+    for img in range(5):
+        pred, target = random_case(rng, 5, is_thing, h=40, w=56)
+        pred.scores = torch.tensor(rng.random(len(pred.labels)), dtype=torch.float32)
+        target.image_id = img
+        pans.append(pred)
+        targets.append(target)
+        ids = torch.arange(len(pred.labels))
+        masks_as_instances.append(InstancePrediction(pred.segments[None] == ids[:, None, None], pred.labels, pred.scores))
+        held = pred.segments[None, ::4, ::4] == ids[:, None, None]  # a coarse copy of each segment
+        small.append(InstancePrediction(held, pred.labels, pred.scores, image_size=(40, 56)))
+        up = F.interpolate(held[:, None].float(), size=(40, 56), mode="nearest")[:, 0].bool()
+        full.append(InstancePrediction(up, pred.labels, pred.scores))
+    results = []
+    for preds in (pans, masks_as_instances, small, full):
+        m = MaskAP(info)
+        m.update(preds, targets)
+        results.append({k: float(v) for k, v in m.compute().items()})
+    assert results[0] == pytest.approx(results[1], nan_ok=True) and results[0]["map"] > 0
+    assert results[2] == pytest.approx(results[3], nan_ok=True) and results[2]["map"] > 0
+    with pytest.raises(ValueError, match="does not match"):
+        MaskAP(info).update([PanopticPrediction(pans[0].segments[:-1], pans[0].labels, pans[0].scores)], targets[:1])
+
+
+def test_metrics_merged_from_parts_equal_one_metric_on_all():
+    """``merge_state`` of metrics updated on parts of the images (as in separate processes) gives
+    the metrics of one update on all of them."""
+    rng = np.random.default_rng(5)
+    is_thing = [True, True, False, True, False]
+    info = make_info(is_thing)
+    preds, targets = random_instances(rng, 5, is_thing)
+    pans = [random_case(rng, 5, is_thing, h=48, w=64)[0] for _ in targets]
+    for pan in pans:
+        pan.scores = torch.tensor(rng.random(len(pan.labels)), dtype=torch.float32)
+    def run(parts):
+        merged = None
+        for part in parts:
+            ms = (PanopticQuality(info), MaskAP(info), MaskAP(info))
+            ms[0].update([pans[i] for i in part], [targets[i] for i in part])
+            ms[1].update([preds[i] for i in part], [targets[i] for i in part])
+            ms[2].update([pans[i] for i in part], [targets[i] for i in part])
+            if merged is None:
+                merged = ms
+            else:
+                for a, b in zip(merged, ms):
+                    a.merge_state(b)
+        return [{k: float(v) for k, v in m.compute().items()} for m in merged]
+    whole = run([range(len(targets))])
+    for got, expected in zip(run([[4, 0, 2], [1, 5, 3]]), whole):
+        assert got == pytest.approx(expected, nan_ok=True)
+    assert whole[1]["map"] > 0 and whole[0]["pq"] > 0
+    with pytest.raises(ValueError, match="MaskAP"):
+        MaskAP(info).merge_state(PanopticQuality(info))
+
+
 def test_label_map_rles_equal_mask_by_mask_encoding():
     """One column-major pass over a label map gives pycocotools' own RLE of every value's mask
     (absent values, masks that start or end the image, single rows and columns included)."""
@@ -606,6 +669,31 @@ def test_label_map_rles_equal_mask_by_mask_encoding():
                 expected = mu.encode(np.asfortranarray((labels == v).astype(np.uint8)))
                 assert rle["counts"] == expected["counts"] and list(rle["size"]) == [h, w], (h, w, case, v)
                 assert area == int((labels == v).sum())
+
+
+def test_mask_stack_rles_equal_pycocotools_encoding():
+    """Encoding each mask inside its bounding box gives pycocotools' RLE of the whole mask: empty and
+    full masks, boxes touching every border, columns that end on 1 where the next starts on 1."""
+    from pycocotools import mask as mu
+
+    from vitp.rle import mask_stack_rles
+
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        n, h, w = int(rng.integers(1, 5)), int(rng.integers(1, 13)), int(rng.integers(1, 13))
+        masks = rng.random((n, h, w)) < rng.random()
+        if trial % 4 == 0:  # a box inside the image
+            y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+            masks[:, :y0] = False
+            masks[:, :, :x0] = False
+        if trial % 9 == 0:
+            masks[0] = True
+            masks[-1] = False
+        expected = mu.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+        got = mask_stack_rles(masks)
+        assert [r["counts"] for r in got] == [r["counts"] for r in expected], trial
+        assert all(list(r["size"]) == [h, w] for r in got)
+    assert mask_stack_rles(np.zeros((0, 4, 5), bool)) == []
 
 
 # --------------------------------------------------------------------------------------------------

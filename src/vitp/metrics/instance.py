@@ -11,8 +11,8 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 from torchmetrics import Metric
 
-from vitp.rle import label_map_rles
-from vitp.structures import DatasetInfo, InstancePrediction, Target
+from vitp.rle import instance_rles, label_map_rles, mask_stack_rles
+from vitp.structures import DatasetInfo, InstancePrediction, PanopticPrediction, Target
 
 AP_KEYS = (
     "map", "map_50", "map_75", "map_small", "map_medium", "map_large",
@@ -24,15 +24,12 @@ _log = logging.getLogger(__name__)
 
 
 def encode_masks(masks: Tensor | np.ndarray) -> list[dict[str, Any]]:
-    """COCO RLEs (``counts`` as bytes) of ``bool[n, H, W]`` masks."""
+    """COCO RLEs (``counts`` as bytes) of ``bool[n, H, W]`` masks (each read only inside its
+    bounding box: :func:`vitp.rle.mask_stack_rles`)."""
     if isinstance(masks, Tensor):
         masks = masks.detach().to("cpu")
-        masks = masks.numpy().view(np.uint8) if masks.dtype == torch.bool else masks.to(torch.uint8).numpy()
-    masks = np.asarray(masks, dtype=np.uint8)
-    if masks.shape[0] == 0:
-        return []
-    # COCO's column-major [H, W, n] is [n, W, H] in C order: transposing mask by mask is cache-friendly
-    return mask_utils.encode(np.ascontiguousarray(masks.transpose(0, 2, 1)).transpose(2, 1, 0))
+        masks = masks.numpy() if masks.dtype == torch.bool else masks.numpy().astype(bool)
+    return mask_stack_rles(np.asarray(masks).astype(bool, copy=False))
 
 
 def _gt_records(target: Target, is_thing: Tensor) -> list[tuple[dict, int, int, int]]:
@@ -50,10 +47,12 @@ class MaskAP(Metric):
 
     ``update(preds, targets)`` encodes the thing segments of each target (crowd ones as
     ``iscrowd``, area = pixel count) and each predicted mask of a thing class to RLE and keeps
-    them; ``compute()`` runs faster-coco-eval on everything seen (gathered from all processes with
+    them. A prediction is an ``InstancePrediction`` (at the image size or held smaller) or a
+    ``PanopticPrediction``, whose thing segments are then the detections (score = the segment's,
+    empty segments left out; all encoded in one pass over its label map); ``compute()`` runs faster-coco-eval on everything seen (gathered from all processes with
     ``all_gather_object`` under DDP) and returns the keys of ``AP_KEYS``; a value COCOeval
     reports as -1 (nothing to evaluate) is NaN. ``compute_per_class()`` -> ``{"ap": float64[K]}``.
-    Use ``update``/``compute``, not ``forward``.
+    Use ``update``/``compute``, not ``forward``; ``merge_state`` adds another process's images.
     """
 
     is_differentiable = False
@@ -69,28 +68,60 @@ class MaskAP(Metric):
         self._images: list[tuple[tuple, tuple[int, int], list, list]] = []
         self._last_eval: Any = None
 
-    def update(self, preds: Sequence[InstancePrediction], targets: Sequence[Target]) -> None:
+    def update(self, preds: Sequence[InstancePrediction | PanopticPrediction], targets: Sequence[Target]) -> None:
         if len(preds) != len(targets):
             raise ValueError(f"{len(preds)} predictions for {len(targets)} targets")
         for pred, target in zip(preds, targets):
             size = tuple(int(s) for s in target.segments.shape[-2:])
             gts = _gt_records(target, self._is_thing_cpu)
+            self._images.append((_sort_key(target.image_id), size, gts, self._detections(pred, size)))
+
+    def _detections(self, pred: InstancePrediction | PanopticPrediction, size: tuple) -> list[tuple]:
+        """``(rle, class, score)`` of each thing-class detection of one image."""
+        if isinstance(pred, PanopticPrediction):
+            seg = pred.segments.detach().to("cpu")
+            if tuple(seg.shape) != size:
+                raise ValueError(f"panoptic prediction of size {tuple(seg.shape)} does not match the "
+                                 f"ground truth of size {size} (both must be at the original image size)")
             labels = pred.labels.detach().to("cpu").long()
-            keep = self._is_thing_cpu[labels] if labels.numel() else labels.bool()
-            masks = pred.masks[keep.to(pred.masks.device)]
-            if masks.shape[-2:] != size and masks.shape[0] > 0:
-                raise ValueError(
-                    f"instance masks of size {tuple(masks.shape[-2:])} do not match the ground truth "
-                    f"of size {size} (both must be at the original image size)"
-                )
+            things = torch.nonzero(self._is_thing_cpu[labels]).flatten().tolist() if labels.numel() else []
+            rles, areas = label_map_rles(seg.numpy(), things)  # each thing segment in one pass
+            scores = pred.scores.detach().to("cpu").double().tolist()
+            return [(r, int(labels[i]), scores[i]) for i, r, a in zip(things, rles, areas) if a > 0]
+        if tuple(pred.size) != size:
+            raise ValueError(
+                f"instance masks of size {tuple(pred.size)} do not match the ground truth of size {size} "
+                "(both must be at the original image size)"
+            )
+        labels = pred.labels.detach().to("cpu").long()
+        keep = self._is_thing_cpu[labels] if labels.numel() else labels.bool()
+        masks = pred.masks[keep.to(pred.masks.device)]
+        scores = pred.scores.detach().to("cpu").double()[keep]
+        if pred.image_size is None:
             rles = encode_masks(masks)
-            scores = pred.scores.detach().to("cpu").double()[keep].tolist()
-            dts = [(r, int(c), s) for r, c, s in zip(rles, labels[keep].tolist(), scores)]
-            self._images.append((_sort_key(target.image_id), size, gts, dts))
+        else:  # held at post-processing size: encoded from the small masks
+            rles = list(instance_rles(InstancePrediction(masks, labels[keep], scores, pred.image_size)))
+        scores = scores.tolist()
+        return [(r, int(c), s) for r, c, s in zip(rles, labels[keep].tolist(), scores)]
 
     def reset(self) -> None:
         super().reset()
         self._images = []
+        self._last_eval = None
+
+    def merge_state(self, incoming_state: "MaskAP | dict[str, Any]") -> None:
+        """Add the images another ``MaskAP`` saw (e.g. one updated in another process on another
+        part of the data; ``compute()`` then equals one metric updated on all of it). A dict holds
+        them under ``"images"`` (the records of another metric's ``_images``)."""
+        if isinstance(incoming_state, MaskAP):
+            if incoming_state.dataset_info != self.dataset_info:
+                raise ValueError("merge_state: the other MaskAP has another label space")
+            images = incoming_state._images
+        elif isinstance(incoming_state, dict) and "images" in incoming_state:
+            images = incoming_state["images"]
+        else:
+            raise ValueError(f"merge_state takes a MaskAP or a dict with 'images', got {type(incoming_state).__name__}")
+        self._images.extend(images)
         self._last_eval = None
 
     def forward(self, *args: Any, **kwargs: Any) -> None:  # noqa: D102
