@@ -13,11 +13,12 @@ layouts under ``--dir`` (written once, reused while the generation arguments mat
 
 then runs each evaluator in its own process, one after the other, and reports wall time, CPU time of
 the process tree and its peak memory (the sum of the PSS of the process and its workers, sampled
-every 50 ms), and checks that the numbers agree to 1e-4:
+every ``--memory-interval`` s), and checks that the numbers agree to 1e-4:
 
-* ``vitp``: reads the PNG files (``--loader-workers`` processes) and runs ``vitp.metrics``'
-  ``PanopticQuality``, ``MeanIoU`` and ``MaskAP`` (which encodes the instance masks itself; they
-  are the prediction's thing segments, the masks ``instances.json`` holds);
+* ``vitp``: ``--vitp-processes`` processes (one per core, as panopticapi) each read a share of the
+  PNG files and run ``vitp.metrics``' ``PanopticQuality``, ``MeanIoU`` and ``MaskAP`` on it; their
+  states are merged (``merge_state``) and computed once (``MaskAP`` (given the panoptic prediction: its thing segments
+  are the detections, the masks ``instances.json`` holds, which it encodes itself in one pass);
 * ``panopticapi``: ``pq_compute`` with its worker processes (one per core). It is not on PyPI:
   ``pip install git+https://github.com/cocodataset/panopticapi.git`` or pass ``--panopticapi DIR``
   (a checkout); without it this row is skipped;
@@ -190,7 +191,7 @@ class _Files:
 
     def __getitem__(self, i: int) -> tuple:
         import torch
-        from vitp.structures import InstancePrediction, PanopticPrediction, Target
+        from vitp.structures import PanopticPrediction, Target
 
         gt, pred = self.pairs[i]
         g = torch.from_numpy(self._index(self.root / "annotations/panoptic_val2017" / gt["file_name"], gt["segments_info"]))
@@ -204,28 +205,53 @@ class _Files:
         scores = torch.tensor([s["score"] for s in pred["segments_info"]], dtype=torch.float)
         semantic = torch.from_numpy(np.array(Image.open(self.root / "predictions/semantic" / pred["file_name"])))
         semantic = torch.where(semantic == 255, -1, semantic.long())
-        things = torch.nonzero(pred_labels < NUM_THING).flatten()
-        masks = p[None] == things[:, None, None]
-        instance = InstancePrediction(masks, pred_labels[things], scores[things])
-        return target, PanopticPrediction(p, pred_labels, scores), semantic, instance
+        return target, PanopticPrediction(p, pred_labels, scores), semantic
 
 
-def run_vitp(root: Path, workers: int) -> dict[str, float]:
-    import torch
+_FILES: "_Files | None" = None  # set before the pool forks, so every process shares the parsed JSON
+
+
+def _new_metrics() -> tuple:
     from vitp.metrics import MaskAP, MeanIoU, PanopticQuality
     from vitp.structures import DatasetInfo
 
-    torch.set_num_threads(1)
     cats = categories()
     info = DatasetInfo(tuple(c["name"] for c in cats), tuple(c["id"] for c in cats),
                        tuple(bool(c["isthing"]) for c in cats))
-    pq, miou, ap = PanopticQuality(info), MeanIoU(info), MaskAP(info)
-    files = _Files(root)
-    loader = torch.utils.data.DataLoader(files, batch_size=None, num_workers=workers, collate_fn=lambda x: x)
-    for target, panoptic, semantic, instance in loader:
+    return PanopticQuality(info), MeanIoU(info), MaskAP(info)
+
+
+def _evaluate_part(indices: list[int]) -> tuple:
+    """vitp's three metrics updated on some of the images (in one process of the pool)."""
+    import torch
+
+    torch.set_num_threads(1)
+    pq, miou, ap = _new_metrics()
+    for i in indices:
+        target, panoptic, semantic = _FILES[i]
         pq.update([panoptic], [target])
         miou.update([semantic], [target])
-        ap.update([instance], [target])
+        ap.update([panoptic], [target])  # its thing segments are the detections instances.json holds
+    return pq, miou, ap
+
+
+def run_vitp(root: Path, processes: int) -> dict[str, float]:
+    """Each of ``processes`` processes reads and evaluates every ``processes``-th image with its own
+    metrics (as panopticapi splits images over its workers); their states are merged
+    (``Metric.merge_state``) and computed once."""
+    global _FILES
+    _FILES = _Files(root)
+    indices = list(range(len(_FILES)))
+    if processes > 1:
+        with Pool(processes) as pool:
+            parts = pool.map(_evaluate_part, [indices[k::processes] for k in range(processes)])
+    else:
+        parts = [_evaluate_part(indices)]
+    pq, miou, ap = parts[0]
+    for other_pq, other_miou, other_ap in parts[1:]:
+        pq.merge_state(other_pq)
+        miou.merge_state(other_miou)
+        ap.merge_state(other_ap)
     out = {k: float(v) for k, v in pq.compute().items()}
     out["miou"] = float(miou.compute()["miou"])
     out.update({f"ap_{k}": float(v) for k, v in ap.compute().items()})
@@ -306,15 +332,15 @@ def _tree_pss(pid: int) -> int:
 def measure(tool: str, args: argparse.Namespace) -> dict:
     """Run one evaluator in a child process: its metrics, wall and CPU seconds, peak PSS of its tree."""
     result = args.dir / f"result_{tool}.json"
-    cmd = [sys.executable, __file__, "--dir", str(args.dir), "--only", tool, "--loader-workers",
-           str(args.loader_workers), *(["--panopticapi", args.panopticapi] if args.panopticapi else [])]
+    cmd = [sys.executable, __file__, "--dir", str(args.dir), "--only", tool, "--vitp-processes",
+           str(args.vitp_processes), *(["--panopticapi", args.panopticapi] if args.panopticapi else [])]
     before = os.times()
     start = time.perf_counter()
     child = subprocess.Popen(cmd)
     peak = 0
     while child.poll() is None:
         peak = max(peak, _tree_pss(child.pid))
-        time.sleep(0.05)
+        time.sleep(args.memory_interval)
     wall = time.perf_counter() - start
     after = os.times()
     if child.returncode != 0:
@@ -345,15 +371,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--segments", type=int, nargs=2, default=(20, 100), metavar=("MIN", "MAX"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes writing the files")
-    parser.add_argument("--loader-workers", type=int, default=os.cpu_count(),
-                        help="DataLoader processes reading the PNGs for vitp's metrics")
+    parser.add_argument("--vitp-processes", type=int, default=os.cpu_count(),
+                        help="processes evaluating a share of the images each with vitp's metrics (merged at the end)")
+    parser.add_argument("--memory-interval", type=float, default=0.5,
+                        help="seconds between PSS samples (reading /proc/*/smaps_rollup of processes holding GBs "
+                             "costs CPU: every 50 ms it took ~40 %% of a core from the measured tools)")
     parser.add_argument("--panopticapi", default=None, help="a panopticapi checkout (when not installed)")
     parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
     parser.add_argument("--only", choices=TOOLS, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
     args.dir = args.dir.resolve()
     if args.only:
-        run = {"vitp": lambda: run_vitp(args.dir, args.loader_workers),
+        run = {"vitp": lambda: run_vitp(args.dir, args.vitp_processes),
                "panopticapi": lambda: run_panopticapi(args.dir, args.panopticapi),
                "pycocotools": lambda: run_cocoeval(args.dir, faster=False),
                "faster-coco-eval": lambda: run_cocoeval(args.dir, faster=True),

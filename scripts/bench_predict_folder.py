@@ -95,7 +95,7 @@ def run_predict(extra: list[str], args: argparse.Namespace, out: Path) -> dict:
     lines: list[str] = []
     while child.poll() is None:
         peak = max(peak, _tree_pss(child.pid))
-        time.sleep(0.2)
+        time.sleep(0.5)  # reading smaps_rollup of GB-sized processes costs CPU
     wall = time.perf_counter() - start
     after = os.times()
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)

@@ -113,7 +113,7 @@ def test_bench_eval_scale_tiny(tmp_path: Path, capsys):
     runs where it is installed); a second call reuses the files."""
     bench = _script("bench_eval_scale")
     args = ["--dir", str(tmp_path / "eval"), "--images", "6", "--size", "48", "64", "--segments", "5", "12",
-            "--workers", "1", "--loader-workers", "0"]
+            "--workers", "1", "--vitp-processes", "2"]
     results = bench.main(args)
     printed = capsys.readouterr().out
     assert "agreement (tolerance 1e-4): all equal" in printed
