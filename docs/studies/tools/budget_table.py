@@ -112,6 +112,9 @@ text = ["# Annotation budget\n",
 if missing:
     text.append("\nNot run (source, budget s, seed): " + ", ".join(f"{s} {b:g} s{d}" for s, b, d in missing) + "\n")
 text += ["\n## Cost table\n", costs_markdown(costs),
+         "\nThe `click` figure (2.4 s) has since been checked against the authors' code (it is their "
+         "`timePerClick`, one click per class present there, per segment here): see docs/studies.md. The source "
+         "texts above are the code's (`vitp.studies.costs`), as the cells used them.\n",
          "\nCommands: [commands.md](commands.md); rows: [annotation_budget.csv](annotation_budget.csv).\n"]
 (DEST / "annotation_budget.md").write_text("\n".join(text))
 print(md); print(per_seed)
