@@ -80,3 +80,57 @@ def test_architecture_mismatch_is_not_rescued_by_reinit():
     assert "classifier.point_embed.weight: checkpoint [5, 5]" in str(err.value)
     state = {k: v.clone() for k, v in module.state_dict().items()}
     assert reconcile_head_shapes(module, state, INFO4.num_classes, reinit=False) == []
+
+
+# ---------------------------------------------------------------- one switch for every part's weights
+def test_one_switch_for_the_classifiers_own_checkpoint(three_class_ckpt):
+    """The classifier's ``checkpoint_path`` trained on 3 classes, data with 4: refused with the module's
+    option named; with it, the head starts afresh and everything else is the checkpoint's."""
+    path, saved = three_class_ckpt
+
+    def with_checkpoint(**kwargs) -> dict:
+        p = parts(**kwargs)
+        p["classifier"].checkpoint_path = str(path)
+        return p
+
+    with pytest.raises(RuntimeError, match="reinit_heads_on_mismatch"):
+        ViTPModule(**with_checkpoint())
+    module = ViTPModule(**with_checkpoint(reinit_heads_on_mismatch=True))
+    assert module.classifier.load_report.reinitialized == ["head.weight", "head.bias"]
+    assert module.classifier.head.weight.shape == (4, 32)
+    state = module.state_dict()
+    for key in [k for k in saved if k.startswith("classifier.backbone.")]:
+        assert torch.equal(state[key], saved[key]), key
+
+
+def test_one_switch_for_a_pretrained_proposer(tmp_path: Path):
+    """A pretrained proposer whose 3 classes nothing maps onto the data's 4: the module refuses with
+    the option named; with it, the proposer gets a fresh 4 + 1 class head and keeps its other weights."""
+    from vitp.proposers import Mask2FormerProposer
+
+    Mask2FormerProposer(preset="tiny", class_names=["x", "y", "z"]).save_pretrained(tmp_path / "m")
+
+    def module(**kwargs) -> ViTPModule:
+        proposer = Mask2FormerProposer(model=str(tmp_path / "m"), num_classes=4)
+        return ViTPModule(proposer=proposer, classifier=None, dataset_info=INFO4, **kwargs)
+
+    with pytest.raises(ValueError, match="predicts 3 classes, the dataset has 4.*reinit_heads_on_mismatch"):
+        module()
+    with pytest.warns(UserWarning, match="fresh class head"):
+        fitted = module(reinit_heads_on_mismatch=True)
+    assert fitted.proposer.head_mismatch is None and fitted.proposer.hf.config.num_labels == 4
+    saved = Mask2FormerProposer(model=str(tmp_path / "m")).state_dict()
+    kept = [k for k, v in fitted.proposer.state_dict().items() if k in saved and v.shape == saved[k].shape]
+    assert len(kept) > 0.9 * len(saved)
+    assert all(torch.equal(fitted.proposer.state_dict()[k], saved[k]) for k in kept if "class_predictor" not in k)
+    images = torch.randn(1, 3, 64, 64)
+    assert fitted.proposer.eval()(images).class_logits.shape[-1] == 5
+
+
+def test_old_per_part_switches_are_reported():
+    from vitp.settings import renamed_options
+
+    model = {"init_args": {"classifier": {"init_args": {"reinit_head": False}},
+                           "proposer": {"init_args": {"reinit_head": True}}}}
+    found = renamed_options(model)
+    assert len(found) == 2 and all("reinit_heads_on_mismatch" in f for f in found)

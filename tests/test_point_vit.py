@@ -169,9 +169,10 @@ def test_load_vitp_lightning_checkpoint_and_head(tmp_path) -> None:
     assert m.load_report.skipped == ["proposer.w"]
     for k, v in src.state_dict().items():
         torch.testing.assert_close(m.state_dict()[k], v)
-    with pytest.raises(RuntimeError, match="reinit_head"):
+    with pytest.raises(RuntimeError, match="reinit_heads_on_mismatch"):
         PointViT(7, NAME, image_size=56, model_kwargs=TINY, checkpoint_path=str(path))
-    m7 = PointViT(7, NAME, image_size=56, model_kwargs=TINY, checkpoint_path=str(path), reinit_head=True)
+    m7 = PointViT(None, NAME, image_size=56, model_kwargs=TINY, checkpoint_path=str(path))
+    m7.set_num_classes(7, reinit_heads=True)  # what ViTPModule(reinit_heads_on_mismatch=True) does
     assert m7.load_report.reinitialized == ["head.weight", "head.bias"]
     torch.testing.assert_close(m7.point_embed.weight, src.point_embed.weight)
 

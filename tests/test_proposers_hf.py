@@ -313,13 +313,19 @@ def test_pretrained_label_space_mapping(name, images, tmp_path):
     assert torch.isfinite(loss["loss"]) and loss["num_masks"] == 3
     loss["loss"].backward()
 
-    with pytest.raises(ValueError, match="no proposer class maps"):
-        PROPOSERS[name](model=str(tmp_path / "m"), class_names=["zebra", "giraffe"])
-    with pytest.raises(ValueError, match="reinit_head"):
-        PROPOSERS[name](model=str(tmp_path / "m"), num_classes=7)
-    r = PROPOSERS[name](model=str(tmp_path / "m"), class_names=dst, reinit_head=True).eval()
-    assert r.mapper is None and r(images).class_logits.shape[-1] == 4
-    assert r.hf.config.id2label[2] == "sky"
+    # nothing maps: the proposer records the mismatch (ViTPModule decides: tests/test_checkpoint_mismatch.py)
+    # and refuses to run with the wrong head
+    zebra = PROPOSERS[name](model=str(tmp_path / "m"), class_names=["zebra", "giraffe"])
+    assert "no proposer class maps" in zebra.head_mismatch.detail
+    with pytest.raises(ValueError, match="reinit_heads_on_mismatch"):
+        zebra(images)
+    seven = PROPOSERS[name](model=str(tmp_path / "m"), num_classes=7)
+    assert "predicts 4 classes, the dataset has 7" in seven.head_mismatch.detail
+    seven.reinit_class_head()
+    assert seven.head_mismatch is None and seven.mapper is None
+    assert seven.eval()(images).class_logits.shape[-1] == 8 and seven.hf.config.id2label[6] == "class_6"
+    zebra.reinit_class_head()
+    assert zebra.eval()(images).class_logits.shape[-1] == 3 and zebra.hf.config.id2label[1] == "giraffe"
 
 
 # ------------------------------------------------------------------------------------ agnostic

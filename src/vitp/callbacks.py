@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 
@@ -141,6 +142,28 @@ def _image_reader(trainer: L.Trainer) -> Any:
         if reader is not None:
             return reader
     return None
+
+
+def training_record(trainer: L.Trainer) -> dict[str, Any]:
+    """The run's description for checkpoints and model cards: the training data (class, root), the
+    last logged ``val/`` and ``test/`` metrics, epoch and step."""
+    from vitp.checkpoint_heads import describe_data
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+               if k.startswith(("val/", "test/")) and isinstance(v, torch.Tensor) and v.numel() == 1}
+    return {"data": describe_data(getattr(trainer, "datamodule", None)), "metrics": metrics,
+            "epoch": int(trainer.current_epoch), "global_step": int(trainer.global_step)}
+
+
+class TrainingRecord(L.Callback):
+    """Store :func:`training_record` in every checkpoint (``vitp.checkpoint_heads.TRAINING_KEY``), for
+    the model card of ``save_pretrained`` and ``vitp.Segmenter.training``."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        from vitp.checkpoint_heads import TRAINING_KEY
+
+        checkpoint[TRAINING_KEY] = training_record(trainer)
 
 
 class SaveProposer(L.Callback):

@@ -1,11 +1,18 @@
-"""Loading a checkpoint whose class-sized layers do not fit the data's label space.
+"""Loading weights whose class-sized layers do not fit the data's label space: one switch.
 
 The classifier head (K or K+1 outputs) and a proposer's class layers (K+1, semantic K) are sized by
-the data module's label space. ``ViTPModule.on_load_checkpoint`` (``vitp test/validate/predict
---ckpt_path``, ``LightningModule.load_from_checkpoint``, ``vitp.Segmenter.from_checkpoint``) checks
-every tensor's shape first, so a checkpoint trained on another label space gives an error naming
-the parameters, their shapes and the way out, instead of torch's bare size mismatch, or, with
-``reinit_heads_on_mismatch``, keeps those layers' fresh initialisation and loads the rest.
+the data module's label space. Weights come in three ways, and ``ViTPModule``'s one switch
+``reinit_heads_on_mismatch`` (:data:`OPTION`) decides for all of them whether class-sized layers
+trained on another label space are re-initialised (fine-tuning on new classes) or refused with an
+error naming the layers, their shapes and the way out:
+
+* ``--ckpt_path`` / ``load_from_checkpoint``: ``ViTPModule.on_load_checkpoint`` ->
+  :func:`reconcile_checkpoint` (never re-initialised outside ``fit``: random heads give random classes);
+* the classifier's own ``checkpoint_path``: ``PointClassifier.set_num_classes(C, reinit_heads)``,
+  called by the module;
+* a pretrained HF proposer (``model``) whose classes neither ``class_names`` nor ``label_map`` map onto
+  the data's: the proposer records a :class:`HeadMismatch`, and :func:`fit_proposer_head` (called by the
+  module) replaces its class head or raises.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +81,40 @@ def reconcile_head_shapes(model: nn.Module, state_dict: dict[str, Any], num_clas
     raise ValueError(message)
 
 
+@dataclass(frozen=True)
+class HeadMismatch:
+    """A part's pretrained class layers that do not fit the data's label space."""
+
+    part: str  # e.g. "Mask2FormerProposer"
+    source: str  # the weights' hub id, folder or file
+    detail: str  # what does not fit, and why no mapping applies
+
+    def message(self) -> str:
+        return (f"{self.part} ({self.source}): {self.detail}. Give class_names matching the proposer's classes or "
+                f"a label_map, or set {OPTION}=true (--{OPTION} true) to train a fresh class head on the "
+                "data's classes.")
+
+
+def fit_proposer_head(proposer: Any, reinit: bool) -> None:
+    """The module's check of a proposer's :class:`HeadMismatch` (``proposer.head_mismatch``): with
+    ``reinit`` its class head is replaced by a fresh one for the data's classes, otherwise an error."""
+    mismatch = proposer.head_mismatch
+    if mismatch is None:
+        return
+    if not reinit:
+        raise ValueError(mismatch.message())
+    warnings.warn(f"{mismatch.part} ({mismatch.source}): {mismatch.detail}; training a fresh class head "
+                  f"({OPTION}=true)", UserWarning)
+    proposer.reinit_class_head()
+
+
+def classifier_head_message(found: tuple[int, ...], expected: tuple[int, ...]) -> str:
+    """The error of a classifier checkpoint whose head does not fit (``PointClassifier`` loading)."""
+    return (f"head shape {found} in the checkpoint differs from the model's {expected} (different num_classes?); "
+            f"set {OPTION}=true (--{OPTION} true) to re-initialise it (in Python: "
+            "PointViT.load_checkpoint(source, reinit_head=True))")
+
+
 def reconcile_checkpoint(module: nn.Module, checkpoint: dict[str, Any], num_classes: int, reinit: bool,
                          fitting: bool, resuming_fit: bool) -> None:
     """``ViTPModule.on_load_checkpoint``: the shape check above (``fitting=False``: ``validate`` /
@@ -83,7 +125,7 @@ def reconcile_checkpoint(module: nn.Module, checkpoint: dict[str, Any], num_clas
         raise ValueError(
             "`fit --ckpt_path` resumes the optimizer too, whose state cannot follow re-initialised heads; to fine-tune "
             "on a new label space, start a new fit from the weights, e.g. --model.init_args.classifier.init_args."
-            "checkpoint_path CKPT --model.init_args.classifier.init_args.reinit_head true")
+            f"checkpoint_path CKPT --{OPTION} true")
 
 
 # ---------------------------------------------------------------------------------- reading, label space
@@ -156,19 +198,10 @@ TRAINING_KEY = "vitp_training"
 """Checkpoint entry describing the run: the training data and the last measured metrics."""
 
 
-def checkpoint_extras(module: Any) -> dict[str, Any]:
-    """What ``ViTPModule.on_save_checkpoint`` adds: the label space (so ``predict`` / ``test`` and the
-    Python API need no training data on disk) and, under a trainer, the training data's description
-    and the last logged ``val/`` and ``test/`` metrics (for the model card of ``save_pretrained``)."""
-    extras: dict[str, Any] = {LABEL_SPACE_KEY: label_space_to_dict(module.dataset_info)}
-    trainer = module._trainer
-    if trainer is None:
-        return extras
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-               if k.startswith(("val/", "test/")) and isinstance(v, torch.Tensor) and v.numel() == 1}
-    extras[TRAINING_KEY] = {"data": describe_data(getattr(trainer, "datamodule", None)), "metrics": metrics,
-                            "epoch": int(trainer.current_epoch), "global_step": int(trainer.global_step)}
-    return extras
+def checkpoint_extras(dataset_info: DatasetInfo) -> dict[str, Any]:
+    """What ``ViTPModule.on_save_checkpoint`` adds: the label space, so ``predict`` / ``test`` and
+    the Python API need no training data on disk (the run's description: ``vitp.callbacks.TrainingRecord``)."""
+    return {LABEL_SPACE_KEY: label_space_to_dict(dataset_info)}
 
 
 def describe_data(datamodule: Any) -> dict[str, Any] | None:

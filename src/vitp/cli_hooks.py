@@ -130,10 +130,11 @@ def after_fit(trainer: Any, model: Any, datamodule: Any, config: Any) -> None:
             print("vitp fit: no checkpoint written (trainer.enable_checkpointing is false)")
     export = _get(config, "export_pretrained")
     if export:
+        from vitp.callbacks import training_record
         from vitp.pretrained import save_pretrained
 
         if trainer.is_global_zero:
-            save_pretrained(model, datamodule, config_to_dict(config), export)
+            save_pretrained(model, datamodule, config_to_dict(config), export, training=training_record(trainer))
             print(f"vitp fit: pretrained model written to {Path(export).resolve()} "
                   "(vitp.Segmenter.from_pretrained loads it)")
         trainer.strategy.barrier("vitp-export-pretrained")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitp.checkpoint_heads import checkpoint_extras, reconcile_checkpoint
+from vitp.checkpoint_heads import checkpoint_extras, fit_proposer_head, reconcile_checkpoint
 from vitp.classifiers.base import PointClassifier
 from vitp.metrics.point_accuracy import PointAccuracy
 from vitp.nonfinite import NonFiniteLossError, check_skip_supported, nonfinite_message
@@ -51,9 +51,10 @@ class ViTPModule(L.LightningModule):
         evaluation: extra variants reported by validation and test.
         optimization: optimiser, schedule and the non-finite-loss policy.
         output: files written by test and predict, and predict's thresholds.
-        reinit_heads_on_mismatch: loading a checkpoint (``--ckpt_path``) whose class-sized layers
-            (classifier head, proposer class layers) do not fit the data's label space keeps those
-            layers' fresh initialisation, with a warning, instead of failing; never in ``validate``,
+        reinit_heads_on_mismatch: the one switch for weights trained on another label space: class-sized
+            layers (classifier head, proposer class layers) that do not fit the data's classes, from
+            ``--ckpt_path``, the classifier's ``checkpoint_path`` or a pretrained proposer's ``model``,
+            start afresh, with a warning, instead of failing; ``--ckpt_path`` never in ``validate``,
             ``test`` or ``predict`` (see ``vitp.checkpoint_heads``).
     """
 
@@ -87,7 +88,9 @@ class ViTPModule(L.LightningModule):
             raise ValueError(f"{type(self.point_supervision).__name__} needs a classifier")
         self.point_supervision.check(classifier is not None and classifier.needs_point_masks)
         if classifier is not None:
-            classifier.set_num_classes(dataset_info.num_classes + int(self.point_supervision.no_object))
+            classifier.set_num_classes(dataset_info.num_classes + int(self.point_supervision.no_object),
+                                       reinit_heads=reinit_heads_on_mismatch)
+        fit_proposer_head(proposer, reinit_heads_on_mismatch)
         self.tasks = tuple(tasks or TASKS)
         for task in self.tasks:
             if task not in TASKS:
@@ -224,14 +227,15 @@ class ViTPModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vitp_counters"] = {"skipped_nonfinite": self.skipped_nonfinite}
-        checkpoint.update(checkpoint_extras(self))  # label space, training data, last metrics
+        checkpoint.update(checkpoint_extras(self.dataset_info))  # the label space
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """Callbacks every run of this module gets (``vitp.callbacks``): skipped-sample logging, and
-        with ``output.export_dir`` the files of test and predict."""
-        from vitp.callbacks import PredictionFiles, SkippedSamplesLogger
+        """Callbacks every run of this module gets (``vitp.callbacks``): skipped-sample logging, the
+        run's record in its checkpoints, and with ``output.export_dir`` the files of test and predict."""
+        from vitp.callbacks import PredictionFiles, SkippedSamplesLogger, TrainingRecord
 
-        return [SkippedSamplesLogger()] + ([PredictionFiles()] if self.output.export_dir else [])
+        files = [PredictionFiles()] if self.output.export_dir else []
+        return [SkippedSamplesLogger(), TrainingRecord()] + files
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Batch) -> PipelineOutput:

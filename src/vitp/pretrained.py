@@ -38,7 +38,7 @@ from typing import Any, Iterator, Sequence
 
 import yaml
 
-from vitp.checkpoint_heads import TRAINING_KEY, label_space_to_dict
+from vitp.checkpoint_heads import label_space_to_dict
 
 CONFIG_FILE, LABEL_SPACE_FILE, MANIFEST_FILE = "vitp_config.yaml", "label_space.json", "vitp_pretrained.json"
 CLASSIFIER_FILE, PROPOSER_FILE, PROPOSER_DIR = "classifier.safetensors", "proposer.safetensors", "proposer"
@@ -177,8 +177,8 @@ def _model_section(module: Any, config: dict[str, Any], directory: Path) -> tupl
     hf = isinstance(module.proposer, HFUniversalProposer)  # its own folder: HF config + model.safetensors
     if hf:
         pinit.update(model=PROPOSER_DIR)
-        # the weights come from the folder: no preset, no fresh head, no trunk initialisation on top
-        for key, value in (("preset", None), ("reinit_head", False), ("trunk_checkpoint", None)):
+        # the weights come from the folder (its head fits): no preset, no trunk initialisation on top
+        for key, value in (("preset", None), ("trunk_checkpoint", None)):
             if key in pinit:
                 pinit[key] = value
         relative.append("model.init_args.proposer.init_args.model")
@@ -186,7 +186,7 @@ def _model_section(module: Any, config: dict[str, Any], directory: Path) -> tupl
         pinit.update(model=None, **copy.deepcopy(module.proposer.arch))
     if module.classifier is not None:
         cinit = init["classifier"].setdefault("init_args", {})
-        for key, value in (("checkpoint_path", None), ("pretrained", False), ("reinit_head", False)):
+        for key, value in (("checkpoint_path", None), ("pretrained", False)):
             if key in cinit:
                 cinit[key] = value
     outside = [f"{k}: {v}" for k, v in _string_leaves(model, "model")
@@ -209,15 +209,12 @@ def save_pretrained(module: Any, datamodule: Any, config: dict[str, Any], direct
 
     ``config``: the run's parsed config (``model`` section; the ``data`` one is not copied: only the
     data module's evaluation transform is); ``metrics``: measured metrics for the model card (default:
-    the module's trainer's last ``val/`` and ``test/`` values, if any); ``training``: the training
-    data's description (default: the trainer's data module).
+    those of ``training``); ``training``: the run's description (``vitp.callbacks.training_record``:
+    the training data, its last ``val/`` and ``test/`` metrics; default: none).
     """
-    from vitp.checkpoint_heads import checkpoint_extras
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    recorded = checkpoint_extras(module).get(TRAINING_KEY) or {}
-    training = dict(training or recorded)
+    training = dict(training or {})
     if metrics is not None:
         training["metrics"] = dict(metrics)
     # metrics with nothing to measure (e.g. AP of a size range without objects) are NaN: null in

@@ -157,6 +157,10 @@ RENAMED_CLASSIFIER: dict[str, str] = {
 }
 """``PointViT`` glimpse options before ``GlimpseSettings`` -> where they live now."""
 
+REINIT_HEAD = "reinit_head"
+"""The classifier's and HF proposers' own switch before ``ViTPModule.reinit_heads_on_mismatch`` decided
+for every part (issue 23): reported by :func:`renamed_options` wherever it appears."""
+
 
 def renamed_options(model: dict) -> list[str]:
     """``"old -> new"`` for every option of a config's ``model`` section that was renamed (empty
@@ -170,4 +174,10 @@ def renamed_options(model: dict) -> list[str]:
     if isinstance(cinit, dict):
         found += [f"classifier.init_args.{k} -> classifier.init_args.{RENAMED_CLASSIFIER[k]}"
                   for k in cinit if k in RENAMED_CLASSIFIER]
+    for part in ("classifier", "proposer"):
+        node = init.get(part)
+        args = node.get("init_args") if isinstance(node, dict) else None
+        if isinstance(args, dict) and REINIT_HEAD in args:
+            found.append(f"{part}.init_args.{REINIT_HEAD} -> model.init_args.reinit_heads_on_mismatch (one switch "
+                         "for every part; delete the line when it is false)")
     return found

@@ -18,15 +18,18 @@ class PointClassifier(nn.Module):
       region (``vitp.points``); a point's logits must not depend on the other points.
     * ``needs_point_masks``: True when ``forward`` needs ``point_masks`` (``vitp.structures.PointMasks``:
       the segment each point belongs to).
-    * ``set_num_classes(C)``: called once by the module before training, with C = the data's K
-      classes (+1 "no object" with ``vitp.training.ProposalPoints``).
+    * ``set_num_classes(C, reinit_heads)``: called once by the module before training, with C = the
+      data's K classes (+1 "no object" with ``vitp.training.ProposalPoints``; the module sets it, not a
+      CLI link, because C depends on the module's point-supervision strategy) and the module's
+      ``reinit_heads_on_mismatch``: whether pretrained weights whose head has another size may get a
+      fresh head (``vitp.checkpoint_heads``).
     """
 
     @property
     def needs_point_masks(self) -> bool:
         return False
 
-    def set_num_classes(self, num_classes: int) -> None:
+    def set_num_classes(self, num_classes: int, reinit_heads: bool = False) -> None:
         raise NotImplementedError
 
     def forward(self, images: torch.Tensor, points: torch.Tensor, valid_sizes: torch.Tensor | None = None,

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitp.checkpoint_heads import classifier_head_message
 from vitp.weights.keymaps import detect_format, hf_dinov2_to_original, reference_to_pointvit
 
 log = logging.getLogger(__name__)
@@ -172,11 +173,7 @@ def load_into(
     reinitialized: list[str] = []
     if head_bad:
         if not reinit_head:
-            errors.append(
-                f"head shape {tuple(full[head_bad[0]].shape)} in the checkpoint differs from the model's "
-                f"{tuple(own[head_bad[0]].shape)} (different num_classes?); pass reinit_head=True to "
-                "re-initialise the head"
-            )
+            errors.append(classifier_head_message(tuple(full[head_bad[0]].shape), tuple(own[head_bad[0]].shape)))
         else:
             for k in head_names:
                 full.pop(k, None)

@@ -46,8 +46,9 @@ class PointViT(PointClassifier):
     """Point classifier: timm ViT + one token per query point + linear head (``logits [B, P, K]``).
 
     Args:
-        num_classes: K, number of classes (no void class). ``vitp`` links it from the data module;
-            when None the head (and ``checkpoint_path``) waits for :meth:`set_num_classes`.
+        num_classes: the number of outputs C. Leave it None under ``ViTPModule``, which sets it with
+            :meth:`set_num_classes` (the data's K classes, +1 "no object" with ``ProposalPoints``); the
+            head and ``checkpoint_path`` wait for it.
         model_name: timm ViT name (default DINOv2 ViT-B/14).
         pretrained: load timm's pretrained weights (needs the hub).
         checkpoint_path: local checkpoint (``.safetensors`` or torch file): timm / original DINOv2,
@@ -62,7 +63,6 @@ class PointViT(PointClassifier):
             embedding — sampled bilinearly at the point, plus a learned zero-initialised offset:
             the point starts as a virtual patch at a sub-patch location, so it knows its local
             content from the first block and attends to the rest for context and shape).
-        reinit_head: re-initialise the head when the checkpoint's head has another size.
         drop_path_rate: stochastic depth of the backbone.
         point_chunk_size: in ``one_way`` mode, classify at most this many points at once (bounds the
             point side's memory; the patch cache is shared). None = all points in one pass.
@@ -110,7 +110,6 @@ class PointViT(PointClassifier):
         image_size: int | None = 518,
         attention: Literal["one_way", "full"] = "one_way",
         point_encoding: Literal["linear", "sample_pos_embed", "sample_patch"] = "linear",
-        reinit_head: bool = False,
         drop_path_rate: float = 0.0,
         point_chunk_size: int | None = 1024,
         model_kwargs: dict[str, Any] | None = None,
@@ -142,7 +141,6 @@ class PointViT(PointClassifier):
         self.image_size = image_size
         self.attention = attention
         self.point_encoding = point_encoding
-        self.reinit_head = reinit_head
         self.point_chunk_size = point_chunk_size
         depth = len(be.blocks)
         if not 0 <= int(point_start_block) < depth:
@@ -198,8 +196,9 @@ class PointViT(PointClassifier):
         """True when ``forward`` needs ``point_masks`` (a mask-aware point glimpse)."""
         return self.point_glimpse is not None and self.point_glimpse.masks
 
-    def set_num_classes(self, num_classes: int) -> None:
-        """Build the K-way head (once) and then load ``checkpoint_path`` if one was given."""
+    def set_num_classes(self, num_classes: int, reinit_heads: bool = False) -> None:
+        """Build the C-way head (once) and then load ``checkpoint_path`` if one was given; a checkpoint
+        head of another size is re-initialised with ``reinit_heads``, refused otherwise."""
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if self.head is not None:
@@ -212,7 +211,7 @@ class PointViT(PointClassifier):
             self.glimpse_head = nn.Linear(self.embed_dim, num_classes)
         self.reset_head()
         if self.checkpoint_path:
-            self.load_checkpoint(self.checkpoint_path)
+            self.load_checkpoint(self.checkpoint_path, reinit_head=reinit_heads)
 
     # ------------------------------------------------------------------ parameters / loading
     def train(self, mode: bool = True) -> "PointViT":
@@ -240,9 +239,10 @@ class PointViT(PointClassifier):
         if self.point_embed is not None:
             nn.init.normal_(self.point_embed.weight, std=1e-3)
 
-    def load_checkpoint(self, source: str | Path | dict[str, Any], reinit_head: bool | None = None) -> LoadReport:
-        """Load a local checkpoint (see ``vitp.classifiers.loading.load_into``); sets ``load_report``."""
-        self.load_report = load_into(self, source, self.reinit_head if reinit_head is None else reinit_head,
+    def load_checkpoint(self, source: str | Path | dict[str, Any], reinit_head: bool = False) -> LoadReport:
+        """Load a local checkpoint (see ``vitp.classifiers.loading.load_into``; ``reinit_head``: a head of
+        another size is re-initialised instead of refused); sets ``load_report``."""
+        self.load_report = load_into(self, source, reinit_head,
                                      strict=self.strict_load, allow_unsafe_load=self.allow_unsafe_load)
         return self.load_report
 

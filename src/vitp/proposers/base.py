@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vitp.checkpoint_heads import HeadMismatch
 from vitp.structures import Proposals, Target
 
 TASKS = ("semantic", "instance", "panoptic")
@@ -28,6 +29,9 @@ class MaskProposer(nn.Module):
     * ``needs_targets``: True when ``forward`` reads the ground truth (the oracle); only then are
       ``targets`` passed.
     * ``trainable``: True when ``loss`` is implemented and some parameter requires a gradient.
+    * ``head_mismatch``: a ``vitp.checkpoint_heads.HeadMismatch`` when pretrained class layers do not
+      fit the dataset's label space and nothing maps them; the module then calls
+      ``reinit_class_head()`` (its ``reinit_heads_on_mismatch``) or raises.
 
     What it receives: the ``vitp`` CLI links the dataset's label space into every proposer, so
     ``__init__`` accepts ``num_classes: int | None``, ``class_names: list[str] | None`` and
@@ -44,6 +48,11 @@ class MaskProposer(nn.Module):
     class_agnostic: bool = False
     task_conditioned: bool = False
     needs_targets: bool = False
+    head_mismatch: HeadMismatch | None = None
+
+    def reinit_class_head(self) -> None:
+        """Replace the class layers by fresh ones for the dataset's classes (after ``head_mismatch``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot re-initialise its class head")
 
     def forward(
         self, images: torch.Tensor, task: str = "panoptic", targets: list[Target] | None = None

@@ -95,7 +95,6 @@ class EomtProposer(HFUniversalProposer):
         class_names: list[str] | None = None,
         match_by_name: bool = True,
         unmapped: Literal["drop", "void"] = "drop",
-        reinit_head: bool = False,
         freeze: Literal["none", "backbone", "all"] = "none",
         is_thing: list[bool] | None = None,
     ) -> None:
@@ -108,11 +107,11 @@ class EomtProposer(HFUniversalProposer):
         super().__init__(model=model, num_classes=num_classes, preset=preset,  # type: ignore[arg-type]
                          config_overrides=overrides, class_agnostic=class_agnostic, label_map=label_map,
                          class_names=class_names, match_by_name=match_by_name, unmapped=unmapped,
-                         reinit_head=reinit_head, freeze="none", is_thing=is_thing)
+                         freeze="none", is_thing=is_thing)
         cfg = self.hf.config
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of the patch size {cfg.patch_size}")
-        self.hf.attn_mask_probs.zero_()  # no masked attention: EoMT's end state of mask annealing
+        self._after_load()
         self.query_attention = query_attention
         if share_trunk_from is not None and (query_attention != "one_way" or
                                              not 0 <= share_trunk_from < cfg.num_hidden_layers):
@@ -129,6 +128,9 @@ class EomtProposer(HFUniversalProposer):
         self.apply_freeze(freeze)
 
     # ----------------------------------------------------------------------------- trunk
+    def _after_load(self) -> None:
+        self.hf.attn_mask_probs.zero_()  # no masked attention: EoMT's end state of mask annealing
+
     def load_trunk(self, source: str) -> None:
         """Initialise the trunk from DINOv2 weights (see ``vitp.weights.keymaps.timm_to_eomt``)."""
         import timm

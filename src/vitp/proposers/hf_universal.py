@@ -21,7 +21,8 @@ from vitp.proposers.base import MaskProposer, check_task
 from vitp.proposers.hf_build import from_preset, from_pretrained, save_meta
 from vitp.proposers.hf_loss import set_prediction_loss
 from vitp.proposers.hf_targets import global_num_masks, targets_to_hf
-from vitp.proposers.label_space import LabelSpaceMapper, agnostic_logits, build_label_mapping
+from vitp.checkpoint_heads import HeadMismatch
+from vitp.proposers.label_space import LabelSpaceMapper, NoClassMaps, agnostic_logits, build_label_mapping
 from vitp.structures import DecoderLayerOutput, Proposals, Target
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ class HFUniversalProposer(MaskProposer):
         match_by_name: match class names automatically (``label_map`` entries take precedence).
         unmapped: proposer classes without a dataset class are dropped before the softmax
             (``drop``) or folded into the no-object column (``void``).
-        reinit_head: with ``model``, replace the class head by a fresh one for ``num_classes``.
         freeze: ``none``, ``backbone`` or ``all``.
         is_thing: per dataset class, used to build ``instance``-task targets (things only).
     """
@@ -73,7 +73,6 @@ class HFUniversalProposer(MaskProposer):
         class_names: list[str] | None = None,
         match_by_name: bool = True,
         unmapped: Literal["drop", "void"] = "drop",
-        reinit_head: bool = False,
         freeze: Literal["none", "backbone", "all"] = "none",
         is_thing: list[bool] | None = None,
     ) -> None:
@@ -99,24 +98,39 @@ class HFUniversalProposer(MaskProposer):
         self.freeze = freeze
         self.source = model
         self._loaded_pretrained = model is not None
+        self._config_overrides = config_overrides
+        self.class_names = class_names
 
         if preset is not None:
             labels = self._head_labels(num_classes, class_names, "a random-init preset")
             self.hf = from_preset(self.hf_model_class, self.hf_config_class, self.presets, preset,
                                   config_overrides, labels)
         else:
-            head = self._head_labels(num_classes, class_names, "reinit_head=True") if reinit_head else None
-            self.hf = from_pretrained(self.hf_model_class, model, config_overrides, head)  # type: ignore[arg-type]
-        cfg = self.hf.config
-        self.proposer_class_names = [
-            str(cfg.id2label.get(i, cfg.id2label.get(str(i), f"class_{i}"))) for i in range(cfg.num_labels)
-        ]
+            self.hf = from_pretrained(self.hf_model_class, model, config_overrides)  # type: ignore[arg-type]
         self.mapper: LabelSpaceMapper | None = None
         self.num_classes = None
         if not class_agnostic:
-            self.num_classes = cfg.num_labels if num_classes is None else num_classes
+            self.num_classes = self.hf.config.num_labels if num_classes is None else num_classes
             self.mapper = self._label_space_mapper(class_names, label_map, match_by_name, unmapped)
         self.apply_freeze(freeze)
+
+    @property
+    def proposer_class_names(self) -> list[str]:
+        """The class names of the HF model's head (its ``id2label``)."""
+        cfg = self.hf.config
+        return [str(cfg.id2label.get(i, cfg.id2label.get(str(i), f"class_{i}"))) for i in range(cfg.num_labels)]
+
+    def reinit_class_head(self) -> None:
+        """Reload the pretrained model with a fresh class head for the dataset's classes (the module
+        calls it for a ``head_mismatch`` under ``reinit_heads_on_mismatch``)."""
+        labels = self._head_labels(self.num_classes, self.class_names, "a fresh class head")
+        self.hf = from_pretrained(self.hf_model_class, self.source, self._config_overrides, labels)  # type: ignore[arg-type]
+        self._after_load()
+        self.mapper, self.head_mismatch = None, None
+        self.apply_freeze(self.freeze)
+
+    def _after_load(self) -> None:
+        """Subclass adjustments of a freshly loaded HF model (e.g. EoMT's mask annealing state)."""
 
     def _head_labels(self, num_classes: int | None, class_names: list[str] | None, what: str) -> list[str]:
         """Class names of a fresh class head."""
@@ -139,12 +153,15 @@ class HFUniversalProposer(MaskProposer):
         if identity:
             return None
         if class_names is None and label_map is None:
-            raise ValueError(
-                f"the proposer predicts {len(src)} classes but the dataset has {k}; "
-                "give class_names (matched by name), a label_map, or reinit_head=True"
-            )
+            self.head_mismatch = HeadMismatch(type(self).__name__, str(self.source),
+                                              f"it predicts {len(src)} classes, the dataset has {k}")
+            return None
         label_map = None if label_map is None else dict(label_map.items())
-        mapping = build_label_mapping(src, class_names, k, label_map, match_by_name)
+        try:
+            mapping = build_label_mapping(src, class_names, k, label_map, match_by_name)
+        except NoClassMaps as e:
+            self.head_mismatch = HeadMismatch(type(self).__name__, str(self.source), str(e))
+            return None
         mapper = LabelSpaceMapper(mapping, k, unmapped)  # type: ignore[arg-type]
         if mapper.is_identity:
             return None
@@ -262,6 +279,8 @@ class HFUniversalProposer(MaskProposer):
         """``images float[B,3,H,W]`` (normalised, top-left padded) -> ``Proposals`` with
         ``mask_logits [B,Q,H/4,W/4]`` over the padded frame and ``class_logits [B,Q,K+1]`` in the
         dataset's label space (None when class-agnostic; then ``objectness`` is set)."""
+        if self.head_mismatch is not None:
+            raise ValueError(self.head_mismatch.message())
         tasks = self._tasks_for(images, task)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.freeze != "all"):
             masks, raw_class, layers, queries = self._run(images, tasks)

@@ -126,14 +126,16 @@ def build_label_mapping(
         mapping[s] = -1 if value is None else _resolve(value, target_names, num_target, "dataset")
 
     if all(m < 0 for m in mapping):
-        raise ValueError(
-            "label space mapping: no proposer class maps to any dataset class. Proposer classes "
+        raise NoClassMaps(
+            "no proposer class maps to any dataset class. Proposer classes "
             f"(first 10): {list(source_names)[:10]}; dataset classes (first 10): "
-            f"{list(target_names)[:10] if target_names is not None else f'{num_target} unnamed'}. "
-            "Give matching class_names, an explicit label_map, or reinit_head=True to train a new "
-            "classification head."
+            f"{list(target_names)[:10] if target_names is not None else f'{num_target} unnamed'}"
         )
     return mapping
+
+
+class NoClassMaps(ValueError):
+    """``build_label_mapping`` found no proposer class for any dataset class."""
 
 
 class LabelSpaceMapper(nn.Module):
