@@ -214,3 +214,22 @@ def test_a_config_with_renamed_options_names_the_file_and_the_new_places(tmp_pat
 
     current = yaml.safe_load((PROJECT_ROOT / "configs/synthetic/vitp/tiny_mask2former.yaml").read_text())
     assert renamed_options(current["model"]) == []
+
+
+def test_one_optimizer_path_lightning_optimizer_arguments_are_not_offered(tmp_path: Path):
+    """The optimiser is the model's ``optimization`` block: ``fit --help`` offers no LightningCLI
+    ``--optimizer`` / ``--lr_scheduler`` (they would replace vitp's parameter groups), and a config that
+    still has them stops with the file and the place to use instead."""
+    from vitp.cli import cli
+
+    fit_help = vitp_in_process("fit", "--config", str(PROJECT_ROOT / "configs/synthetic/vitp/tiny_mask2former.yaml"),
+                               "--help")
+    assert "--optimizer" not in fit_help and "--lr_scheduler" not in fit_help
+    assert "known subclasses: vitp.data.SegmentationDataModule" in " ".join(fit_help.split())
+    config = yaml.safe_load((PROJECT_ROOT / "configs/synthetic/vitp/tiny_mask2former.yaml").read_text())
+    config["optimizer"] = {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.1}}
+    path = tmp_path / "with_optimizer.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as raised:
+        cli(["fit", "--config", str(path)], run=False)
+    assert str(path) in str(raised.value) and "optimizer -> model.init_args.optimization" in str(raised.value)

@@ -96,14 +96,18 @@ def _is_thing(info: DatasetInfo) -> list[bool]:
 def cli(args: list[str] | None = None, run: bool = True) -> VitpCLI:
     """The ``vitp`` LightningCLI (``args`` defaults to the command line; ``run=False``: parse and
     instantiate without a subcommand, e.g. to build a configured model and data module in-process)."""
-    import lightning as L
+    from vitp.data import SegmentationDataModule
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return VitpCLI(
         ViTPModule,
-        L.LightningDataModule,
+        SegmentationDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        # The optimiser and its schedule are ViTPModule's `optimization` block: LightningCLI's own
+        # --optimizer / --lr_scheduler would replace configure_optimizers and skip vitp's parameter
+        # groups (point-embedding lr, layer decay, warmup), so they are not offered.
+        auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,

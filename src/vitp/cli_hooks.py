@@ -78,7 +78,11 @@ def check_renamed_options(args: Any) -> None:
             config = yaml.safe_load(path.read_text())
         except yaml.YAMLError:
             continue  # and a broken one
-        renamed = renamed_options(config.get("model", {})) if isinstance(config, dict) else []
+        if not isinstance(config, dict):
+            continue
+        renamed = renamed_options(config.get("model", {}))
+        renamed += [f"{key} -> model.init_args.optimization (LightningCLI's {key} would bypass vitp's parameter "
+                    "groups and schedule)" for key in ("optimizer", "lr_scheduler") if key in config]
         if renamed:
             raise SystemExit(f"{path}: options renamed when the model's settings were grouped "
                              f"(docs/architecture.md#renamed-options):\n  " + "\n  ".join(renamed))
