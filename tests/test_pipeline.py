@@ -268,3 +268,17 @@ def test_mask_aware_classifier_reads_the_proposal_part_under_its_point():
         pipe.classify(batch, [Proposals(mask_logits=logits)])
         read = seen[-1].masks[0][seen[-1].index[0, 0]]
         assert read[2:8, 2:8].all() and bool(read[14, 14]) == stray
+
+
+def test_prediction_result_reads_a_task_by_its_typed_name():
+    """``Prediction.result(task)`` replaces ``getattr(pred, task)``: the field for a known task, an
+    error naming the tasks for any other name (getattr would have returned an unrelated attribute)."""
+    from vitp.structures import TASKS, Prediction
+
+    semantic = torch.zeros(2, 3, dtype=torch.long)
+    pred = Prediction(semantic=semantic)
+    assert pred.result("semantic") is semantic
+    assert pred.result("panoptic") is None and pred.result("instance") is None
+    assert TASKS == ("semantic", "instance", "panoptic")
+    with pytest.raises(ValueError, match="unknown task 'result'"):
+        pred.result("result")  # type: ignore[arg-type]

@@ -32,7 +32,7 @@ from PIL import Image
 
 from vitp.data.folder import load_user_image, to_rgb_array, user_sample
 from vitp.data.transforms import EvalTransform
-from vitp.structures import DatasetInfo, InstancePrediction, PanopticPrediction, Prediction
+from vitp.structures import DatasetInfo, InstancePrediction, PanopticPrediction, Prediction, Variant
 
 
 @dataclass
@@ -214,13 +214,13 @@ class Segmenter:
                 out.append((to_rgb_array(image), f"image_{i}.png", None))
         return out
 
-    def predict(self, images: Sequence[Any], variants: Sequence[str] | None = None) -> list[dict[str, Prediction]]:
+    def predict(self, images: Sequence[Any], variants: Sequence[Variant] | None = None) -> list[dict[Variant, Prediction]]:
         """Raw predictions per image: variant name -> ``Prediction`` (default: the main variant;
         ``("vitp", "proposer")`` also gives the proposer alone, from the same proposals)."""
         return [p for _, p in self._run(self._read(images), variants)]
 
-    def _run(self, inputs: list[tuple[np.ndarray, str, str | None]], variants: Sequence[str] | None = None
-             ) -> list[tuple[np.ndarray, dict[str, Prediction]]]:
+    def _run(self, inputs: list[tuple[np.ndarray, str, str | None]], variants: Sequence[Variant] | None = None
+             ) -> list[tuple[np.ndarray, dict[Variant, Prediction]]]:
         variants = tuple(variants or (self.module.main_variant,))
         out = []
         with torch.inference_mode():

@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from vitp.structures import IGNORE_INDEX, DatasetInfo
+from vitp.structures import IGNORE_INDEX, DatasetInfo, HeadMismatch
 
 OPTION = "model.init_args.reinit_heads_on_mismatch"
 
@@ -81,20 +80,6 @@ def reconcile_head_shapes(model: nn.Module, state_dict: dict[str, Any], num_clas
     raise ValueError(message)
 
 
-@dataclass(frozen=True)
-class HeadMismatch:
-    """A part's pretrained class layers that do not fit the data's label space."""
-
-    part: str  # e.g. "Mask2FormerProposer"
-    source: str  # the weights' hub id, folder or file
-    detail: str  # what does not fit, and why no mapping applies
-
-    def message(self) -> str:
-        return (f"{self.part} ({self.source}): {self.detail}. Give class_names matching the proposer's classes or "
-                f"a label_map, or set {OPTION}=true (--{OPTION} true) to train a fresh class head on the "
-                "data's classes.")
-
-
 def fit_proposer_head(proposer: Any, reinit: bool) -> None:
     """The module's check of a proposer's :class:`HeadMismatch` (``proposer.head_mismatch``): with
     ``reinit`` its class head is replaced by a fresh one for the data's classes, otherwise an error."""
@@ -102,10 +87,17 @@ def fit_proposer_head(proposer: Any, reinit: bool) -> None:
     if mismatch is None:
         return
     if not reinit:
-        raise ValueError(mismatch.message())
+        raise ValueError(proposer_head_message(mismatch))
     warnings.warn(f"{mismatch.part} ({mismatch.source}): {mismatch.detail}; training a fresh class head "
                   f"({OPTION}=true)", UserWarning)
     proposer.reinit_class_head()
+
+
+def proposer_head_message(mismatch: HeadMismatch) -> str:
+    """The error of a pretrained proposer whose class head does not fit and may not be replaced."""
+    return (f"{mismatch.part} ({mismatch.source}): {mismatch.detail}. Give class_names matching the proposer's "
+            f"classes or a label_map, or set {OPTION}=true (--{OPTION} true) to train a fresh class head on the "
+            "data's classes.")
 
 
 def classifier_head_message(found: tuple[int, ...], expected: tuple[int, ...]) -> str:

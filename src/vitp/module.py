@@ -7,7 +7,7 @@ Inference lives in ``pipeline.py`` (settings: ``vitp.settings``), what the class
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -19,13 +19,11 @@ from vitp.classifiers.base import PointClassifier
 from vitp.metrics.point_accuracy import PointAccuracy
 from vitp.nonfinite import NonFiniteLossError, check_skip_supported, nonfinite_message
 from vitp.pipeline import PipelineOutput, TwoStagePipeline
-from vitp.proposers.base import TASKS, MaskProposer
+from vitp.proposers.base import MaskProposer
 from vitp.settings import EvaluationSettings, InferenceSettings, OptimizerSettings, OutputSettings
-from vitp.structures import Batch, DatasetInfo, Prediction
+from vitp.structures import TASKS, Batch, DatasetInfo, Prediction, Task, Variant
 from vitp.training.point_supervision import GroundTruthPoints
 from vitp.training.point_targets import ground_truth_point_masks
-
-Task = Literal["panoptic", "semantic", "instance"]
 
 
 class ViTPModule(L.LightningModule):
@@ -121,12 +119,12 @@ class ViTPModule(L.LightningModule):
         return SegmentationMetrics(self.dataset_info)
 
     @property
-    def main_variant(self) -> str:
+    def main_variant(self) -> Variant:
         return "vitp" if self.classifier is not None else "proposer"
 
     @property
-    def variant_names(self) -> list[str]:
-        names = [self.main_variant]
+    def variant_names(self) -> list[Variant]:
+        names: list[Variant] = [self.main_variant]
         if self.classifier is not None and self.evaluation.proposer_classes and not self.proposer.class_agnostic:
             names.append("proposer")
         if self.evaluation.oracle_classes:
@@ -154,7 +152,7 @@ class ViTPModule(L.LightningModule):
     # ------------------------------------------------------------------ inference
     def predict_batch(self, batch: Batch, score_threshold: float | None = None,
                       max_image_side: int | None | str = "config",
-                      variants: tuple[str, ...] | None = None) -> dict[str, list[Prediction]]:
+                      variants: tuple[Variant, ...] | None = None) -> dict[Variant, list[Prediction]]:
         """``variants``' predictions for a batch (default: the main variant; see
         ``vitp.pipeline.TwoStagePipeline``) with ``score_threshold`` / ``max_image_side``
         (default, ``None`` / ``"config"``: this module's settings)."""

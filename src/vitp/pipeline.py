@@ -26,9 +26,7 @@ from vitp.point_rules import select_points_by_rule
 from vitp.postprocess import PostProcessConfig, UpsampledLogits, infer, resize_prediction
 from vitp.proposal_geometry import capped_size, lazy_logits, match_segments, proposal_point_masks
 from vitp.settings import InferenceSettings
-from vitp.structures import Batch, PointMasks, Prediction, Proposals, Target
-
-VARIANTS = ("vitp", "proposer", "oracle")
+from vitp.structures import VARIANTS, Batch, PointMasks, Prediction, Proposals, Target, Variant
 
 
 def oracle_class_probs(mask_logits: torch.Tensor | UpsampledLogits, target: Target, num_classes: int) -> torch.Tensor:
@@ -63,7 +61,7 @@ class PipelineOutput:
     extra_point_logits: the classifier's logits of the ``extra_points`` passed in, or None.
     """
 
-    predictions: dict[str, list[Prediction]] = field(default_factory=dict)
+    predictions: dict[Variant, list[Prediction]] = field(default_factory=dict)
     extra_point_logits: torch.Tensor | None = None
 
 
@@ -92,7 +90,7 @@ class TwoStagePipeline:
         num_classes: int,
         is_thing: torch.Tensor,
         tasks: tuple[str, ...],
-        variants: tuple[str, ...],
+        variants: tuple[Variant, ...],
         settings: InferenceSettings = InferenceSettings(),
         point_no_object: bool = False,
         point_seed: int = 0,
@@ -170,11 +168,11 @@ class TwoStagePipeline:
         return out, (logits[:, start:] if extra_points is not None else None)
 
     def variant_probs(
-        self, proposals: Proposals, point_logits: torch.Tensor | None, variants: tuple[str, ...]
-    ) -> dict[str, torch.Tensor]:
+        self, proposals: Proposals, point_logits: torch.Tensor | None, variants: tuple[Variant, ...]
+    ) -> dict[Variant, torch.Tensor]:
         """Class probabilities ``float[B, Q, K + 1]`` (last column = no object) of the proposer and
         ViT-P variants among ``variants``."""
-        probs: dict[str, torch.Tensor] = {}
+        probs: dict[Variant, torch.Tensor] = {}
         if "proposer" in variants and proposals.class_logits is not None:
             probs["proposer"] = proposals.class_logits.float().softmax(-1)
         if "vitp" in variants and point_logits is not None:
@@ -189,7 +187,7 @@ class TwoStagePipeline:
 
     @torch.no_grad()
     def __call__(
-        self, batch: Batch, extra_points: torch.Tensor | None = None, variants: tuple[str, ...] | None = None,
+        self, batch: Batch, extra_points: torch.Tensor | None = None, variants: tuple[Variant, ...] | None = None,
         extra_point_masks: PointMasks | None = None, score_threshold: float | None = None,
         max_image_side: int | None = None,
     ) -> PipelineOutput:
@@ -211,15 +209,15 @@ class TwoStagePipeline:
 
     def postprocess(
         self, batch: Batch, proposals: list[Proposals], point_logits: list[torch.Tensor | None],
-        variants: tuple[str, ...], config: PostProcessConfig | None = None, max_image_side: int | None = None,
-    ) -> dict[str, list[Prediction]]:
+        variants: tuple[Variant, ...], config: PostProcessConfig | None = None, max_image_side: int | None = None,
+    ) -> dict[Variant, list[Prediction]]:
         """Predictions of ``variants`` from given proposals (one per task group) and their point
         logits (``classify``; None where there are none): class probabilities per variant, then the
         post-processing of every image at its original size (or capped at ``max_image_side`` and
         mapped back). ``__call__`` is ``propose`` + ``classify`` + this."""
         config = self.config if config is None else config
         # per variant, per image: task -> result, filled group by group
-        results: dict[str, list[dict[str, object]]] = {}
+        results: dict[Variant, list[dict[str, object]]] = {}
         for tasks, props, logits in zip(self.task_groups(), proposals, point_logits):
             probs = self.variant_probs(props, logits, variants)
             for i, target in enumerate(batch.targets):
@@ -236,5 +234,5 @@ class TwoStagePipeline:
                     if size != tuple(target.orig_size):
                         pred = resize_prediction(pred, tuple(target.orig_size))
                     per_image = results.setdefault(name, [{} for _ in batch.targets])[i]
-                    per_image.update({t: getattr(pred, t) for t in tasks})
+                    per_image.update({t: pred.result(t) for t in tasks})
         return {name: [Prediction(**r) for r in per_image] for name, per_image in results.items()}

@@ -11,12 +11,31 @@ Conventions (see DESIGN.md, "Data that crosses boundaries"):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
 IGNORE_INDEX = 255
 """Label of unlabelled pixels in semantic maps."""
+
+Task = Literal["semantic", "instance", "panoptic"]
+TASKS: tuple[Task, ...] = get_args(Task)
+"""The three tasks, in this order (OneFormer's task tokens are indexed by it)."""
+
+Variant = Literal["vitp", "proposer", "oracle"]
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
+"""Where the classes of the proposer's masks come from: ViT-P's point classifier (fused with the
+proposer's objectness), the proposer's own class head, or the ground truth (oracle, an upper bound)."""
+
+
+@dataclass(frozen=True)
+class HeadMismatch:
+    """A part's pretrained class layers that do not fit the data's label space (a proposer sets it;
+    ``vitp.checkpoint_heads.fit_proposer_head`` replaces the head or raises)."""
+
+    part: str  # e.g. "Mask2FormerProposer"
+    source: str  # the weights' hub id, folder or file
+    detail: str  # what does not fit, and why no mapping applies
 
 
 @dataclass(frozen=True)
@@ -334,6 +353,16 @@ class Prediction:
     semantic: torch.Tensor | None = None
     panoptic: PanopticPrediction | None = None
     instance: InstancePrediction | None = None
+
+    def result(self, task: Task) -> torch.Tensor | PanopticPrediction | InstancePrediction | None:
+        """The field of ``task`` (None when it was not run)."""
+        if task == "semantic":
+            return self.semantic
+        if task == "panoptic":
+            return self.panoptic
+        if task == "instance":
+            return self.instance
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
 # Checkpoints store the linked DatasetInfo in their hyper-parameters; let `torch.load(...,

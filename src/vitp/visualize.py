@@ -281,7 +281,7 @@ class OverlayWriter:
         image = self.read_image(target.image_path)
         written = []
         for kind in ("panoptic", "semantic"):
-            if getattr(pred, kind) is None:
+            if pred.result(kind) is None:
                 continue
             path = self.dir / kind / f"{Path(target.file_name).stem}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitp.checkpoint_heads import HeadMismatch
-from vitp.structures import Proposals, Target
-
-TASKS = ("semantic", "instance", "panoptic")
+from vitp.structures import TASKS, HeadMismatch, Proposals, Target, Task
 
 
 class MaskProposer(nn.Module):
@@ -29,7 +26,7 @@ class MaskProposer(nn.Module):
     * ``needs_targets``: True when ``forward`` reads the ground truth (the oracle); only then are
       ``targets`` passed.
     * ``trainable``: True when ``loss`` is implemented and some parameter requires a gradient.
-    * ``head_mismatch``: a ``vitp.checkpoint_heads.HeadMismatch`` when pretrained class layers do not
+    * ``head_mismatch``: a ``vitp.structures.HeadMismatch`` when pretrained class layers do not
       fit the dataset's label space and nothing maps them; the module then calls
       ``reinit_class_head()`` (its ``reinit_heads_on_mismatch``) or raises.
 
@@ -72,7 +69,7 @@ class MaskProposer(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} cannot be trained")
 
 
-def check_task(task: str) -> str:
+def check_task(task: str) -> Task:
     """``task`` if it is one of ``TASKS`` (ValueError otherwise)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")

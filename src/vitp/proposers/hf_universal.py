@@ -17,13 +17,13 @@ from typing import Any, Literal
 
 import torch
 
+from vitp.checkpoint_heads import proposer_head_message
 from vitp.proposers.base import MaskProposer, check_task
 from vitp.proposers.hf_build import from_preset, from_pretrained, save_meta
 from vitp.proposers.hf_loss import set_prediction_loss
 from vitp.proposers.hf_targets import global_num_masks, targets_to_hf
-from vitp.checkpoint_heads import HeadMismatch
 from vitp.proposers.label_space import LabelSpaceMapper, NoClassMaps, agnostic_logits, build_label_mapping
-from vitp.structures import DecoderLayerOutput, Proposals, Target
+from vitp.structures import DecoderLayerOutput, HeadMismatch, Proposals, Target
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ class HFUniversalProposer(MaskProposer):
         ``mask_logits [B,Q,H/4,W/4]`` over the padded frame and ``class_logits [B,Q,K+1]`` in the
         dataset's label space (None when class-agnostic; then ``objectness`` is set)."""
         if self.head_mismatch is not None:
-            raise ValueError(self.head_mismatch.message())
+            raise ValueError(proposer_head_message(self.head_mismatch))
         tasks = self._tasks_for(images, task)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.freeze != "all"):
             masks, raw_class, layers, queries = self._run(images, tasks)
