@@ -11,21 +11,15 @@ Conventions (see DESIGN.md, "Data that crosses boundaries"):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 
+# The outputs' contracts, re-exported so that every room imports its contracts from here.
+from vitp.predictions import TASKS, VARIANTS, InstancePrediction, PanopticPrediction, Prediction, Task, Variant  # noqa: F401
+
 IGNORE_INDEX = 255
 """Label of unlabelled pixels in semantic maps."""
-
-Task = Literal["semantic", "instance", "panoptic"]
-TASKS: tuple[Task, ...] = get_args(Task)
-"""The three tasks, in this order (OneFormer's task tokens are indexed by it)."""
-
-Variant = Literal["vitp", "proposer", "oracle"]
-VARIANTS: tuple[Variant, ...] = get_args(Variant)
-"""Where the classes of the proposer's masks come from: ViT-P's point classifier (fused with the
-proposer's objectness), the proposer's own class head, or the ground truth (oracle, an upper bound)."""
 
 
 @dataclass(frozen=True)
@@ -280,89 +274,6 @@ class Proposals:
         if self.class_logits is not None:
             return 1.0 - self.class_logits.float().softmax(-1)[..., -1]
         return self.mask_logits.new_ones(self.mask_logits.shape[:2], dtype=torch.float)
-
-
-@dataclass
-class PanopticPrediction:
-    """Panoptic result of one image at its original size.
-
-    segments: ``long[H0, W0]``, index into ``labels`` / ``scores`` per pixel, -1 = void.
-    labels: ``long[S]`` contiguous class ids.
-    scores: ``float[S]`` confidences.
-    """
-
-    segments: torch.Tensor
-    labels: torch.Tensor
-    scores: torch.Tensor
-
-
-@dataclass
-class InstancePrediction:
-    """Instance result of one image: ``masks bool[n, h, w]``, ``labels long[n]``, ``scores float[n]``
-    (sorted by descending score).
-
-    image_size: None when ``masks`` are at the image's original size ``(H0, W0)``. Otherwise the
-        original size, and ``masks`` are stored at the (smaller) size they were post-processed at
-        (``max_image_side``): the image-size mask ``i`` is their nearest-neighbour resize,
-        :meth:`mask` (one at a time, so ``n`` masks of a large photo never take ``n x H0 x W0``
-        bytes; :meth:`full_masks` builds all of them).
-    """
-
-    masks: torch.Tensor
-    labels: torch.Tensor
-    scores: torch.Tensor
-    image_size: tuple[int, int] | None = None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(H0, W0)``: the size of the image the masks stand for."""
-        return self.image_size if self.image_size is not None else tuple(self.masks.shape[-2:])
-
-    def mask(self, i: int, transposed: bool = False) -> torch.Tensor:
-        """``bool[H0, W0]``: mask ``i`` at the image size (a view of ``masks[i]`` when stored at that
-        size). ``transposed``: ``bool[W0, H0]`` instead, contiguous (its numpy ``.T`` is the
-        column-major array COCO's RLE encoder reads, without a copy)."""
-        m = self.masks[i]
-        h0, w0 = self.size
-        if self.image_size is not None and tuple(m.shape) != (h0, w0):
-            h, w = m.shape
-            ys = torch.arange(h0, device=m.device) * h // h0  # F.interpolate's "nearest": floor(dst * in / out)
-            xs = torch.arange(w0, device=m.device) * w // w0
-            if transposed:
-                return m.t().index_select(0, xs).index_select(1, ys)
-            return m.index_select(0, ys).index_select(1, xs)
-        return m.t().contiguous() if transposed else m
-
-    def full_masks(self) -> torch.Tensor:
-        """``bool[n, H0, W0]``: every mask at the image size (``n x H0 x W0`` bytes)."""
-        if self.image_size is None:
-            return self.masks
-        out = torch.empty((len(self.masks), *self.size), dtype=torch.bool, device=self.masks.device)
-        for i in range(len(self.masks)):
-            out[i] = self.mask(i)
-        return out
-
-
-@dataclass
-class Prediction:
-    """All post-processed outputs for one image; a field is None when its task was not run.
-
-    semantic: ``long[H0, W0]`` contiguous class ids.
-    """
-
-    semantic: torch.Tensor | None = None
-    panoptic: PanopticPrediction | None = None
-    instance: InstancePrediction | None = None
-
-    def result(self, task: Task) -> torch.Tensor | PanopticPrediction | InstancePrediction | None:
-        """The field of ``task`` (None when it was not run)."""
-        if task == "semantic":
-            return self.semantic
-        if task == "panoptic":
-            return self.panoptic
-        if task == "instance":
-            return self.instance
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
 # Checkpoints store the linked DatasetInfo in their hyper-parameters; let `torch.load(...,
