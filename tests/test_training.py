@@ -82,7 +82,7 @@ def test_predict_on_image_folder_writes_pngs_json_and_overlays(tiny_coco_root: P
     vitp_in_process("predict", "--config", str(config), "--data.init_args.root", str(tiny_coco_root), *SMALL,
                     "--model.init_args.proposer.init_args.preset", "tiny",
                     "--model.init_args.inference.object_mask_threshold", "0.0", "--model.init_args.inference.overlap_threshold", "0.0",
-                    "--data.init_args.predict_dir", str(images), "--model.init_args.output.export_dir", str(out))
+                    "--data.init_args.path", str(images), "--model.init_args.output.export_dir", str(out))
     panoptic = json.loads((out / "panoptic.json").read_text())
     assert len(panoptic["annotations"]) == 3
     for name in ("panoptic", "semantic", "overlays/panoptic", "overlays/semantic"):
