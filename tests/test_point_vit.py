@@ -225,3 +225,24 @@ def test_sincos_pos_embed_init_gives_distinct_positions():
     with pytest.raises(ValueError, match="pos_embed_init"):
         PointViT(3, model_name="vit_tiny_patch16_224", pos_embed_init="nope",
                  model_kwargs={"depth": 1, "embed_dim": 16, "num_heads": 2})
+
+
+def test_drop_path_rate_drops_residual_branches_in_training_only() -> None:
+    """``drop_path_rate``: timm's stochastic depth in the backbone (rising to the rate in the last
+    block); training forwards differ from run to run, evaluation is deterministic."""
+    from timm.layers import DropPath
+
+    m = make(drop_path_rate=0.5)
+    rates = [blk.drop_path1.drop_prob for blk in m.backbone.blocks if isinstance(blk.drop_path1, DropPath)]
+    assert rates and max(rates) == pytest.approx(0.5)
+    assert not any(isinstance(blk.drop_path1, DropPath) for blk in make().backbone.blocks)
+    g = torch.Generator().manual_seed(0)
+    images, points = torch.randn(2, 3, 56, 56, generator=g), rand_points(g, 2, 4)
+    valid = torch.tensor([[56, 56], [56, 56]])
+    with torch.no_grad():
+        torch.testing.assert_close(m(images, points, valid), m(images, points, valid))
+        m.train()
+        torch.manual_seed(1)
+        first = m(images, points, valid)
+        torch.manual_seed(2)
+        assert not torch.allclose(first, m(images, points, valid))
