@@ -141,6 +141,9 @@ def test_proposer_help_is_complete_and_typed(class_path: str):
         assert "hub id" in out  # HFUniversalProposer's documentation of `model`
     if class_path == "vitp.proposers.OneFormerProposer":
         assert "--proposer.train_task {random,given}" in out and "a tokenizer directory" in out
+    if class_path == "vitp.proposers.NativeProposer":  # its two blocks, every field typed and documented
+        assert "--proposer.architecture.query_init {conv,learned}" in out and "channels per stage" in out
+        assert "--proposer.loss.train_num_points TRAIN_NUM_POINTS" in out and "weight of the dice loss" in out
 
 
 def oracle_metrics(root: Path, tmp_path: Path, in_process: bool) -> dict[str, float]:
@@ -233,3 +236,29 @@ def test_one_optimizer_path_lightning_optimizer_arguments_are_not_offered(tmp_pa
     with pytest.raises(SystemExit) as raised:
         cli(["fit", "--config", str(path)], run=False)
     assert str(path) in str(raised.value) and "optimizer -> model.init_args.optimization" in str(raised.value)
+
+
+def test_native_proposer_renamed_options_are_reported_for_its_class_path_only(tmp_path: Path):
+    """The native proposer's options from before ``NativeArchitecture`` / ``NativeLossSettings`` stop a
+    config with their new places; Mask2Former's own options of the same names are left alone."""
+    from vitp.cli import cli
+    from vitp.settings import renamed_options
+
+    config = PROJECT_ROOT / "configs/synthetic/proposer/native_equal_budget.yaml"
+    old = yaml.safe_load(config.read_text())
+    pinit = old["model"]["init_args"]["proposer"]["init_args"]
+    pinit.update(pinit.pop("architecture"), class_weight=3.0)
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(old))
+    with pytest.raises(SystemExit) as raised:
+        cli(["fit", "--config", str(path)], run=False)
+    message = str(raised.value)
+    assert str(path) in message
+    assert "proposer.init_args.dims -> proposer.init_args.architecture.dims" in message
+    assert "proposer.init_args.class_weight -> proposer.init_args.loss.class_weight" in message
+    m2f = {"init_args": {"proposer": {"class_path": "vitp.proposers.Mask2FormerProposer",
+                                      "init_args": {"class_weight": 2.0, "train_num_points": 256}}}}
+    assert renamed_options(m2f) == []
+    for current in ("proposer/native_small", "proposer/native_equal_budget", "vitp/tiny_native"):
+        model = yaml.safe_load((PROJECT_ROOT / f"configs/synthetic/{current}.yaml").read_text())["model"]
+        assert renamed_options(model) == [], current

@@ -326,6 +326,20 @@ def test_native_proposer_pretrained_folder_is_safetensors_only(tiny_coco_root: P
     monkeypatch.chdir(elsewhere)
     image = sorted((tiny_coco_root / "val2017").glob("*.jpg"))[0]
     assert Segmenter.from_pretrained(folder)(image).record == seg(image).record
+    # a folder written before NativeArchitecture / NativeLossSettings (their options flat) and with the
+    # classifier's own reinit_head switch (before reinit_heads_on_mismatch decided for every part) still loads
+    import yaml
+
+    old = tmp_path / "old_format"
+    shutil.copytree(folder, old)
+    config = yaml.safe_load((old / "vitp_config.yaml").read_text())
+    pinit = config["model"]["init_args"]["proposer"]["init_args"]
+    assert pinit["architecture"]["dims"] == [16, 32, 64, 128] and "train_num_points" in pinit["loss"]
+    for block in ("architecture", "loss"):
+        pinit.update(pinit.pop(block))
+    config["model"]["init_args"]["classifier"]["init_args"]["reinit_head"] = False
+    (old / "vitp_config.yaml").write_text(yaml.safe_dump(config))
+    assert Segmenter.from_pretrained(old)(image).record == seg(image).record
 
 
 def test_vitp_predict_runs_a_pretrained_folder_from_anywhere(trained: dict, predicted: Path, tmp_path: Path):

@@ -13,6 +13,7 @@ import torch
 from conftest import PROJECT_ROOT
 from vitp.backbones import NativeBackbone, compose
 from vitp.proposers import NativeProposer
+from vitp.proposers.native import NativeArchitecture, NativeLossSettings
 from vitp.structures import Target
 
 K = 5
@@ -94,9 +95,9 @@ def test_masks_are_the_chain_columns():
     assert torch.allclose(props.mask_logits.sigmoid().sum(1), torch.ones(2, 16, 24), atol=1e-4)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"query_init": "learned", "pos_bias": False}, {"grouping": False}])
-def test_loss_finite_and_reaches_every_parameter(kwargs):
-    proposer = tiny(**kwargs, train_num_points=256)
+@pytest.mark.parametrize("arch", [{}, {"query_init": "learned", "pos_bias": False}, {"grouping": False}])
+def test_loss_finite_and_reaches_every_parameter(arch):
+    proposer = tiny(architecture=NativeArchitecture(**arch), loss=NativeLossSettings(train_num_points=256))
     images = torch.randn(2, 3, 64, 64)
     losses = proposer.loss(proposer(images), [make_target(64, 64), make_target(64, 64)])
     assert set(losses) >= {"loss", "loss_cross_entropy", "loss_mask", "loss_dice", "loss_semantic"}
@@ -111,10 +112,10 @@ def test_ablation_switches_change_the_output():
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         base = tiny().eval()(images).mask_logits
-        for kwargs in ({"grouping": False}, {"query_init": "learned"}, {"pos_bias": False}):
-            other = tiny(**kwargs).eval()(images).mask_logits
-            assert other.shape == base.shape and not torch.allclose(other, base, atol=1e-3), kwargs
-        off = tiny(grouping=False).eval()(images).mask_logits.sigmoid()
+        for arch in ({"grouping": False}, {"query_init": "learned"}, {"pos_bias": False}):
+            other = tiny(architecture=NativeArchitecture(**arch)).eval()(images).mask_logits
+            assert other.shape == base.shape and not torch.allclose(other, base, atol=1e-3), arch
+        off = tiny(architecture=NativeArchitecture(grouping=False)).eval()(images).mask_logits.sigmoid()
     # grouping off: every pixel belongs to the stride-32 cell that contains it, nothing else
     cell = torch.arange(2).repeat_interleave(8)  # 16x16 mask pixels, 2x2 groups
     expected = (cell[:, None] * 2 + cell[None, :]).flatten()
@@ -134,7 +135,7 @@ def test_semantic_from_head_is_task_conditioned():
 
 
 def test_save_pretrained_round_trip(tmp_path: Path):
-    proposer = tiny(query_init="learned").eval()
+    proposer = tiny(architecture=NativeArchitecture(query_init="learned")).eval()
     proposer.save_pretrained(tmp_path / "native")
     loaded = NativeProposer(model=str(tmp_path / "native"), num_classes=K).eval()
     assert loaded.arch == proposer.arch and loaded.is_thing == proposer.is_thing
@@ -144,6 +145,24 @@ def test_save_pretrained_round_trip(tmp_path: Path):
     assert torch.equal(a.mask_logits, b.mask_logits) and torch.equal(a.class_logits, b.class_logits)
     with pytest.raises(ValueError, match="classes"):
         NativeProposer(model=str(tmp_path / "native"), num_classes=K + 1)
+
+
+def test_architecture_fields_equal_the_preset_they_spell_out():
+    """``architecture`` with the preset's values spelt out builds the preset's model (same keys, shapes
+    and, with the same seed, weights); its fields override the preset's; a stage list needs 4 values."""
+    from vitp.backbones.native import NATIVE_PRESETS
+
+    preset = tiny().state_dict()
+    torch.manual_seed(0)
+    spelt = NativeProposer(num_classes=K, preset=None, is_thing=[True, True, False, False, False],
+                           architecture=NativeArchitecture(**NATIVE_PRESETS["tiny"])).state_dict()
+    assert list(preset) == list(spelt) and all(torch.equal(preset[k], spelt[k]) for k in preset)
+    wider = tiny(architecture=NativeArchitecture(dims=[16, 32, 64, 96]))
+    assert wider.arch == {**NATIVE_PRESETS["tiny"], "dims": [16, 32, 64, 96], "tau": None, "grouping_iters": 3,
+                          "grouping": True, "query_init": "conv", "pos_bias": True}
+    assert wider.class_head.fc1.in_features == 96
+    with pytest.raises(ValueError, match="depths needs 4 values"):
+        NativeArchitecture(depths=[1, 1])
 
 
 def test_config_fit_and_test_one_batch(tiny_coco_root: Path, tmp_path: Path, monkeypatch):
@@ -157,7 +176,7 @@ def test_config_fit_and_test_one_batch(tiny_coco_root: Path, tmp_path: Path, mon
               "--trainer.fast_dev_run", "1", "--trainer.enable_progress_bar", "false",
               "--trainer.enable_model_summary", "false"]
     main(["fit", *common, "--model.init_args.proposer.init_args.preset", "tiny",
-          "--model.init_args.proposer.init_args.train_num_points", "256"])
+          "--model.init_args.proposer.init_args.loss.train_num_points", "256"])
     saved = tmp_path / "outputs" / "synthetic" / "proposer_native" / "model"
     assert (saved / "native_proposer.json").is_file(), "SaveProposer did not write the trained proposer"
     main(["test", *common, "--model.init_args.proposer.init_args.model", str(saved), "--trainer.callbacks", "[]"])

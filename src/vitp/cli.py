@@ -15,6 +15,16 @@ class VitpCLI(LightningCLI):
     """LightningCLI that links the data module's label space into the model once, and logs to
     TensorBoard and CSV side by side unless the config names its own ``trainer.logger``."""
 
+    def init_parser(self, **kwargs):  # noqa: ANN003, ANN201
+        """Every parser (the main one and each subcommand's) reads YAML with ``vitp.cli_hooks.load_config``."""
+        import yaml
+        from jsonargparse import set_loader
+
+        from vitp.cli_hooks import CONFIG_MODE, load_config
+
+        set_loader(CONFIG_MODE, load_config, (yaml.YAMLError,))
+        return super().init_parser(parser_mode=CONFIG_MODE, **kwargs)
+
     def instantiate_trainer(self, **kwargs):  # noqa: ANN003, ANN201
         config = self._get(self.config_init, "trainer", default={}) or {}
         if "logger" not in kwargs and config.get("logger") in (None, True):

@@ -57,10 +57,32 @@ def prepare_run(subcommand: str | None, config: Any) -> Path | None:
     return folder
 
 
+CONFIG_MODE = "vitp"
+"""The ``vitp`` parsers' ``parser_mode``: YAML read by :func:`load_config`."""
+
+
+def load_config(text: str, path: str | os.PathLike = "") -> Any:
+    """jsonargparse's ``yaml`` loader, except that a pretrained folder's ``vitp_config.yaml`` (``path``)
+    written before the native proposer's options were grouped, or with the parts' own ``reinit_head``
+    switches, reads as the current options do (``vitp.settings.upgrade_pretrained_config``): such a
+    folder still loads; a hand-written config with the old options is refused by
+    :func:`check_renamed_options`."""
+    from jsonargparse import get_loader
+
+    from vitp.pretrained import CONFIG_FILE, MANIFEST_FILE
+    from vitp.settings import upgrade_pretrained_config
+
+    value = get_loader("yaml")(text)
+    path = Path(path)  # jsonargparse passes a config file's path as given on the command line
+    if isinstance(value, dict) and path.name == CONFIG_FILE and (path.parent / MANIFEST_FILE).is_file():
+        upgrade_pretrained_config(value.get("model"))
+    return value
+
+
 def check_renamed_options(args: Any) -> None:
     """Stop with the file, each renamed option and its new place when a ``--config`` file uses the
-    option names from before they were grouped (``vitp.settings.RENAMED``): jsonargparse would only
-    say the key is not accepted."""
+    option names from before they were grouped (``vitp.settings.renamed_options``): jsonargparse
+    would only say the key is not accepted."""
     import sys
 
     import yaml
@@ -75,7 +97,7 @@ def check_renamed_options(args: Any) -> None:
         if not path.is_file():
             continue  # jsonargparse names a missing file itself
         try:
-            config = yaml.safe_load(path.read_text())
+            config = load_config(path.read_text(), path)
         except yaml.YAMLError:
             continue  # and a broken one
         if not isinstance(config, dict):

@@ -8,7 +8,7 @@ The folder holds everything the model needs and nothing outside it::
     classifier.safetensors  the point classifier's weights
     proposer/               a Hugging Face proposer's own save_pretrained (config.json +
                             model.safetensors); other proposers: proposer.safetensors, their
-                            architecture in the config (NativeProposer: its resolved ``arch``)
+                            architecture in the config (NativeProposer: its resolved ``architecture``)
     vitp_pretrained.json    format version, relative paths, training data and metrics as recorded
     README.md               model card: label space, training data, measured metrics, how to load
 
@@ -182,8 +182,8 @@ def _model_section(module: Any, config: dict[str, Any], directory: Path) -> tupl
             if key in pinit:
                 pinit[key] = value
         relative.append("model.init_args.proposer.init_args.model")
-    elif isinstance(module.proposer, NativeProposer):  # the architecture as init arguments
-        pinit.update(model=None, **copy.deepcopy(module.proposer.arch))
+    elif isinstance(module.proposer, NativeProposer):  # the resolved architecture as init arguments
+        pinit.update(model=None, architecture=copy.deepcopy(module.proposer.arch))
     if module.classifier is not None:
         cinit = init["classifier"].setdefault("init_args", {})
         for key, value in (("checkpoint_path", None), ("pretrained", False)):

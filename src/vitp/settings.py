@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from vitp.point_rules import PointRule, check_point_rule
 from vitp.postprocess import PostProcessConfig
@@ -157,27 +157,61 @@ RENAMED_CLASSIFIER: dict[str, str] = {
 }
 """``PointViT`` glimpse options before ``GlimpseSettings`` -> where they live now."""
 
+RENAMED_NATIVE: dict[str, str] = {
+    **{k: f"architecture.{k}" for k in ("depths", "dims", "heads", "window", "tau", "grouping_iters", "grouping",
+                                         "query_init", "pos_bias")},
+    **{k: f"loss.{k}" for k in ("semantic_weight", "class_weight", "mask_weight", "dice_weight", "no_object_weight",
+                                 "train_num_points")},
+}
+"""``NativeProposer`` options before ``NativeArchitecture`` / ``NativeLossSettings`` -> where they live now
+(other proposers have options of the same names: reported for the native proposer's class path only)."""
+
 REINIT_HEAD = "reinit_head"
 """The classifier's and HF proposers' own switch before ``ViTPModule.reinit_heads_on_mismatch`` decided
 for every part (issue 23): reported by :func:`renamed_options` wherever it appears."""
 
 
+def _init_args(node: Any) -> dict | None:
+    """``node["init_args"]`` when ``node`` is a config section with a dict there, else None."""
+    args = node.get("init_args") if isinstance(node, dict) else None
+    return args if isinstance(args, dict) else None
+
+
+def _native_init_args(model: Any) -> dict | None:
+    """The proposer's ``init_args`` of a ``model`` section when its class path is ``NativeProposer``."""
+    proposer = (_init_args(model) or {}).get("proposer")
+    if not isinstance(proposer, dict) or str(proposer.get("class_path", "")).rsplit(".", 1)[-1] != "NativeProposer":
+        return None
+    return _init_args(proposer)
+
+
 def renamed_options(model: dict) -> list[str]:
     """``"old -> new"`` for every option of a config's ``model`` section that was renamed (empty
     when none): checked before parsing, so an old config gets an error saying where each option went."""
-    init = model.get("init_args") if isinstance(model, dict) else None
-    if not isinstance(init, dict):
+    init = _init_args(model)
+    if init is None:
         return []
     found = [f"model.init_args.{k} -> model.init_args.{RENAMED[k]}" for k in init if k in RENAMED]
-    classifier = init.get("classifier")
-    cinit = classifier.get("init_args") if isinstance(classifier, dict) else None
-    if isinstance(cinit, dict):
-        found += [f"classifier.init_args.{k} -> classifier.init_args.{RENAMED_CLASSIFIER[k]}"
-                  for k in cinit if k in RENAMED_CLASSIFIER]
+    for part, args, renamed in (("classifier", _init_args(init.get("classifier")), RENAMED_CLASSIFIER),
+                                ("proposer", _native_init_args(model), RENAMED_NATIVE)):
+        found += [f"{part}.init_args.{k} -> {part}.init_args.{renamed[k]}" for k in args or {} if k in renamed]
     for part in ("classifier", "proposer"):
-        node = init.get(part)
-        args = node.get("init_args") if isinstance(node, dict) else None
-        if isinstance(args, dict) and REINIT_HEAD in args:
+        args = _init_args(init.get(part))
+        if args is not None and REINIT_HEAD in args:
             found.append(f"{part}.init_args.{REINIT_HEAD} -> model.init_args.reinit_heads_on_mismatch (one switch "
                          "for every part; delete the line when it is false)")
     return found
+
+
+def upgrade_pretrained_config(model: Any) -> None:
+    """A pretrained folder's ``model`` section (written by vitp itself, every option spelled out), in
+    place, as the current options read it: the ``NativeProposer`` options named as before
+    :data:`RENAMED_NATIVE` move into their blocks, and the parts' own :data:`REINIT_HEAD` switches
+    are dropped (the folder's weights, loaded after the model is built, already fit its label space)."""
+    args = _native_init_args(model) or {}
+    for old in [k for k in args if k in RENAMED_NATIVE]:
+        block, key = RENAMED_NATIVE[old].split(".")
+        args.setdefault(block, {})[key] = args.pop(old)
+    init = _init_args(model) or {}
+    for part in ("classifier", "proposer"):
+        (_init_args(init.get(part)) or {}).pop(REINIT_HEAD, None)

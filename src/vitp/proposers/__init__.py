@@ -15,6 +15,8 @@ _LAZY = {
     "Mask2FormerProposer": "vitp.proposers.mask2former",
     "OneFormerProposer": "vitp.proposers.oneformer",
     "NativeProposer": "vitp.proposers.native",
+    "NativeArchitecture": "vitp.proposers.native",
+    "NativeLossSettings": "vitp.proposers.native",
     "EomtProposer": "vitp.proposers.eomt",
 }
 

@@ -17,7 +17,8 @@ Each final group is one proposal (Q = number of stride-32 cells of the 32-padded
 
 Training (``loss``): Mask2Former's set-prediction loss (HF's Hungarian matcher and ``loss_masks``
 on sampled points, our class cross-entropy, ``num_masks`` summed over DDP processes by
-``global_num_masks``) plus ``semantic_weight`` x the pixel cross-entropy.
+``global_num_masks``) plus ``semantic_weight`` x the pixel cross-entropy; the weights and points are
+``NativeLossSettings`` (``loss:``), the backbone's shape ``NativeArchitecture`` (``architecture:``).
 
 ``save_pretrained(dir)`` writes ``native_proposer.json`` + ``native_proposer.pt``; ``model: dir``
 rebuilds it (the architecture comes from the directory, like HF's ``from_pretrained``).
@@ -27,9 +28,10 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +46,6 @@ from vitp.structures import Proposals, Target
 
 META_FILE = "native_proposer.json"
 WEIGHTS_FILE = "native_proposer.pt"
-_ARCH_KEYS = ("depths", "dims", "heads", "window", "tau", "grouping_iters", "grouping", "query_init", "pos_bias")
 _EPS = 1e-6
 
 
@@ -68,17 +69,12 @@ def frame_masks(m: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
     return F.grid_sample(m, grid.to(m.dtype), mode="bilinear", align_corners=False)
 
 
-class NativeProposer(MaskProposer):
-    """SeNaTra-style native segmentation backbone + group heads as a trainable mask proposer.
-
-    Q (the number of proposals) is not a parameter: it is ``ceil(H/32) * ceil(W/32)``, the number
-    of stride-4 tokens / 4^3 (64 for 256x256 inputs).
+@dataclass(frozen=True)
+class NativeArchitecture:
+    """The grouping backbone's shape, as ``NativeProposer(architecture=...)`` builds it; a field left
+    None takes the preset's value.
 
     Args:
-        model: a directory written by ``save_pretrained`` (takes precedence over the other
-            architecture arguments).
-        num_classes: number of dataset classes K (linked by the CLI).
-        preset: ``tiny`` (tests) or ``small`` (2-core CPU runs); the arguments below override it.
         depths: transformer blocks per stage (4 values).
         dims: channels per stage (4 values, doubling in the presets).
         heads: attention heads per stage (4 values).
@@ -89,46 +85,85 @@ class NativeProposer(MaskProposer):
             the masks are then 32x32 squares).
         query_init: ``conv`` (strided conv of the input) or ``learned`` output-token init (ablation).
         pos_bias: relative position bias in the grouping logits (ablation switch).
-        semantic_from_head: ``task=semantic`` uses the native semantic head (task-conditioned: one
-            forward per task at evaluation); otherwise one forward serves all tasks.
+    """
+
+    depths: list[int] | None = None
+    dims: list[int] | None = None
+    heads: list[int] | None = None
+    window: int | None = None
+    tau: float | None = None
+    grouping_iters: int = 3
+    grouping: bool = True
+    query_init: Literal["conv", "learned"] = "conv"
+    pos_bias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("depths", "dims", "heads"):
+            value = getattr(self, name)
+            if value is not None and len(value) != 4:
+                raise ValueError(f"{name} needs 4 values (one per stage), got {list(value)}")
+
+    def resolve(self, preset: str | None) -> dict[str, Any]:
+        """``NativeBackbone``'s arguments: these fields, the None ones from ``preset`` (None: ``small``)."""
+        if preset is not None and preset not in NATIVE_PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(NATIVE_PRESETS)}")
+        base = NATIVE_PRESETS[preset if preset is not None else "small"]
+        arch = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: base[k] if v is None and k in base else v for k, v in arch.items()}
+
+
+@dataclass(frozen=True)
+class NativeLossSettings:
+    """``NativeProposer.loss``: Mask2Former's set-prediction loss plus the chain-carried semantic loss.
+
+    Args:
         semantic_weight: weight of the chain-carried pixel cross-entropy.
         class_weight: weight of the class cross-entropy (also its matching cost).
         mask_weight: weight of the mask sigmoid cross-entropy (also its matching cost).
         dice_weight: weight of the dice loss (also its matching cost).
         no_object_weight: class weight of "no object" in the class cross-entropy.
         train_num_points: points sampled per mask by the matcher and the mask losses.
+    """
+
+    semantic_weight: float = 1.0
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+    train_num_points: int = 4096
+
+
+class NativeProposer(MaskProposer):
+    """SeNaTra-style native segmentation backbone + group heads as a trainable mask proposer.
+
+    Q (the number of proposals) is not a parameter: it is ``ceil(H/32) * ceil(W/32)``, the number
+    of stride-4 tokens / 4^3 (64 for 256x256 inputs).
+
+    Args:
+        model: a directory written by ``save_pretrained`` (takes precedence over ``preset`` and
+            ``architecture``).
+        num_classes: number of dataset classes K (linked by the CLI).
+        preset: ``tiny`` (tests) or ``small`` (2-core CPU runs); ``architecture`` overrides it.
+        architecture: the backbone's shape (:class:`NativeArchitecture`; None fields: the preset's).
+        semantic_from_head: ``task=semantic`` uses the native semantic head (task-conditioned: one
+            forward per task at evaluation); otherwise one forward serves all tasks.
+        loss: the training loss's weights and points (:class:`NativeLossSettings`).
         class_names: dataset class names (linked by the CLI; stored with the weights).
         is_thing: per dataset class (linked by the CLI; ``instance`` targets keep things only).
     """
 
-    def __init__(  # long: the architecture's arguments, each checked, for a fresh model or a saved one
+    def __init__(
         self,
         model: str | None = None,
         num_classes: int | None = None,
         preset: Literal["tiny", "small"] | None = "small",
-        depths: list[int] | None = None,
-        dims: list[int] | None = None,
-        heads: list[int] | None = None,
-        window: int | None = None,
-        tau: float | None = None,
-        grouping_iters: int = 3,
-        grouping: bool = True,
-        query_init: Literal["conv", "learned"] = "conv",
-        pos_bias: bool = True,
+        architecture: NativeArchitecture = NativeArchitecture(),
         semantic_from_head: bool = False,
-        semantic_weight: float = 1.0,
-        class_weight: float = 2.0,
-        mask_weight: float = 5.0,
-        dice_weight: float = 5.0,
-        no_object_weight: float = 0.1,
-        train_num_points: int = 4096,
+        loss: NativeLossSettings = NativeLossSettings(),
         class_names: list[str] | None = None,
         is_thing: list[bool] | None = None,
     ) -> None:
         super().__init__()
-        arch = {"depths": depths, "dims": dims, "heads": heads, "window": window, "tau": tau,
-                "grouping_iters": grouping_iters, "grouping": grouping, "query_init": query_init,
-                "pos_bias": pos_bias}
         if model is not None:
             meta = json.loads((Path(model) / META_FILE).read_text())
             arch, saved_k = meta["arch"], meta["num_classes"]
@@ -138,10 +173,7 @@ class NativeProposer(MaskProposer):
             class_names = meta.get("class_names") if class_names is None else class_names
             is_thing = meta.get("is_thing") if is_thing is None else is_thing
         else:
-            if preset is not None and preset not in NATIVE_PRESETS:
-                raise ValueError(f"unknown preset {preset!r}; choose from {sorted(NATIVE_PRESETS)}")
-            base = NATIVE_PRESETS[preset] if preset is not None else NATIVE_PRESETS["small"]
-            arch = {**arch, **{k: v for k, v in base.items() if arch.get(k) is None}}
+            arch = architecture.resolve(preset)
         if class_names is not None and num_classes is None:
             num_classes = len(class_names)
         if num_classes is None:
@@ -151,11 +183,11 @@ class NativeProposer(MaskProposer):
         self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.is_thing = None if is_thing is None else [bool(x) for x in is_thing]
         self.task_conditioned = bool(semantic_from_head)
-        self.semantic_weight = float(semantic_weight)
+        self.semantic_weight = float(loss.semantic_weight)
         self.loss_config = SimpleNamespace(
-            num_labels=self.num_classes, class_weight=class_weight, mask_weight=mask_weight,
-            dice_weight=dice_weight, no_object_weight=no_object_weight, train_num_points=train_num_points,
-            oversample_ratio=3.0, importance_sample_ratio=0.75,
+            num_labels=self.num_classes, class_weight=loss.class_weight, mask_weight=loss.mask_weight,
+            dice_weight=loss.dice_weight, no_object_weight=loss.no_object_weight,
+            train_num_points=loss.train_num_points, oversample_ratio=3.0, importance_sample_ratio=0.75,
         )
         self.backbone = NativeBackbone(**self.arch)
         d = self.backbone.dims[-1]
