@@ -120,7 +120,6 @@ class EomtProposer(HFUniversalProposer):
         self.share_trunk_from = share_trunk_from
         self.trunk_cache_size = int(trunk_cache_size)
         self._trunk_memo = ViewMemo(self.trunk_cache_size)
-        self.trunk_checkpoint = trunk_checkpoint
         if trunk_checkpoint and model is None:
             self.load_trunk(trunk_checkpoint)
         elif trunk_checkpoint:  # a saved model carries its (possibly fine-tuned) trunk
