@@ -13,8 +13,13 @@ panoptic task, the reference keep rule with the same thresholds on both sides (c
 Interleaved per image, the variant order rotating per repetition; reported: images/s from the
 median over repetitions of the summed process CPU time (and wall time), the ratio vitp / hf, and
 how far the two panoptic results agree: the share of pixels whose class (void = -1) is the same,
-and each one's PQ against the ground truth (``vitp.metrics.PanopticQuality``; HF's segments are
-converted to vitp's ``PanopticPrediction``).
+the same share on the pixels vitp gives a segment (HF paints each kept query's whole argmax region,
+vitp as Mask2Former's reference only where that query's mask is >= 0.5), the share of images where
+both keep the same classes, and each one's PQ against the ground truth
+(``vitp.metrics.PanopticQuality``; HF's segments are converted to vitp's ``PanopticPrediction``).
+Each image is cut to its valid region first (batch of one: HF's processor would pad nothing, and its
+post-processing knows nothing of padding). ``--sharpen`` scales the class head (both paths) to get a
+proposer with confident queries for the equality check.
 
     python scripts/bench_hf_proposer.py --workdir /tmp/sa_s0 --data-root /tmp/data_default
 
@@ -63,6 +68,19 @@ def to_prediction(segmentation: torch.Tensor, segments: list[dict]):
     return PanopticPrediction(segments=remap[seg + 1], labels=labels, scores=scores)
 
 
+def unpadded(batch):
+    """A batch of one image cut to its valid region: HF's image processor pads nothing for a single
+    image, and its post-processing knows nothing of padding, so both paths see the same pixels."""
+    from dataclasses import replace
+
+    from vitp.structures import Batch
+
+    target = batch.targets[0]
+    h, w = target.valid_size
+    return Batch(images=batch.images[..., :h, :w].contiguous(),
+                 targets=[replace(target, masks=target.masks[..., :h, :w])])
+
+
 def class_map(segments: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     lut = torch.cat([labels.long(), torch.tensor([-1])])  # index -1 (void) reads the last entry
     return lut[segments.long()]
@@ -84,6 +102,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="class-score threshold of both (HF threshold, vitp object_mask_threshold)")
+    parser.add_argument("--sharpen", type=float, default=1.0,
+                        help="multiply the class head's weights and bias by this (both paths): a proposer with "
+                             "confident queries, for the equality check")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         seg = Segmenter.from_checkpoint((args.ckpt or args.workdir / CHECKPOINT).resolve(), config=args.config.resolve(),
                                         overrides=[*extra, *overrides], batch_size=1)
         dataset = seg.datamodule.build_dataset("test")
-        batches = [seg.collate([dataset[i]]) for i in range(min(args.images, len(dataset)))]
+        batches = [unpadded(seg.collate([dataset[i]])) for i in range(min(args.images, len(dataset)))]
     finally:
         os.chdir(old)
     module = seg.module.eval()
@@ -113,6 +134,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     pipe.settings = replace(pipe.settings, keep_rule="reference", object_mask_threshold=args.threshold,
                             overlap_threshold=0.8)
     model = pipe.proposer.hf
+    if args.sharpen != 1.0:
+        with torch.no_grad():
+            model.class_predictor.weight.mul_(args.sharpen)
+            model.class_predictor.bias.mul_(args.sharpen)
     processor = Mask2FormerImageProcessor()
     stuff = {k for k in range(info.num_classes) if not info.is_thing[k]}
 
@@ -126,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     cpu = {n: [0.0] * args.reps for n in names}
     wall = {n: [0.0] * args.reps for n in names}
     agree, pixels, kept = 0, 0, {"hf": 0, "vitp": 0}
+    agree_on_vitp, vitp_pixels, same_classes = 0, 0, 0
     pq = {n: PanopticQuality(info) for n in ("hf", "vitp")}
     with torch.inference_mode():
         for rep in range(args.reps):
@@ -148,6 +174,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     v = class_map(vitp_pred.segments, vitp_pred.labels)
                     agree += int((a == v).sum())
                     pixels += a.numel()
+                    on = v >= 0  # HF paints a segment's whole argmax region, vitp (as Mask2Former) where mask >= 0.5
+                    agree_on_vitp += int((a[on] == v[on]).sum())
+                    vitp_pixels += int(on.sum())
+                    same_classes += int(set(hf_pred.labels.tolist()) == set(vitp_pred.labels.tolist()))
     n_img = len(batches)
     print(machine_line("cpu"), f"torch threads {torch.get_num_threads()}, {n_img} images x {args.reps} reps")
     med = {n: statistics.median(cpu[n]) for n in names}
@@ -156,11 +186,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"{n:8s} {n_img / med[n]:7.2f} img/s CPU ({n_img / medw[n]:.2f} wall)")
     result = {"vitp_over_hf_cpu": med["vitp"] / med["hf"], "vitp_over_hf_wall": medw["vitp"] / medw["hf"],
               "pixel_class_agreement": 100.0 * agree / max(1, pixels),
+              "agreement_on_vitp_segments": 100.0 * agree_on_vitp / vitp_pixels if vitp_pixels else float("nan"),
+              "images_same_classes": 100.0 * same_classes / n_img,
               "segments_hf": kept["hf"] / n_img, "segments_vitp": kept["vitp"] / n_img}
     for n in ("hf", "vitp"):
         result[f"pq_{n}"] = float(pq[n].compute()["pq"])
     print(f"vitp / hf: {result['vitp_over_hf_cpu']:.3f}x CPU ({result['vitp_over_hf_wall']:.3f}x wall); "
-          f"same class on {result['pixel_class_agreement']:.2f} % of pixels; "
+          f"same class on {result['pixel_class_agreement']:.2f} % of pixels "
+          f"({result['agreement_on_vitp_segments']:.3f} % of vitp's segment pixels; same classes in "
+          f"{result['images_same_classes']:.0f} % of images); "
           f"PQ hf {result['pq_hf']:.2f}, vitp {result['pq_vitp']:.2f}; segments per image hf "
           f"{result['segments_hf']:.1f}, vitp {result['segments_vitp']:.1f}")
     return result

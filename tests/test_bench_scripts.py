@@ -90,6 +90,7 @@ def test_bench_hf_proposer(tiny_coco_root: Path, tmp_path: Path):
         "--workdir", str(tmp_path), "--ckpt", str(ckpt), "--proposer", str(proposer_dir),
         "--data-root", str(tiny_coco_root), "--images", "2", "--reps", "1", "--threshold", "0.0", "--", *SMALL])
     assert out["vitp_over_hf_cpu"] > 0 and 0.0 <= out["pixel_class_agreement"] <= 100.0
+    assert 0.0 <= out["agreement_on_vitp_segments"] <= 100.0 and 0.0 <= out["images_same_classes"] <= 100.0
     assert out["segments_vitp"] > 0  # threshold 0: the random model's queries are kept
 
 
