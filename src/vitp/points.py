@@ -194,11 +194,19 @@ class CoarseMaskSampler(PointSampler):
         return fn(masks, labels, self.num_points, generator, target.valid_size)
 
 
+def any_along(masks: torch.Tensor, dim: int) -> torch.Tensor:
+    """``masks.any(dim)`` for a bool tensor, as the maximum of its bytes: on CPU torch's ``any`` over
+    a dimension of a bool tensor is 10-30x slower (``bool[50, 256, 256]``: 2.6 ms against 0.1-0.2)."""
+    if masks.dtype != torch.bool or masks.shape[dim] == 0:
+        return masks.any(dim)
+    return masks.view(torch.uint8).amax(dim).bool()
+
+
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight boxes of ``bool[M, h, w]`` masks as ``long[M, 4]`` = (y0, x0, y1, x1), inclusive pixel
     indices; rows are y, columns are x."""
-    rows = masks.any(2)  # [M, h]
-    cols = masks.any(1)  # [M, w]
+    rows = any_along(masks, 2)  # [M, h]
+    cols = any_along(masks, 1)  # [M, w]
     ar_h = torch.arange(masks.shape[1], device=masks.device)
     ar_w = torch.arange(masks.shape[2], device=masks.device)
     big = max(masks.shape[1], masks.shape[2])

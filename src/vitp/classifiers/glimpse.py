@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitp.points import mask_boxes
+from vitp.points import any_along, mask_boxes
 from vitp.structures import PointMasks
 
 
@@ -118,7 +118,7 @@ class PointGlimpse(nn.Module):
             scale = torch.tensor([h, w, h, w], device=points.device, dtype=torch.float32) / valid_sizes[b].float().repeat(2)
             box = box / scale  # input pixels
             idx = point_masks.index[b].to(points.device)
-            has = (idx >= 0) & stack.flatten(1).any(1).to(points.device)[idx.clamp(min=0)]
+            has = (idx >= 0) & any_along(stack.flatten(1), 1).to(points.device)[idx.clamp(min=0)]
             mine = box[idx.clamp(min=0)]
             side = torch.maximum(mine[:, 2] - mine[:, 0], mine[:, 3] - mine[:, 1]) * 1.1
             centres[b] = torch.where(has[:, None], (mine[:, :2] + mine[:, 2:]) / 2, centres[b])
