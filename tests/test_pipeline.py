@@ -282,3 +282,59 @@ def test_prediction_result_reads_a_task_by_its_typed_name():
     assert TASKS == ("semantic", "instance", "panoptic")
     with pytest.raises(ValueError, match="unknown task 'result'"):
         pred.result("result")  # type: ignore[arg-type]
+
+
+def test_shared_logit_views_change_nothing_and_upsample_once():
+    """``TwoStagePipeline.__call__`` upsamples each image's mask logits once for the classifier's point
+    masks and every variant's post-processing (``logit_views``): the classifier's logits and every
+    prediction equal those computed separately, and the upsampled logits are built once per image."""
+    import torch.nn.functional as F
+
+    from vitp import upsampling
+
+    torch.manual_seed(0)
+    clf = PointViT(3, model_name="vit_tiny_patch16_224", image_size=32, point_encoding="sample_pos_embed",
+                   glimpse=GlimpseSettings(window=8, masks=True, fit_box=True),
+                   model_kwargs={"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32}).eval()
+    batch = make_batch()
+    logits = torch.randn(2, 5, 8, 10) * 4  # mask logits at half the 16 x 20 frame
+    proposer = OracleProposer(num_classes=3)
+    pipe = TwoStagePipeline(proposer, clf, 3, INFO.thing_mask(), TASKS, ("proposer", "vitp", "oracle"))
+    props = [Proposals(mask_logits=logits, class_logits=torch.randn(2, 5, 4))]
+    pipe.propose = lambda b, task: props[0]
+    calls = []
+    real = F.interpolate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("size"))
+        return real(*args, **kwargs)
+
+    with torch.no_grad():
+        separate_logits, _ = pipe.classify(batch, props)
+        separate = pipe.postprocess(batch, props, separate_logits, ("proposer", "vitp", "oracle"))
+        upsampling.F.interpolate = counting
+        try:
+            shared = pipe(batch)
+        finally:
+            upsampling.F.interpolate = real
+    assert calls.count((16, 16)) == len(batch)  # once per image: masks, 3 variants, 3 tasks
+    for name in ("proposer", "vitp", "oracle"):
+        for a, b in zip(separate[name], shared.predictions[name]):
+            assert torch.equal(a.semantic, b.semantic)
+            assert torch.equal(a.panoptic.segments, b.panoptic.segments)
+            assert torch.equal(a.instance.masks, b.instance.masks) and torch.equal(a.instance.scores, b.instance.scores)
+
+
+def test_kept_upsampled_logits_serve_query_subsets_bit_for_bit():
+    """``UpsampledLogits.full`` is built once; a subset of queries read from it equals upsampling
+    that subset alone."""
+    import torch.nn.functional as F
+
+    from vitp.upsampling import UpsampledLogits
+
+    low = torch.randn(7, 13, 17) * 4
+    lazy = UpsampledLogits(low, (50, 61))
+    full = lazy.band(0, 50)
+    assert lazy.band(0, 50) is full and torch.equal(full, F.interpolate(low[None], size=(50, 61), mode="bilinear")[0])
+    q = torch.tensor([1, 4, 6])
+    assert torch.equal(lazy.band(0, 50, q), F.interpolate(low[q][None], size=(50, 61), mode="bilinear")[0])

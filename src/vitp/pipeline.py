@@ -24,7 +24,8 @@ from vitp.classifiers.base import PointClassifier
 from vitp.fusion import fuse_class_probs
 from vitp.point_rules import select_points_by_rule
 from vitp.postprocess import PostProcessConfig, UpsampledLogits, infer, resize_prediction
-from vitp.proposal_geometry import capped_size, lazy_logits, match_segments, proposal_point_masks
+from vitp.proposal_geometry import (capped_size, lazy_logits, match_segments, proposal_point_masks,
+                                    valid_region_logits)
 from vitp.settings import InferenceSettings
 from vitp.structures import VARIANTS, Batch, PointMasks, Prediction, Proposals, Target, Variant
 
@@ -130,11 +131,14 @@ class TwoStagePipeline:
 
     def classify(
         self, batch: Batch, proposals: list[Proposals], extra_points: torch.Tensor | None = None,
-        extra_point_masks: PointMasks | None = None,
+        extra_point_masks: PointMasks | None = None, views: list[list[UpsampledLogits]] | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Point logits ``float[B, Q, C]`` per proposal set, and those of ``extra_points`` — all
         from one classifier call (one patch pass). A mask-aware classifier also gets each point's
-        mask: its proposal (binarised at logit 0) or, for an extra point, ``extra_point_masks``."""
+        mask: its proposal (binarised at logit 0) or, for an extra point, ``extra_point_masks``.
+        ``views``: per proposal set, per image, the logits the post-processing will read
+        (:meth:`logit_views`); where one is seen at the valid region's size, the masks are read from
+        it, so that upsampling is done once for both."""
         b, k = len(batch), self.settings.top_k
         frame = tuple(batch.images.shape[-2:])
         valid = batch.valid_tensor()
@@ -150,7 +154,7 @@ class TwoStagePipeline:
             if extra_points is not None and extra_point_masks is None:
                 raise ValueError("a mask-aware classifier needs extra_point_masks for the extra points")
             own = proposal_point_masks(batch, proposals, chunks[: len(proposals)], k,
-                                       self.settings.point_mask_components)
+                                       self.settings.point_mask_components, self._regions(batch, proposals, views))
             extra["point_masks"] = own if extra_point_masks is None else PointMasks.concat([own, extra_point_masks])
         points = torch.cat(chunks, dim=1)
         trunk = proposals[0].trunk if proposals else None
@@ -166,6 +170,24 @@ class TwoStagePipeline:
             out.append(logits[:, start : start + q * k].reshape(b, q, k, -1).mean(2))
             start += q * k
         return out, (logits[:, start:] if extra_points is not None else None)
+
+    @staticmethod
+    def logit_views(batch: Batch, proposals: list[Proposals],
+                    max_image_side: int | None = None) -> list[list[UpsampledLogits]]:
+        """Per proposal set, per image: its mask logits seen at the size the post-processing
+        works at (the original size, capped at ``max_image_side``), lazily."""
+        return [[lazy_logits(p, batch, i, capped_size(tuple(t.orig_size), max_image_side))
+                 for i, t in enumerate(batch.targets)] for p in proposals]
+
+    @staticmethod
+    def _regions(batch: Batch, proposals: list[Proposals],
+                 views: list[list[UpsampledLogits]] | None) -> list[list[torch.Tensor]] | None:
+        """``proposal_point_masks``' valid-region logits, taken from ``views`` where one is seen at
+        the valid region's size (the same crop and resize: the same values), else computed."""
+        if views is None:
+            return None
+        return [[v[i].full() if v[i].size == tuple(t.valid_size) else valid_region_logits(p, batch, i)
+                 for p, v in zip(proposals, views)] for i, t in enumerate(batch.targets)]
 
     def variant_probs(
         self, proposals: Proposals, point_logits: torch.Tensor | None, variants: tuple[Variant, ...]
@@ -200,29 +222,34 @@ class TwoStagePipeline:
         config = self.config if score_threshold is None else self.settings.postprocess(score_threshold)
         variants = self.variants if variants is None else tuple(v for v in variants if v in self.variants)
         proposals = [self.propose(batch, tasks[0]) for tasks in self.task_groups()]
+        views = self.logit_views(batch, proposals, max_image_side)
         point_logits: list[torch.Tensor | None] = [None] * len(proposals)
         extra = None
         if self.classifier is not None and ("vitp" in variants or extra_points is not None):
-            point_logits, extra = self.classify(batch, proposals, extra_points, extra_point_masks)
-        predictions = self.postprocess(batch, proposals, point_logits, variants, config, max_image_side)
+            point_logits, extra = self.classify(batch, proposals, extra_points, extra_point_masks, views)
+        predictions = self.postprocess(batch, proposals, point_logits, variants, config, max_image_side, views)
         return PipelineOutput(predictions, extra)
 
     def postprocess(
         self, batch: Batch, proposals: list[Proposals], point_logits: list[torch.Tensor | None],
         variants: tuple[Variant, ...], config: PostProcessConfig | None = None, max_image_side: int | None = None,
+        views: list[list[UpsampledLogits]] | None = None,
     ) -> dict[Variant, list[Prediction]]:
         """Predictions of ``variants`` from given proposals (one per task group) and their point
         logits (``classify``; None where there are none): class probabilities per variant, then the
         post-processing of every image at its original size (or capped at ``max_image_side`` and
-        mapped back). ``__call__`` is ``propose`` + ``classify`` + this."""
+        mapped back). ``views``: :meth:`logit_views` of the same ``max_image_side``, when the caller
+        has them (each is released once its image is done). ``__call__`` is ``propose`` +
+        ``classify`` + this."""
         config = self.config if config is None else config
+        views = self.logit_views(batch, proposals, max_image_side) if views is None else views
         # per variant, per image: task -> result, filled group by group
         results: dict[Variant, list[dict[str, object]]] = {}
-        for tasks, props, logits in zip(self.task_groups(), proposals, point_logits):
+        for tasks, props, logits, group_views in zip(self.task_groups(), proposals, point_logits, views):
             probs = self.variant_probs(props, logits, variants)
             for i, target in enumerate(batch.targets):
-                size = capped_size(tuple(target.orig_size), max_image_side)
-                mask_logits = lazy_logits(props, batch, i, size)
+                mask_logits, group_views[i] = group_views[i], None  # kept upsampled logits go with it
+                size = mask_logits.size
                 for name in variants:
                     if name == "oracle":
                         p = oracle_class_probs(mask_logits, target, self.num_classes)

@@ -57,6 +57,7 @@ class UpsampledLogits:
         self.size = (int(size[0]), int(size[1]))
         self.chunk_elements = chunk_elements
         self.identity = tuple(low.shape[-2:]) == self.size
+        self._full: torch.Tensor | None = None  # :meth:`full`, kept once built
         if not self.identity:
             self._y = _row_weights(low.shape[-2], self.size[0])
 
@@ -79,6 +80,8 @@ class UpsampledLogits:
         if self.identity:
             return low[:, y0:y1]
         if low.shape[0] == 0 or (y0, y1) == (0, self.size[0]):
+            if queries is None or self._full is not None:
+                return self.full() if queries is None else self._full[queries]
             return UpsampledLogits(low, self.size).full()
         yi0, yi1, wy0, wy1 = (t[y0:y1] for t in self._y)
         first, last = int(yi0.min()), int(yi1.max()) + 1  # the source rows this band reads
@@ -119,12 +122,20 @@ class UpsampledLogits:
         return lower - (1e-3 + 1e-5 * lower.abs()), upper + (1e-3 + 1e-5 * upper.abs())
 
     def full(self) -> torch.Tensor:
-        """``float[Q, H, W]`` in one piece (small outputs, callers that need every query at once)."""
+        """``float[Q, H, W]`` in one piece (small outputs, callers that need every query at once).
+
+        Built once and kept: the post-processing of several variants (and the classifier's point
+        masks, ``TwoStagePipeline``) read the same upsampled logits of a small image. Only the band
+        of all rows (outputs of at most ``chunk_elements``) asks for it; larger outputs are read in
+        bands and never kept."""
         if self.identity:
             return self.low
-        if self.low.shape[0] == 0:
-            return self.low.new_zeros((0, *self.size))
-        return F.interpolate(self.low[None], size=self.size, mode="bilinear", align_corners=False)[0]
+        if self._full is None:
+            if self.low.shape[0] == 0:
+                self._full = self.low.new_zeros((0, *self.size))
+            else:
+                self._full = F.interpolate(self.low[None], size=self.size, mode="bilinear", align_corners=False)[0]
+        return self._full
 
     def binary(self) -> torch.Tensor:
         """``bool[Q, H, W]``: logit > 0, built band by band."""
