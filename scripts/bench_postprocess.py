@@ -8,15 +8,22 @@ bit-identical, checked here), panoptic alone and all three tasks; interleaved, m
 process CPU time, 1 thread.
 
     python scripts/bench_postprocess.py --workdir /tmp/sa_s0 --data-root /tmp/data_default
+
+``--previous-rev REV`` times the post-processing of a git revision of this checkout instead
+(``src/vitp/postprocess.py`` and ``upsampling.py`` as they were at REV, loaded from ``git show``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -25,6 +32,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
 from bench_end_to_end import CONFIG, load_run  # noqa: E402
 from bench_point_vit import machine_line  # noqa: E402
+
+
+def load_revision(rev: str) -> ModuleType:
+    """``vitp.postprocess`` as it was at git revision ``rev`` (with that revision's ``upsampling``)."""
+    folder = Path(tempfile.mkdtemp(prefix="vitp_previous_"))
+    modules = {}
+    for name in ("upsampling", "postprocess"):
+        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:src/vitp/{name}.py"],
+                              capture_output=True, text=True, check=True).stdout
+        text = text.replace("from vitp.upsampling import", "from _previous_upsampling import")
+        path = folder / f"_previous_{name}.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location(f"_previous_{name}", path)
+        modules[name] = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = modules[name]
+        spec.loader.exec_module(modules[name])
+    return modules["postprocess"]
+
+
+def same_results(a: object, b: object) -> bool:
+    """Equal maps, segments, labels and instance masks; instance scores to float rounding."""
+    if (a.semantic is None) != (b.semantic is None) or (a.semantic is not None and not torch.equal(a.semantic, b.semantic)):
+        return False
+    if not all(torch.equal(getattr(a.panoptic, f), getattr(b.panoptic, f)) for f in ("segments", "labels", "scores")):
+        return False
+    if a.instance is None or b.instance is None:
+        return a.instance is None and b.instance is None
+    return (torch.equal(a.instance.masks, b.instance.masks) and torch.equal(a.instance.labels, b.instance.labels)
+            and torch.allclose(a.instance.scores, b.instance.scores, rtol=1e-5, atol=1e-7))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -37,9 +73,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.5, 5.0])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--previous-rev", default=None, help="git revision whose post-processing is 'previous' "
+                        "(default: tests/reference_postprocess_bands.py)")
     args, overrides = parser.parse_known_args(argv)
     torch.set_num_threads(1)
-    import reference_postprocess_bands as previous  # noqa: E402
+    if args.previous_rev:
+        previous = load_revision(args.previous_rev)
+    else:
+        import reference_postprocess_bands as previous  # noqa: E402
 
     from vitp import postprocess as current
     from vitp.proposal_geometry import _crop_args
@@ -74,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
                             total += time.process_time() - start
                             if rep == 0 and name == "current":
                                 ref = run(previous, b, props, probs, size, tasks)
-                                assert torch.equal(out.panoptic.segments, ref.panoptic.segments), "results differ"
+                                assert same_results(out, ref), "results differ"
                         times[name].append(total / len(cases))
                 prev, cur = (statistics.median(times[k]) for k in ("previous", "current"))
                 side = round(max(batches[0].targets[0].orig_size) * scale)

@@ -65,7 +65,7 @@ def test_bench_end_to_end(tiny_coco_root: Path, tmp_path: Path, capsys):
 
     out = _script("bench_postprocess").main([
         "--workdir", str(workdir), "--ckpt", str(ckpt), "--proposer", str(proposer_dir),
-        "--data-root", str(tiny_coco_root), "--images", "1", "--reps", "1", "--scales", "1", "3", *SMALL])
+        "--data-root", str(tiny_coco_root), "--images", "1", "--reps", "1", "--scales", "1", "3", "--previous-rev", "HEAD", *SMALL])
     assert len(out["rows"]) == 4 and all(r[3] > 0 and r[4] > 0 for r in out["rows"])
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import reference_postprocess as ref
 from vitp import postprocess as new
-from vitp.upsampling import UpsampledLogits
+from vitp.upsampling import BAND_ELEMENTS, UpsampledLogits
 
 
 def _blobs(q: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
@@ -91,7 +91,9 @@ def test_equals_the_previous_band_implementation(local: bool, monkeypatch):
     monkeypatch.setattr(new, "LOCAL_MIN_ELEMENTS", 0 if local else 1 << 62)
     for seed in range(30):
         c = _case(seed)
-        chunk = [5000, 1 << 22][seed % 2]
+        # bands of the same rows in both (multi-band outputs are now read in bands of at most
+        # BAND_ELEMENTS): the instance scores' float sums are then taken over the same pixels
+        chunk = [5000, BAND_ELEMENTS][seed % 2]
         before = previous.infer(previous.crop_logits(c["logits"], c["valid"], c["orig"], c["frame"], chunk_elements=chunk),
                                 c["probs"], c["is_thing"], config=previous.PostProcessConfig(**c["config"]))
         after = new.infer(new.crop_logits(c["logits"], c["valid"], c["orig"], c["frame"], chunk_elements=chunk),
