@@ -85,3 +85,62 @@ def test_segmenter_score_threshold_and_grayscale(run):  # noqa: F811
     assert small.panoptic.shape == gray.shape and small.semantic.shape == gray.shape
     assert len(small.instances) == len(a.instances) and small.instances[0]["mask"].shape == gray.shape
     assert small.overlay().size[0] > gray.shape[1]  # with the legend on the right
+
+
+def _anchors_whole_image(segments: np.ndarray, num_segments: int) -> list:
+    """The previous ``label_anchors``: each segment's distance transform over the whole image."""
+    import cv2
+
+    out = []
+    for i in range(num_segments):
+        mask = np.pad((segments == i).astype(np.uint8), 1)
+        if not mask.any():
+            out.append(None)
+            continue
+        dist = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
+        y, x = np.unravel_index(int(dist.argmax()), dist.shape)
+        out.append((int(y) - 1, int(x) - 1))
+    return out
+
+
+def test_label_anchors_in_each_box_equal_the_whole_image_transform():
+    """Anchors found inside each segment's box equal those of a distance transform over the whole
+    image, on random maps with fragmented segments, segments on the border, void and absent ids."""
+    from vitp.visualize import label_anchors
+
+    rng = np.random.default_rng(0)
+    for case in range(40):
+        h, w = rng.integers(5, 90, size=2)
+        coarse = rng.integers(-1, 9, size=(rng.integers(1, 8), rng.integers(1, 8)))
+        segments = np.kron(coarse, np.ones((h // coarse.shape[0] + 1, w // coarse.shape[1] + 1), int))[:h, :w]
+        noise = rng.random((h, w)) < 0.05
+        segments = np.where(noise, rng.integers(-1, 9, size=(h, w)), segments)
+        n = int(rng.integers(1, 12))  # ids >= n are not segments of this map
+        assert label_anchors(segments, n) == _anchors_whole_image(segments, n), case
+
+
+def test_tabulated_blend_equals_the_float_blend():
+    """The overlay's blend read from a table per segment and channel gives the bytes of the float32
+    blend it replaced (and white outlines, void untouched), without class names."""
+    from vitp.visualize import _edges, overlay_panoptic
+
+    rng = np.random.default_rng(1)
+    for case in range(10):
+        h, w = rng.integers(3, 120, size=2)
+        n = int(rng.integers(1, 15)) if case else 300  # 300: indices beyond 2 bytes
+        coarse = rng.integers(-1, n, size=(rng.integers(1, 9), rng.integers(1, 9)))
+        segments = np.kron(coarse, np.ones((h // coarse.shape[0] + 1, w // coarse.shape[1] + 1), np.int64))[:h, :w]
+        image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        labels = rng.integers(0, 7, size=n)
+        is_thing = rng.random(7) < 0.5
+        alpha = float(rng.choice([0.55, 0.3, 1.0]))
+        colours = segment_colours(labels, is_thing)
+        covered = segments >= 0
+        colour = np.concatenate([colours, np.zeros((1, 3), np.float32)])[np.where(covered, segments, n)]
+        expected = np.where(covered[..., None], (1 - alpha) * image.astype(np.float32) + alpha * colour,
+                            image.astype(np.float32))
+        expected[_edges(segments) & covered] = 255.0
+        assert np.array_equal(overlay_panoptic(image, segments, labels, is_thing, alpha=alpha),
+                              expected.astype(np.uint8)), case
+    with pytest.raises(ValueError, match="uint8"):
+        overlay_panoptic(image.astype(np.float32), segments, labels, is_thing)

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 from vitp.data.io import load_rgb
 from vitp.structures import DatasetInfo, Prediction, Target
@@ -40,15 +41,21 @@ def _font(size: int) -> ImageFont.ImageFont:
 def label_anchors(segments: np.ndarray, num_segments: int) -> list[tuple[int, int] | None]:
     """Per segment index, its most interior pixel ``(y, x)`` (farthest from the segment's border),
     or None when the segment has no pixel."""
-    out: list[tuple[int, int] | None] = []
-    for i in range(num_segments):
-        mask = np.pad((segments == i).astype(np.uint8), 1)
-        if not mask.any():
-            out.append(None)
+    # Each segment is measured inside its bounding box (found for all segments in one pass) with a
+    # ring of zeros around it: every pixel just outside a tight box is outside the segment, so the
+    # chamfer distance (a shortest path) to the nearest outside pixel, and its first maximum in row
+    # order, are those of the whole image, at the box's cost rather than the image's per segment.
+    out: list[tuple[int, int] | None] = [None] * num_segments
+    segments = np.asarray(segments)
+    valid = (segments >= 0) & (segments < num_segments)
+    boxes = ndimage.find_objects(np.where(valid, segments + 1, 0), max_label=num_segments)
+    for i, box in enumerate(boxes):
+        if box is None:
             continue
+        mask = np.pad((segments[box] == i).astype(np.uint8), 1)
         dist = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
         y, x = np.unravel_index(int(dist.argmax()), dist.shape)
-        out.append((int(y) - 1, int(x) - 1))
+        out[i] = (int(y) - 1 + box[0].start, int(x) - 1 + box[1].start)
     return out
 
 
@@ -176,15 +183,26 @@ def overlay_panoptic(
     With ``legend`` (and ``names``), a legend panel is added on the right: colour, class name and
     ``legend_values[i]`` (default: the score) per segment present, highest score first.
     """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"overlay_panoptic needs a uint8[H, W, 3] image, got {image.dtype}{list(image.shape)}")
     labels = np.asarray(labels, dtype=np.int64)
     colours = segment_colours(labels, is_thing)
-    out = image.astype(np.float32)
     covered = segments >= 0
-    # whole-array arithmetic (no boolean gather / scatter of the covered pixels: 3-5x faster on photos)
-    colour = np.concatenate([colours, np.zeros((1, 3), np.float32)])[np.where(covered, segments, len(colours))]
-    out = np.where(covered[..., None], (1 - alpha) * out + alpha * colour, out)
-    out[_edges(segments) & covered] = 255.0
-    out = out.astype(np.uint8)
+    # the blend ``uint8((1 - alpha) * pixel + alpha * colour)`` (float32) takes 256 values per
+    # segment and channel: it is tabulated once and read per pixel (a gather instead of float
+    # arithmetic over the photo; the same bytes), void pixels reading the identity row
+    n = len(colours)
+    values = np.arange(256, dtype=np.float32)
+    table = np.empty((3, n + 1, 256), dtype=np.uint8)
+    table[:, :n] = ((1 - alpha) * values + alpha * colours.astype(np.float32).T[:, :, None]).astype(np.uint8)
+    table[:, n] = np.arange(256, dtype=np.uint8)
+    kind = np.uint16 if (n + 1) * 256 <= 1 << 16 else np.int32  # 2-byte indices while they fit
+    rows = np.where(covered, segments, n).astype(kind)
+    start = rows * kind(256)
+    out = np.empty(image.shape, dtype=np.uint8)
+    for c in range(3):
+        np.take(table[c].reshape(-1), start + image[..., c], out=out[..., c])
+    np.copyto(out, np.uint8(255), where=(_edges(rows) & covered)[..., None])
     if names is None:
         return out
     order = None if scores is None else list(np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable"))
