@@ -130,7 +130,7 @@ def replay(pipe: object, proposals: object, point_logits: torch.Tensor | None) -
     """A copy of the pipeline whose proposer and classifier return cached outputs."""
     p = copy.copy(pipe)
     p.propose = lambda batch, task: proposals
-    p.classify = lambda batch, proposals, extra_points=None, extra_point_masks=None: ([point_logits], None)
+    p.classify = lambda batch, proposals, *args, **kwargs: ([point_logits], None)
     return p
 
 
