@@ -1,7 +1,8 @@
 """What inference returns for one image, and the names of the tasks and the class sources.
 
 Re-exported by ``vitp.structures`` (import the contracts from there). Every result is at the
-image's original size ``(H0, W0)``; class ids are the contiguous ``0..K-1``.
+image's original size ``(H0, W0)``; class ids are the contiguous ``0..K-1``. :func:`resize_prediction`
+maps a result computed at a smaller size there (also importable from ``vitp.postprocess``).
 """
 
 from __future__ import annotations
@@ -102,3 +103,28 @@ class Prediction:
         if task == "instance":
             return self.instance
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
+def resize_prediction(pred: Prediction, size: tuple[int, int]) -> Prediction:
+    """``pred`` mapped to ``size`` ``(H, W)`` by nearest neighbour (``F.interpolate``'s
+    ``nearest``: source pixel ``floor(dst * in / out)``); scores and labels unchanged.
+
+    The semantic and panoptic maps are resized; instance masks are not copied: they keep their
+    post-processing size and the result says the image size (``InstancePrediction.image_size``),
+    so each is resized only when read (``InstancePrediction.mask``), one at a time.
+    """
+    def resize(t: torch.Tensor) -> torch.Tensor:
+        h, w = t.shape[-2:]
+        ys = torch.arange(size[0], device=t.device) * h // size[0]
+        xs = torch.arange(size[1], device=t.device) * w // size[1]
+        return t.index_select(-2, ys).index_select(-1, xs)
+
+    out = Prediction()
+    if pred.semantic is not None:
+        out.semantic = resize(pred.semantic)
+    if pred.panoptic is not None:
+        out.panoptic = PanopticPrediction(resize(pred.panoptic.segments), pred.panoptic.labels, pred.panoptic.scores)
+    if pred.instance is not None:
+        inst = pred.instance
+        out.instance = InstancePrediction(inst.masks, inst.labels, inst.scores, image_size=(int(size[0]), int(size[1])))
+    return out
