@@ -88,7 +88,7 @@ class UpsampledLogits:
 from vitp.structures import InstancePrediction, PanopticPrediction, Prediction
 
 __all__ = ["PostProcessConfig", "UpsampledLogits", "crop_and_resize", "panoptic_inference",
-           "semantic_inference", "instance_inference", "infer", "resize_prediction"]
+           "semantic_inference", "instance_inference", "infer"]
 
 KEEP_RULES = ("objectness", "reference")
 
@@ -303,31 +303,6 @@ def instance_inference(mask_logits: torch.Tensor | UpsampledLogits, class_probs:
                        is_thing: torch.Tensor, config: PostProcessConfig = PostProcessConfig()) -> InstancePrediction:
     """Mask2Former instance inference: top-k (query, thing class) pairs rescored by mask quality."""
     return infer(mask_logits, class_probs, is_thing, ("instance",), config).instance
-
-
-def resize_prediction(pred: Prediction, size: tuple[int, int]) -> Prediction:
-    """``pred`` mapped to ``size`` ``(H, W)`` by nearest neighbour (``F.interpolate``'s
-    ``nearest``: source pixel ``floor(dst * in / out)``); scores and labels unchanged.
-
-    The semantic and panoptic maps are resized; instance masks are not copied: they keep their
-    post-processing size and the result says the image size (``InstancePrediction.image_size``),
-    so each is resized only when read (``InstancePrediction.mask``), one at a time.
-    """
-    def resize(t: torch.Tensor) -> torch.Tensor:
-        h, w = t.shape[-2:]
-        ys = torch.arange(size[0], device=t.device) * h // size[0]
-        xs = torch.arange(size[1], device=t.device) * w // size[1]
-        return t.index_select(-2, ys).index_select(-1, xs)
-
-    out = Prediction()
-    if pred.semantic is not None:
-        out.semantic = resize(pred.semantic)
-    if pred.panoptic is not None:
-        out.panoptic = PanopticPrediction(resize(pred.panoptic.segments), pred.panoptic.labels, pred.panoptic.scores)
-    if pred.instance is not None:
-        inst = pred.instance
-        out.instance = InstancePrediction(inst.masks, inst.labels, inst.scores, image_size=(int(size[0]), int(size[1])))
-    return out
 
 
 def infer(

@@ -92,7 +92,10 @@ class _Semantic:
     def band_queries(self, y0: int, y1: int) -> torch.Tensor:
         return self.queries
 
-    def update(self, y0: int, y1: int, queries: torch.Tensor, band: torch.Tensor, sigmoid: torch.Tensor) -> None:
+    def update(self, y0: int, y1: int, queries: torch.Tensor, band: torch.Tensor, sigmoid: torch.Tensor,
+               pick: torch.Tensor | None = None) -> None:
+        if pick is not None:  # never: every band reads every query
+            sigmoid = sigmoid.index_select(0, pick)
         scores = torch.einsum("qk,qhw->khw", self.probs, sigmoid)
         self.out[y0:y1] = _first_argmax(None, scores)
 
@@ -179,7 +182,10 @@ class _Panoptic:
         r0, r1 = self.logits.cell_rows(y0, y1)
         return self.queries[self.rows[:, r0:r1 + 1].any(1)]
 
-    def update(self, y0: int, y1: int, queries: torch.Tensor, band: torch.Tensor, sigmoid: torch.Tensor) -> None:
+    def update(self, y0: int, y1: int, queries: torch.Tensor, band: torch.Tensor, sigmoid: torch.Tensor,
+               pick: torch.Tensor | None = None) -> None:
+        if pick is not None:  # only the sigmoid of this band's candidates is read
+            sigmoid = sigmoid.index_select(0, pick)
         q = len(self.queries)
         k = torch.searchsorted(self.queries, queries)  # candidate index of each band query
         binary = sigmoid >= 0.5
@@ -327,13 +333,10 @@ def infer(
             band = logits.band(y0, y1, None if every else rows)
             sigmoid = band.sigmoid()
             for name, queries in wanted.items():
-                if torch.equal(queries, rows):
-                    parts[name].update(y0, y1, queries, band, sigmoid)
-                elif name == "instance":
-                    parts[name].update(y0, y1, queries, band, sigmoid, pick=torch.searchsorted(rows, queries))
-                else:
-                    s = torch.searchsorted(rows, queries)
-                    parts[name].update(y0, y1, queries, band[s], sigmoid[s])
+                # pick: where a part's queries sit among the band's rows (None: all of them); each part
+                # copies out what it needs, or reads the band whole and picks its results
+                pick = None if torch.equal(queries, rows) else torch.searchsorted(rows, queries)
+                parts[name].update(y0, y1, queries, band, sigmoid, pick)
     prediction = Prediction()
     if "semantic" in parts:
         prediction.semantic = parts["semantic"].out

@@ -86,8 +86,10 @@ class UpsampledLogits:
         if self.identity:
             return low[:, y0:y1]
         if low.shape[0] == 0 or (y0, y1) == (0, self.size[0]):
-            if queries is None or self._full is not None:
-                return self.full() if queries is None else self._full[queries]
+            if queries is None:
+                return self.full()
+            if self._full is not None:  # read the kept whole rather than upsampling the subset again
+                return self._full[queries]
             return UpsampledLogits(low, self.size).full()
         yi0, yi1, wy0, wy1 = (t[y0:y1] for t in self._y)
         first, last = int(yi0.min()), int(yi1.max()) + 1  # the source rows this band reads
