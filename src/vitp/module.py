@@ -21,7 +21,7 @@ from vitp.nonfinite import NonFiniteLossError, check_skip_supported, nonfinite_m
 from vitp.pipeline import PipelineOutput, TwoStagePipeline
 from vitp.proposers.base import MaskProposer
 from vitp.settings import EvaluationSettings, InferenceSettings, OptimizerSettings, OutputSettings
-from vitp.structures import TASKS, Batch, DatasetInfo, Prediction, Task, Variant
+from vitp.structures import TASKS, Batch, DatasetInfo, Prediction, Task, Variant, check_task
 from vitp.training.point_supervision import GroundTruthPoints
 from vitp.training.point_targets import ground_truth_point_masks
 
@@ -89,10 +89,7 @@ class ViTPModule(L.LightningModule):
             classifier.set_num_classes(dataset_info.num_classes + int(self.point_supervision.no_object),
                                        reinit_heads=reinit_heads_on_mismatch)
         fit_proposer_head(proposer, reinit_heads_on_mismatch)
-        self.tasks = tuple(tasks or TASKS)
-        for task in self.tasks:
-            if task not in TASKS:
-                raise ValueError(f"unknown task {task!r}; expected some of {TASKS}")
+        self.tasks = tuple(check_task(task) for task in (tasks or TASKS))
         self.register_buffer("is_thing", dataset_info.thing_mask(), persistent=False)
         if train_proposer and not proposer.trainable:
             raise ValueError(f"train_proposer=True but {type(proposer).__name__} cannot be trained")

@@ -16,6 +16,15 @@ Task = Literal["semantic", "instance", "panoptic"]
 TASKS: tuple[Task, ...] = get_args(Task)
 """The three tasks, in this order (OneFormer's task tokens are indexed by it)."""
 
+
+
+def check_task(task: str) -> Task:
+    """``task`` if it is one of ``TASKS`` (ValueError naming them otherwise)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    return task  # type: ignore[return-value]
+
+
 Variant = Literal["vitp", "proposer", "oracle"]
 VARIANTS: tuple[Variant, ...] = get_args(Variant)
 """Where the classes of the proposer's masks come from: ViT-P's point classifier (fused with the
@@ -96,13 +105,7 @@ class Prediction:
 
     def result(self, task: Task) -> torch.Tensor | PanopticPrediction | InstancePrediction | None:
         """The field of ``task`` (None when it was not run)."""
-        if task == "semantic":
-            return self.semantic
-        if task == "panoptic":
-            return self.panoptic
-        if task == "instance":
-            return self.instance
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        return {"semantic": self.semantic, "panoptic": self.panoptic, "instance": self.instance}[check_task(task)]
 
 
 def resize_prediction(pred: Prediction, size: tuple[int, int]) -> Prediction:

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 # The outputs' contracts, re-exported so that every room imports its contracts from here.
-from vitp.predictions import TASKS, VARIANTS, InstancePrediction, PanopticPrediction, Prediction, Task, Variant  # noqa: F401
+from vitp.predictions import (TASKS, VARIANTS, InstancePrediction, PanopticPrediction, Prediction, Task,  # noqa: F401
+                              Variant, check_task)
 
 IGNORE_INDEX = 255
 """Label of unlabelled pixels in semantic maps."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitp.structures import TASKS, HeadMismatch, Proposals, Target, Task
+from vitp.structures import TASKS, HeadMismatch, Proposals, Target, check_task  # noqa: F401 (re-exported)
 
 
 class MaskProposer(nn.Module):
@@ -67,10 +67,3 @@ class MaskProposer(nn.Module):
     def loss(self, proposals: Proposals, targets: list[Target]) -> dict[str, torch.Tensor]:
         """Training losses (name -> scalar); the key ``loss`` is the total to optimise."""
         raise NotImplementedError(f"{type(self).__name__} cannot be trained")
-
-
-def check_task(task: str) -> Task:
-    """``task`` if it is one of ``TASKS`` (ValueError otherwise)."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    return task
