@@ -16,7 +16,7 @@ excluded), the package's single inference path ``ViTPModule.pipeline`` (``TwoSta
   whose cost grows with the number of segments kept (printed per variant);
 * ``... all candidates``: the same with ``InferenceSettings.rule_out_candidates`` off, so every
   panoptic candidate the keep rule lets through is post-processed at full size (on outputs of at
-  least ``postprocess.LOCAL_MIN_ELEMENTS`` candidate-pixels; smaller ones take one whole-image pass
+  least ``postprocess_parts.LOCAL_MIN_ELEMENTS`` candidate-pixels; smaller ones take one whole-image pass
   either way; the results are equal, the counts are printed);
 * ``... previous``: the post-processing before the running-maximum argmax and the local competition
   (``tests/reference_postprocess_bands.py``, bit-identical results) on the same proposals and class

@@ -65,8 +65,10 @@ def test_bench_end_to_end(tiny_coco_root: Path, tmp_path: Path, capsys):
 
     out = _script("bench_postprocess").main([
         "--workdir", str(workdir), "--ckpt", str(ckpt), "--proposer", str(proposer_dir),
-        "--data-root", str(tiny_coco_root), "--images", "1", "--reps", "1", "--scales", "1", "3", "--previous-rev", "HEAD", *SMALL])
-    assert len(out["rows"]) == 4 and all(r[3] > 0 and r[4] > 0 for r in out["rows"])
+        "--data-root", str(tiny_coco_root), "--images", "1", "--reps", "1", "--scales", "1", "3", "--previous-rev", "HEAD",
+        "--classes", "40", *SMALL])
+    assert len(out["rows"]) == 6 and all(r[3] > 0 and r[4] > 0 for r in out["rows"])
+    assert "spread over 40 classes" in capsys.readouterr().out
 
 
 def test_bench_hf_proposer(tiny_coco_root: Path, tmp_path: Path):

@@ -1,6 +1,8 @@
-"""Panoptic candidates ruled out at mask resolution (``postprocess._can_win``) change nothing: the
-results equal the whole-stack reference (``tests/reference_postprocess.py``) on random cases built
-so that many candidates are ruled out, and the bounds they rest on hold for every upsampled pixel."""
+"""What is ruled out at mask resolution (``vitp.rule_out``: panoptic candidates, semantic classes,
+instance queries per band) changes nothing: the results equal the whole-stack reference
+(``tests/reference_postprocess.py``), the band-wise code before (``reference_postprocess_bands.py``)
+and the same code reading everything, on random cases built so that much is ruled out; and the
+bounds they rest on hold for every upsampled pixel."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 
 import reference_postprocess as ref
 from vitp import postprocess as new
+from vitp import postprocess_parts as parts
 from vitp.upsampling import BAND_ELEMENTS, UpsampledLogits
 
 
@@ -46,7 +49,7 @@ def _case(seed: int) -> dict:
 
 @pytest.mark.parametrize("chunk", [5000, 1 << 22])
 def test_ruled_out_candidates_change_nothing(chunk: int, monkeypatch):
-    monkeypatch.setattr(new, "LOCAL_MIN_ELEMENTS", 0)  # every case takes the local path
+    monkeypatch.setattr(parts, "LOCAL_MIN_ELEMENTS", 0)  # every case takes the local path
     ruled_out = candidates = 0
     for seed in range(40):
         c = _case(seed)
@@ -88,7 +91,7 @@ def test_equals_the_previous_band_implementation(local: bool, monkeypatch):
     code before this change (``tests/reference_postprocess_bands.py``), bit for bit."""
     import reference_postprocess_bands as previous
 
-    monkeypatch.setattr(new, "LOCAL_MIN_ELEMENTS", 0 if local else 1 << 62)
+    monkeypatch.setattr(parts, "LOCAL_MIN_ELEMENTS", 0 if local else 1 << 62)
     for seed in range(30):
         c = _case(seed)
         # bands of the same rows in both (multi-band outputs are now read in bands of at most
@@ -103,3 +106,105 @@ def test_equals_the_previous_band_implementation(local: bool, monkeypatch):
             assert torch.equal(getattr(after.panoptic, field), getattr(before.panoptic, field)), (seed, field)
         for field in ("masks", "labels", "scores"):
             assert torch.equal(getattr(after.instance, field), getattr(before.instance, field)), (seed, field)
+
+
+def _semantic_case(seed: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """Blob logits and peaked class distributions over many classes (most queries "no object"),
+    as a proposer trained on COCO gives them; outputs 4-7x the mask size."""
+    g = torch.Generator().manual_seed(seed)
+    q, k = int(torch.randint(5, 80, (), generator=g)), int(torch.randint(2, 160, (), generator=g))
+    h, w = int(torch.randint(8, 40, (), generator=g)), int(torch.randint(8, 40, (), generator=g))
+    logits = _blobs(q, h, w, g)
+    class_logits = torch.randn(q, k + 1, generator=g)
+    class_logits[torch.arange(q), torch.randint(0, k, (q,), generator=g)] += float(torch.rand((), generator=g)) * 10
+    class_logits[:, -1] += torch.where(torch.rand(q, generator=g) < 0.6, 8.0, 0.0)
+    scale = 4 + 3 * float(torch.rand((), generator=g))  # at least 4x: few classes are ruled out too
+    return logits, class_logits.softmax(-1), (round(h * scale), round(w * scale))
+
+
+def test_ruled_out_semantic_classes_change_nothing(monkeypatch):
+    """Semantic classes left out per band of rows (``rule_out.class_competition``) change no pixel:
+    equal to the same code reading every class and to the band-wise code before the change, on
+    cases where bands keep one, two or three classes (other matrix-product kernels) or more."""
+    import reference_postprocess_bands as previous
+    from vitp.rule_out import class_competition
+
+    monkeypatch.setattr(parts, "LOCAL_MIN_ELEMENTS", 0)
+    kept_sizes: set[int] = set()
+    ruled_out = total = 0
+    for seed in range(40):
+        logits, probs, size = _semantic_case(seed)
+        chunk = [3000, 20000, BAND_ELEMENTS][seed % 3]
+        lazy = UpsampledLogits(logits, size, chunk_elements=chunk)
+        out = new.semantic_inference(lazy, probs)
+        every = new.infer(UpsampledLogits(logits, size, chunk_elements=chunk), probs, torch.zeros(0, dtype=torch.bool),
+                          ("semantic",), new.PostProcessConfig(rule_out=False)).semantic
+        before = previous.infer(previous.UpsampledLogits(logits, size, chunk_elements=chunk), probs,
+                                torch.zeros(0, dtype=torch.bool), ("semantic",)).semantic
+        assert torch.equal(out, every) and torch.equal(out, before), seed
+        part = new._Semantic(lazy, probs)
+        for y0, y1 in lazy.bands(len(probs)):
+            classes = part.band_classes(y0, y1)
+            kept_sizes.add(min(len(classes), 4))
+            ruled_out += probs.shape[1] - 1 - len(classes)
+            total += probs.shape[1] - 1
+    assert kept_sizes == {1, 2, 3, 4}, kept_sizes  # every path was taken
+    assert ruled_out > total // 2, (ruled_out, total)
+    # the bounds are sound where they are tight: the class each pixel takes may win its cell row
+    logits, probs, size = _semantic_case(3)
+    lazy = UpsampledLogits(logits, size)
+    may_win = class_competition(lazy, probs[:, :-1])
+    out = new.infer(lazy, probs, torch.zeros(0, dtype=torch.bool), ("semantic",), new.PostProcessConfig(rule_out=False)).semantic
+    rows = lazy._y[0]
+    assert bool(may_win[out, rows[:, None].expand_as(out)].all())
+
+
+def test_a_class_sum_does_not_depend_on_the_classes_beside_it():
+    """``rule_out.class_scores`` of a few classes equals, bit for bit, their rows among all classes
+    (the matrix product rounds a few rows differently; ``MIN_GEMM_ROWS`` pads them), with one
+    thread and with two."""
+    from vitp.rule_out import class_scores
+
+    g = torch.Generator().manual_seed(0)
+    probs = (torch.randn(100, 133, generator=g) * 3).softmax(-1)
+    sigmoid = torch.rand(100, 15, 1333, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        for n in sorted({1, min(2, threads)}):
+            torch.set_num_threads(n)
+            every = class_scores(probs, sigmoid)
+            for size in [1, 2, 3, 4, 5, 7, 9, 11, 13, 17, 40]:
+                classes = torch.randperm(133, generator=g)[:size].sort().values
+                assert torch.equal(class_scores(probs, sigmoid, classes), every[classes]), (n, size)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_instance_queries_read_only_where_their_masks_may_reach():
+    """The instance part reads, per band of rows, only the queries whose mask (logit > 0) may reach
+    it: masks, labels and scores equal those of reading every query, bit for bit, with two threads
+    (a lone row's sum is then split between them unless summed as among others) and one."""
+    threads = torch.get_num_threads()
+    lone = pruned = 0
+    try:
+        for seed in range(12):
+            torch.set_num_threads(1 + seed % 2)
+            g = torch.Generator().manual_seed(seed)
+            q = int(torch.randint(3, 30, (), generator=g))
+            logits = _blobs(q, 30, 20, g) - 4  # small blobs: each query's mask reaches a few bands
+            probs = (torch.randn(q, 6, generator=g) * 3).softmax(-1)
+            is_thing = torch.tensor([True, True, False, True, True])
+            tasks = [("instance",), ("instance", "panoptic"), ("instance", "semantic", "panoptic")][seed % 3]
+            out, every = (new.infer(UpsampledLogits(logits, (600, 400), chunk_elements=1 << 20), probs, is_thing, tasks,
+                                    new.PostProcessConfig(rule_out=r, object_mask_threshold=0.2)) for r in (True, False))
+            for field in ("masks", "labels", "scores"):
+                assert torch.equal(getattr(out.instance, field), getattr(every.instance, field)), (seed, field)
+            part = new._Instance(UpsampledLogits(logits, (600, 400), chunk_elements=1 << 20), probs, is_thing,
+                                 new.PostProcessConfig())
+            for y0, y1 in part.logits.bands(q):
+                n = len(part.band_queries(y0, y1))
+                lone += n == 1 and (y1 - y0) * 400 >= 1 << 15  # torch splits a lone row this long
+                pruned += len(part.queries) - n
+    finally:
+        torch.set_num_threads(threads)
+    assert lone > 0 and pruned > 0, (lone, pruned)

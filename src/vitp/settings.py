@@ -39,8 +39,9 @@ class InferenceSettings:
         object_mask_threshold: class-probability threshold of the ``reference`` rule.
         overlap_threshold: see ``vitp.postprocess.PostProcessConfig``.
         topk_instances: see ``vitp.postprocess.PostProcessConfig``.
-        rule_out_candidates: on large outputs, panoptic candidates that cannot win a pixel are left
-            out at mask resolution, and each band of rows reads only the candidates competing there
+        rule_out_candidates: on large outputs, what cannot matter to a band of rows is left out
+            at mask resolution (panoptic candidates and semantic classes that cannot win a pixel
+            there, instance queries whose mask cannot reach it), so each band reads only the rest
             (exact; False only to measure what it saves).
     """
 
