@@ -182,19 +182,24 @@ def test_id2rgb_bytes_equal_the_arithmetic():
 def test_nearest_resized_rle_equals_encoding_the_resized_mask():
     """An instance mask held at post-processing size is encoded at the image size from its own runs;
     the RLE equals pycocotools' encoding of the full-size nearest-neighbour mask (up- and
-    down-scaling, empty and full masks, single rows and columns)."""
+    down-scaling, empty and full masks, single rows and columns, blobs inside or on the border)."""
     from pycocotools import mask as mu
 
     from vitp.rle import nearest_resized_rle
     from vitp.structures import InstancePrediction
 
     rng = np.random.default_rng(0)
-    for trial in range(300):
+    for trial in range(600):
         h, w = (int(v) for v in rng.integers(1, 30, 2))
         size = tuple(int(v) for v in rng.integers(1, 90, 2))
         mask = rng.random((h, w)) < [0.5, 0.05, 0.95][trial % 3]
         if trial % 7 == 0:
             mask[:] = trial % 2 == 0
+        elif trial % 5 == 0:  # a blob in a box that may or may not touch the borders
+            y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+            box = mask[y0:y0 + int(rng.integers(1, h + 1)), x0:x0 + int(rng.integers(1, w + 1))].copy()
+            mask[:] = False
+            mask[y0:y0 + box.shape[0], x0:x0 + box.shape[1]] = box
         inst = InstancePrediction(torch.from_numpy(mask)[None], torch.zeros(1, dtype=torch.long), torch.ones(1),
                                   image_size=size)
         expected = mu.encode(np.asfortranarray(inst.mask(0).numpy().astype(np.uint8)))

@@ -144,3 +144,22 @@ def test_tabulated_blend_equals_the_float_blend():
                               expected.astype(np.uint8)), case
     with pytest.raises(ValueError, match="uint8"):
         overlay_panoptic(image.astype(np.float32), segments, labels, is_thing)
+
+
+def test_edges_equal_a_padded_reference():
+    """Outline pixels (a 3 x 3 neighbourhood inside the image holds another value) from OpenCV's
+    dilation and erosion equal the max / min over the nine shifted views of an edge-padded map, for
+    the dtypes the overlays use (2-byte ids, int32 / int64 with void) and thin maps."""
+    from vitp.visualize import _edges
+
+    rng = np.random.default_rng(2)
+    for case in range(60):
+        h, w = (int(v) for v in rng.integers(1, 40, size=2))
+        coarse = rng.integers(-1, 5, size=(int(rng.integers(1, 6)), int(rng.integers(1, 6))))
+        segments = np.kron(coarse, np.ones((h // coarse.shape[0] + 1, w // coarse.shape[1] + 1), np.int64))[:h, :w]
+        segments = [segments, (segments + 1).astype(np.uint16), (segments * 70000).astype(np.int32)][case % 3]
+        padded = np.pad(segments, 1, mode="edge")
+        views = [padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+        expected = np.max(views, axis=0) != np.min(views, axis=0)
+        assert np.array_equal(_edges(segments), expected), case
+    assert _edges(np.zeros((0, 5), np.int64)).shape == (0, 5)

@@ -120,6 +120,9 @@ def test_label_areas_boxes_equal_mask_by_mask():
         assert torch.equal(area, torch.count_nonzero(masks, dim=(1, 2)))
         present = area > 0
         assert torch.equal(boxes[present], mask_boxes(masks)[present])
+        big = max(h, w)
+        assert torch.equal(boxes[~present], torch.tensor([big, big, -1, -1]).expand(int((~present).sum()), 4))
+        assert area.dtype == boxes.dtype == torch.long
 
 
 def test_image_record_of_resized_instances_equals_full_size_masks():

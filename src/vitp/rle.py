@@ -95,15 +95,25 @@ def nearest_resized_rle(mask: np.ndarray, size: tuple[int, int]) -> dict[str, An
     ended on another value.
     """
     h0, w0 = int(size[0]), int(size[1])
+    mask = np.asarray(mask, dtype=bool)
     h, w = mask.shape
     ys = np.arange(h0) * h // h0
     xs = np.arange(w0) * w // w0
     rows, first_out = np.unique(ys, return_index=True)  # source rows read, and the first output row of each
-    src = np.asarray(mask, dtype=bool)[rows]  # [rows read, w]
-    change = np.empty_like(src)
-    change[0] = src[0]  # a transition at row 0 of a column that starts on 1 (from an implicit 0)
-    change[1:] = src[1:] != src[:-1]
-    j, r = np.nonzero(change.T)  # per source column, its transition rows in order
+    # transitions lie inside the mask's bounding box (and on the read row just below it): only that
+    # block is searched, so a small instance costs its box, not the whole mask
+    cols = np.flatnonzero(mask.any(axis=0))
+    filled = np.flatnonzero(mask.any(axis=1))
+    ra, rb = (int(np.searchsorted(rows, filled[0])), int(np.searchsorted(rows, filled[-1], "right"))) if len(cols) else (0, 0)
+    x0 = int(cols[0]) if len(cols) else 0
+    block = mask[rows[ra:rb], x0:int(cols[-1]) + 1] if rb > ra else np.zeros((0, 0), dtype=bool)
+    change = np.empty((len(block) + (rb < len(rows)), block.shape[1]), dtype=bool)
+    if len(block):
+        change[0] = block[0]  # the read row above the box (or the implicit 0 above row 0) is all 0
+        change[1:len(block)] = block[1:] != block[:-1]
+        change[len(block):] = block[-1]  # 1 -> 0 on the read row below the box
+    j, r = np.nonzero(change.T)  # per source column of the box, its transition rows in order
+    j, r = j + x0, r + ra
     per_col = np.bincount(j, minlength=w)
     offset = np.concatenate([[0], np.cumsum(per_col)[:-1]])
     # output column x repeats source column xs[x]: its transitions, at x * H0 + their first output rows
@@ -112,8 +122,8 @@ def nearest_resized_rle(mask: np.ndarray, size: tuple[int, int]) -> dict[str, An
     k = np.repeat(offset[xs] - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(int(n.sum()))
     pos = x * h0 + first_out[r[k]]
     # at a column's start the previous column's last value is the real predecessor, not 0
-    ends_on = np.concatenate([[False], src[-1, xs[:-1]]])
-    starts_on = src[0, xs]
+    ends_on = np.concatenate([[False], mask[rows[-1], xs[:-1]]])
+    starts_on = mask[rows[0], xs]
     starts = np.arange(w0) * h0
     fix = ends_on  # previous column ended on 1: toggle the transition at this column's start
     pos = np.setxor1d(pos, starts[fix & starts_on]) if (fix & starts_on).any() else pos  # 1 -> 1: none
