@@ -48,7 +48,7 @@ class _Semantic:
         k, (h, w), (H, W) = self.probs.shape[1], logits.low.shape[-2:], logits.size
         # with fewer than MIN_GEMM_ROWS classes every class is summed wherever two compete, so only
         # bands of one class are spared: worth the bounds' cost on large upsamplings alone (measured,
-        # 11 classes: 1.2x the time at 2.5x the mask size, 0.7x at 5x; docs/benchmarks.md)
+        # 11 classes: 1.2x the time at 2.5x the mask's side, 0.75x at 5x; docs/benchmarks.md)
         worth = k >= MIN_GEMM_ROWS or H * W >= 16 * h * w
         if rule_out and k > 1 and worth and not logits.identity and k * H * W >= LOCAL_MIN_ELEMENTS:
             self.may_win = class_competition(logits, self.probs)
