@@ -185,7 +185,6 @@ def overlay_panoptic(
         raise ValueError(f"overlay_panoptic needs a uint8[H, W, 3] image, got {image.dtype}{list(image.shape)}")
     labels = np.asarray(labels, dtype=np.int64)
     colours = segment_colours(labels, is_thing)
-    covered = segments >= 0
     # the blend ``uint8((1 - alpha) * pixel + alpha * colour)`` (float32) takes 256 values per
     # segment and channel: it is tabulated once and read per pixel (a gather instead of float
     # arithmetic over the photo; the same bytes), void pixels reading the identity row
@@ -194,12 +193,19 @@ def overlay_panoptic(
     table = np.empty((3, n + 1, 256), dtype=np.uint8)
     table[:, :n] = ((1 - alpha) * values + alpha * colours.astype(np.float32).T[:, :, None]).astype(np.uint8)
     table[:, n] = np.arange(256, dtype=np.uint8)
-    kind = np.uint16 if (n + 1) * 256 <= 1 << 16 else np.int32  # 2-byte indices while they fit
-    rows = np.where(covered, segments, n).astype(kind)
-    start = rows * kind(256)
+    kind = np.uint16 if n < 1 << 16 else np.int32  # 2-byte segment indices while they fit
+    rows = np.empty(segments.shape, dtype=kind)  # segment index per pixel, n for void
     out = np.empty(image.shape, dtype=np.uint8)
-    for c in range(3):
-        np.take(table[c].reshape(-1), start + image[..., c], out=out[..., c])
+    # a band of rows at a time: the temporaries stay in cache and below glibc's mmap threshold (not
+    # mapped and faulted in afresh); 0.55-0.85x the time of whole-photo arrays at 12 MP
+    step = max(1, (1 << 18) // max(1, segments.shape[1]))
+    for y0 in range(0, segments.shape[0], step):
+        band = segments[y0:y0 + step]
+        np.copyto(rows[y0:y0 + step], np.where(band >= 0, band, n), casting="unsafe")
+        start = rows[y0:y0 + step].astype(np.intp) * 256
+        for c in range(3):
+            np.take(table[c].reshape(-1), start + image[y0:y0 + step, :, c], out=out[y0:y0 + step, :, c])
+    covered = rows != n
     np.copyto(out, np.uint8(255), where=(_edges(rows) & covered)[..., None])
     if names is None:
         return out
@@ -209,7 +215,7 @@ def overlay_panoptic(
              for c, s in zip(labels, scores if scores is not None else [None] * len(labels))]
     out = draw_labels(out, segments, texts, order=order)
     if legend:
-        present = np.bincount(segments[covered].ravel(), minlength=len(labels))[: len(labels)] > 0
+        present = np.bincount(rows.ravel(), minlength=n + 1)[:n] > 0
         if legend_values is None:
             legend_values = [f"{float(s):.2f}" for s in scores] if scores is not None else [""] * len(labels)
         rows = [i for i in (order if order is not None else range(len(labels))) if present[i]]
