@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from vitp.rule_out import MIN_GEMM_ROWS, candidate_competition, class_competition, class_scores, first_argmax
+from vitp.rule_out import SUBSET_MIN_CLASSES, candidate_competition, class_competition, class_scores, first_argmax
 from vitp.structures import InstancePrediction, PanopticPrediction
 from vitp.upsampling import UpsampledLogits
 
@@ -46,10 +46,10 @@ class _Semantic:
         self.out = torch.empty(logits.size, dtype=torch.long, device=logits.low.device)
         self.may_win: torch.Tensor | None = None  # bool[K, h]: the classes competing per cell row
         k, (h, w), (H, W) = self.probs.shape[1], logits.low.shape[-2:], logits.size
-        # with fewer than MIN_GEMM_ROWS classes every class is summed wherever two compete, so only
-        # bands of one class are spared: worth the bounds' cost on large upsamplings alone (measured,
-        # 11 classes: 1.2x the time at 2.5x the mask's side, 0.75x at 5x; docs/benchmarks.md)
-        worth = k >= MIN_GEMM_ROWS or H * W >= 16 * h * w
+        # with fewer than SUBSET_MIN_CLASSES classes every class is summed wherever two compete, so
+        # only bands of one class are spared: worth the bounds' cost on large upsamplings alone
+        # (measured, 11 classes: 1.2x the time at 2.5x the mask's side, 0.75x at 5x; docs/benchmarks.md)
+        worth = k >= SUBSET_MIN_CLASSES or H * W >= 16 * h * w
         if rule_out and k > 1 and worth and not logits.identity and k * H * W >= LOCAL_MIN_ELEMENTS:
             self.may_win = class_competition(logits, self.probs)
 
@@ -72,8 +72,8 @@ class _Semantic:
             return
         if pick is not None:  # the band holds more queries than this part reads (never, as yet)
             sigmoid = sigmoid.index_select(0, pick)
-        if classes is not None and self.probs.shape[1] < MIN_GEMM_ROWS:
-            classes = None  # few classes: sum them all (as cheap, and the sums of a subset could round otherwise)
+        if classes is not None and self.probs.shape[1] < SUBSET_MIN_CLASSES:
+            classes = None  # few classes: sum them all (cheap, and a subset's sums could round otherwise)
         best = first_argmax(None, class_scores(self.probs, sigmoid, classes))
         self.out[y0:y1] = best if classes is None else classes[best]
 

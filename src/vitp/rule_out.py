@@ -19,17 +19,20 @@ import torch
 
 from vitp.upsampling import UpsampledLogits
 
-__all__ = ["CLASS_SCORE_SLACK", "MIN_GEMM_ROWS", "candidate_competition", "class_competition", "class_scores",
-           "first_argmax"]
+__all__ = ["CLASS_SCORE_SLACK", "GEMM_ROWS", "SUBSET_MIN_CLASSES", "candidate_competition", "class_competition",
+           "class_scores", "first_argmax"]
 
 CLASS_SCORE_SLACK = 1e-3  # relative: a float sum of Q non-negative terms is within (Q - 1) * 2^-24 of
 # its exact value (6e-6 for 100 queries), so bounds this far apart can not be crossed by rounding
-MIN_GEMM_ROWS = 16  # class sums are computed for at least this many classes (zero columns added):
-# the CPU's matrix product splits few rows differently (its own kernel for 1-3 rows, other splits
-# between 2 threads for 5-11), and each split rounds a row's float sum in its own way. Measured with
-# torch's MKL on x86, 1 and 2 threads: from 12 rows on, a class's sum is the same bits whichever
-# classes are computed beside it; with fewer, a pixel whose two best classes tie to the last bit
-# could take the other (tests/test_postprocess_pruning.py checks it on the machine it runs on)
+GEMM_ROWS = 16  # a subset of classes is summed in a multiple of this many rows (zero columns added)
+SUBSET_MIN_CLASSES = 32  # and only with at least this many classes (fewer: every class is summed)
+# Why: the CPU's matrix product splits its rows between kernels and threads by their number, and each
+# split rounds a row's float sum in its own way. Measured with torch's MKL on x86: fewer than 16 rows
+# (1-3 with one thread, 5-11 with two, more with 16) round otherwise than among all classes; padded
+# to a multiple of 16, a subset's sums were the same bits as among all 24-150 classes with 1-32
+# threads, but not among 19 classes with 16 threads. Within these limits the rule-out is bit-exact
+# (tests/test_postprocess_pruning.py checks it on the machine it runs on); beyond them a pixel whose
+# two best classes tie to the last bit could take the other.
 
 
 def candidate_competition(logits: UpsampledLogits, scores: torch.Tensor, queries: torch.Tensor
@@ -64,14 +67,14 @@ def class_competition(logits: UpsampledLogits, probs: torch.Tensor) -> torch.Ten
 
 def class_scores(probs: torch.Tensor, sigmoid: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
     """``float[k, h, w]``: ``sum_q probs[q, c] * sigmoid[q]`` for each class ``c`` of ``classes``
-    (None: all of ``probs``' K columns, which should be at least :data:`MIN_GEMM_ROWS` for the
-    sums of a subset to round as theirs do)."""
+    (None: all of ``probs``' K columns), a subset computed in a multiple of :data:`GEMM_ROWS` rows
+    so that its sums round as they do among all classes (for K >= :data:`SUBSET_MIN_CLASSES`)."""
     if classes is None:
         return torch.einsum("qk,qhw->khw", probs, sigmoid)
     k = len(classes)
     probs = probs[:, classes]
-    if k < MIN_GEMM_ROWS:
-        probs = torch.cat([probs, probs.new_zeros(probs.shape[0], MIN_GEMM_ROWS - k)], dim=1)
+    if k % GEMM_ROWS:
+        probs = torch.cat([probs, probs.new_zeros(probs.shape[0], GEMM_ROWS - k % GEMM_ROWS)], dim=1)
     return torch.einsum("qk,qhw->khw", probs, sigmoid)[:k]
 
 
