@@ -68,15 +68,11 @@ def label_areas_boxes(labels: torch.Tensor, n: int, band_pixels: int = 1 << 22) 
         band = array[y0:y0 + rows]
         ids = np.where((band >= 0) & (band < n), band + 1, 0).astype(np.int32)  # 0: ignored
         area += np.bincount(ids.ravel(), minlength=n + 1)[1:]
-        found = [(i, box) for i, box in enumerate(ndimage.find_objects(ids, max_label=n)) if box is not None]
-        if found:
-            index = np.array([i for i, _ in found])
-            start = np.array([(y0 + b[0].start, b[1].start) for _, b in found])
-            stop = np.array([(y0 + b[0].stop - 1, b[1].stop - 1) for _, b in found])
-            lo[index] = np.minimum(lo[index], start)
-            hi[index] = np.maximum(hi[index], stop)
-    boxes = np.concatenate([lo, hi], axis=1)
-    return torch.from_numpy(area).to(labels.device), torch.from_numpy(boxes).to(labels.device)
+        for i, box in enumerate(ndimage.find_objects(ids, max_label=n)):
+            if box is not None:
+                lo[i] = np.minimum(lo[i], (y0 + box[0].start, box[1].start))
+                hi[i] = np.maximum(hi[i], (y0 + box[0].stop - 1, box[1].stop - 1))
+    return torch.from_numpy(area).to(labels.device), torch.from_numpy(np.concatenate([lo, hi], 1)).to(labels.device)
 
 
 def panoptic_segments_info(
