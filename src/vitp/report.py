@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from vitp.metrics.panoptic import panoptic_stats
+from vitp.predictions import nearest_resize
 from vitp.structures import DatasetInfo, PanopticPrediction, Target
 
 __all__ = ["ReportCollector"]
@@ -48,9 +49,7 @@ class _Shown:
 def _thumb(segments: torch.Tensor, side: int) -> np.ndarray:
     h, w = segments.shape
     s = min(1.0, side / max(h, w))
-    ys = (torch.arange(max(1, round(h * s))) * h // max(1, round(h * s)))
-    xs = (torch.arange(max(1, round(w * s))) * w // max(1, round(w * s)))
-    return segments.cpu().index_select(0, ys).index_select(1, xs).numpy()
+    return nearest_resize(segments.cpu(), (max(1, round(h * s)), max(1, round(w * s)))).numpy()
 
 
 class ReportCollector:
