@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitp.structures import TASKS, HeadMismatch, Proposals, Target, check_task  # noqa: F401 (re-exported)
+from vitp.structures import HeadMismatch, Proposals, Target
 
 
 class MaskProposer(nn.Module):

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from vitp.proposers.base import check_task
-from vitp.structures import Target
+from vitp.structures import Target, check_task
 
 
 def targets_to_hf(

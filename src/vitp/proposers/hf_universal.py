@@ -18,12 +18,12 @@ from typing import Any, Literal
 import torch
 
 from vitp.checkpoint_heads import proposer_head_message
-from vitp.proposers.base import MaskProposer, check_task
+from vitp.proposers.base import MaskProposer
 from vitp.proposers.hf_build import from_preset, from_pretrained, save_meta
 from vitp.proposers.hf_loss import set_prediction_loss
 from vitp.proposers.hf_targets import global_num_masks, targets_to_hf
 from vitp.proposers.label_space import LabelSpaceMapper, NoClassMaps, agnostic_logits, build_label_mapping
-from vitp.structures import DecoderLayerOutput, HeadMismatch, Proposals, Target
+from vitp.structures import DecoderLayerOutput, HeadMismatch, Proposals, Target, check_task
 
 log = logging.getLogger(__name__)
 

@@ -39,10 +39,10 @@ from timm.layers import Mlp
 from torch import nn
 
 from vitp.backbones.native import NATIVE_PRESETS, NativeBackbone
-from vitp.proposers.base import MaskProposer, check_task
+from vitp.proposers.base import MaskProposer
 from vitp.proposers.hf_loss import LOSS_TERMS, layer_losses
 from vitp.proposers.hf_targets import global_num_masks, targets_to_hf
-from vitp.structures import Proposals, Target
+from vitp.structures import Proposals, Target, check_task
 
 META_FILE = "native_proposer.json"
 WEIGHTS_FILE = "native_proposer.pt"

@@ -22,10 +22,9 @@ from typing import Any, Literal
 import torch
 from transformers import OneFormerConfig, OneFormerForUniversalSegmentation
 
-from vitp.proposers.base import TASKS, check_task
 from vitp.proposers.hf_build import HFTextTokenizer, load_task_tokenizer, swin_backbone
 from vitp.proposers.hf_universal import HFUniversalProposer
-from vitp.structures import DecoderLayerOutput
+from vitp.structures import TASKS, DecoderLayerOutput, check_task
 
 
 _COMMON = {"use_pretrained_backbone": False}

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from vitp.points import erode
-from vitp.proposers.base import MaskProposer, check_task
-from vitp.structures import Proposals, Target
+from vitp.proposers.base import MaskProposer
+from vitp.structures import Proposals, Target, check_task
 
 
 class OracleProposer(MaskProposer):
