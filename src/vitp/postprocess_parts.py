@@ -57,8 +57,7 @@ class _Semantic:
         """The classes (sorted) that may win a pixel of rows ``y0:y1``; None: every class."""
         if self.may_win is None:
             return None
-        r0, r1 = self.logits.cell_rows(y0, y1)
-        return self.may_win[:, r0:r1 + 1].any(1).nonzero()[:, 0]
+        return self.logits.in_rows(self.may_win, y0, y1).nonzero()[:, 0]
 
     def band_queries(self, y0: int, y1: int) -> torch.Tensor:
         classes = self.band_classes(y0, y1)
@@ -129,8 +128,7 @@ class _Panoptic:
         """The candidates (query ids, sorted) that rows ``y0:y1`` need."""
         if not self.local:
             return self.queries
-        r0, r1 = self.logits.cell_rows(y0, y1)
-        return self.queries[self.rows[:, r0:r1 + 1].any(1)]
+        return self.queries[self.logits.in_rows(self.rows, y0, y1)]
 
     def update(self, y0: int, y1: int, queries: torch.Tensor, band: torch.Tensor, sigmoid: torch.Tensor,
                pick: torch.Tensor | None = None) -> None:
@@ -141,8 +139,7 @@ class _Panoptic:
         binary = sigmoid >= 0.5
         self.own_area.index_add_(0, k, _count(binary))
         if self.local:
-            r0, r1 = self.logits.cell_rows(y0, y1)
-            win = self.may_win[k, r0:r1 + 1].any(1)
+            win = self.logits.in_rows(self.may_win[k], y0, y1)
             k, sigmoid, binary = k[win], sigmoid[win], binary[win]
         local = first_argmax(self.scores[k], sigmoid)
         inside = binary.gather(0, local[None])[0]  # the winning query's own mask covers the pixel
@@ -209,8 +206,7 @@ class _Instance:
     def band_queries(self, y0: int, y1: int) -> torch.Tensor:
         if self.may_cover is None:
             return self.queries
-        r0, r1 = self.logits.cell_rows(y0, y1)
-        return self.queries[self.may_cover[:, r0:r1 + 1].any(1)]
+        return self.queries[self.logits.in_rows(self.may_cover, y0, y1)]
 
     def update(self, y0: int, y1: int, queries: torch.Tensor, band: torch.Tensor, sigmoid: torch.Tensor,
                pick: torch.Tensor | None = None) -> None:
@@ -223,19 +219,12 @@ class _Instance:
         inside_sum, area = _row_sums(sigmoid * masks).double(), _count(masks)
         if pick is not None:
             inside_sum, area = inside_sum[pick], area[pick]
+        # the band's queries among this part's (all of them: a slice, so the masks are a plain copy)
+        k = slice(None) if len(queries) == len(self.queries) else torch.searchsorted(self.queries, queries)
+        self.inside_sum[k] += inside_sum
+        self.area[k] += area
         if self.threshold <= 0:
-            masks = masks if pick is None else masks[pick]
-        if len(queries) == len(self.queries):
-            self.inside_sum += inside_sum
-            self.area += area
-            if self.threshold <= 0:
-                self.masks[:, y0:y1] = masks
-            return
-        k = torch.searchsorted(self.queries, queries)  # the band's queries among this part's
-        self.inside_sum.index_add_(0, k, inside_sum)
-        self.area.index_add_(0, k, area)
-        if self.threshold <= 0:
-            self.masks[k, y0:y1] = masks
+            self.masks[k, y0:y1] = masks if pick is None else masks[pick]
 
     def finish(self) -> InstancePrediction:
         quality = (self.inside_sum / (self.area.double() + 1e-6)).float()

@@ -107,11 +107,11 @@ class UpsampledLogits:
             out[:, s:e].copy_(second.addcmul_(rows_wide[:, i0[s]:i0[s] + 1], w0[:, s:e]))
         return out
 
-    def cell_rows(self, y0: int, y1: int) -> tuple[int, int]:
-        """The first and last cell row (:meth:`bounds`) of output rows ``y0:y1``."""
-        if self.identity:
-            return y0, y1 - 1
-        return int(self._y[0][y0]), int(self._y[0][y1 - 1])
+    def in_rows(self, flags: torch.Tensor, y0: int, y1: int) -> torch.Tensor:
+        """``bool[n]``: which of ``flags bool[n, h]`` (one flag per cell row of :meth:`bounds`) hold
+        in some cell row that output rows ``y0:y1`` belong to."""
+        r0, r1 = (y0, y1 - 1) if self.identity else (int(self._y[0][y0]), int(self._y[0][y1 - 1]))
+        return flags[:, r0:r1 + 1].any(1)
 
     def bounds(self, queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lower, upper)``, each ``float[q, h, w]`` at mask resolution: every upsampled logit lies
