@@ -10,8 +10,8 @@ process CPU time, 1 thread.
     python scripts/bench_postprocess.py --workdir /tmp/sa_s0 --data-root /tmp/data_default
 
 ``--previous-rev REV`` times the post-processing of a git revision of this checkout instead
-(``src/vitp/postprocess.py``, ``upsampling.py`` and ``rule_out.py`` as they were at REV, loaded from
-``git show``). ``--classes 133`` spreads the run's class probabilities over COCO's number of classes
+(``src/vitp/postprocess.py``, ``postprocess_parts.py``, ``upsampling.py`` and ``rule_out.py`` as they
+were at REV, loaded from ``git show``). ``--classes 133`` spreads the run's class probabilities over COCO's number of classes
 (the semantic task's cost grows with them); ``--tasks`` picks the task sets timed.
 """
 
@@ -37,18 +37,18 @@ from bench_point_vit import machine_line  # noqa: E402
 
 
 def load_revision(rev: str) -> ModuleType:
-    """``vitp.postprocess`` as it was at git revision ``rev`` (with that revision's ``upsampling`` and
-    ``rule_out``)."""
+    """``vitp.postprocess`` as it was at git revision ``rev`` (with that revision's ``upsampling``,
+    ``rule_out`` and ``postprocess_parts``)."""
     folder = Path(tempfile.mkdtemp(prefix="vitp_previous_"))
     modules = {}
-    for name in ("upsampling", "rule_out", "postprocess"):
+    for name in ("upsampling", "rule_out", "postprocess_parts", "postprocess"):
         shown = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:src/vitp/{name}.py"],
                                capture_output=True, text=True)
-        if shown.returncode != 0 and name == "rule_out":
-            continue  # revisions before vitp.rule_out
+        if shown.returncode != 0 and name in ("rule_out", "postprocess_parts"):
+            continue  # revisions before these modules were split out of postprocess.py
         shown.check_returncode()
         text = shown.stdout
-        for dependency in ("upsampling", "rule_out"):
+        for dependency in ("upsampling", "rule_out", "postprocess_parts"):
             text = text.replace(f"from vitp.{dependency} import", f"from _previous_{dependency} import")
         path = folder / f"_previous_{name}.py"
         path.write_text(text)
@@ -74,29 +74,28 @@ def same_results(a: object, b: object) -> bool:
             and torch.allclose(a.instance.scores, b.instance.scores, rtol=1e-5, atol=1e-7))
 
 
-class _Spread:
-    """Class probabilities ``[Q, K + 1]`` spread over ``classes`` columns (``--classes``)."""
-
-    def columns(self, k: int, classes: int) -> torch.Tensor:
-        return torch.randperm(classes, generator=torch.Generator().manual_seed(0))[:k]
-
-    def __call__(self, probs: torch.Tensor, classes: int, seed: int) -> torch.Tensor:
-        k = probs.shape[1] - 1
-        g = torch.Generator().manual_seed(seed)
-        tail = (torch.randn(len(probs), classes, generator=g) * 2).softmax(-1) * 0.02
-        out = torch.zeros(len(probs), classes + 1)
-        out[:, :classes] = tail * (1 - probs[:, -1:])
-        out[:, self.columns(k, classes)] += probs[:, :k] * 0.98
-        out[:, classes] = probs[:, -1]
-        return out
-
-    def is_thing(self, is_thing: torch.Tensor, classes: int) -> torch.Tensor:
-        out = torch.zeros(classes, dtype=torch.bool)
-        out[self.columns(len(is_thing), classes)] = is_thing.cpu()
-        return out
+def _spread_columns(k: int, classes: int) -> torch.Tensor:
+    """The fixed columns the run's ``k`` classes take among ``classes`` (``--classes``)."""
+    return torch.randperm(classes, generator=torch.Generator().manual_seed(0))[:k]
 
 
-spread_classes = _Spread()
+def spread_probs(probs: torch.Tensor, classes: int, seed: int) -> torch.Tensor:
+    """Class probabilities ``[Q, K + 1]`` spread over ``classes`` columns: each real class in its
+    column with 98 % of its mass, 2 % of each query's object mass over all columns (a long tail)."""
+    k = probs.shape[1] - 1
+    tail = (torch.randn(len(probs), classes, generator=torch.Generator().manual_seed(seed)) * 2).softmax(-1) * 0.02
+    out = torch.zeros(len(probs), classes + 1)
+    out[:, :classes] = tail * (1 - probs[:, -1:])
+    out[:, _spread_columns(k, classes)] += probs[:, :k] * 0.98
+    out[:, classes] = probs[:, -1]
+    return out
+
+
+def spread_is_thing(is_thing: torch.Tensor, classes: int) -> torch.Tensor:
+    """``is_thing`` of the run's classes in their :func:`spread_probs` columns (the others stuff)."""
+    out = torch.zeros(classes, dtype=torch.bool)
+    out[_spread_columns(len(is_thing), classes)] = is_thing.cpu()
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -135,9 +134,9 @@ def main(argv: list[str] | None = None) -> dict:
             props = pipe.propose(b, "panoptic")
             probs = pipe.variant_probs(props, pipe.classify(b, [props])[0][0], ("vitp",))["vitp"][0]
             if args.classes:
-                probs = spread_classes(probs, args.classes, len(cases))
+                probs = spread_probs(probs, args.classes, len(cases))
             cases.append((b, props, probs))
-    is_thing = pipe.is_thing if not args.classes else spread_classes.is_thing(pipe.is_thing, args.classes)
+    is_thing = pipe.is_thing if not args.classes else spread_is_thing(pipe.is_thing, args.classes)
     keys = ("object_mask_threshold", "overlap_threshold", "topk_instances", "keep_rule", "keep_threshold")
 
     def run(module: object, b: object, props: object, probs: torch.Tensor, size: tuple[int, int], tasks: tuple) -> object:
