@@ -15,9 +15,12 @@ and crowd pixels are never sampled; results are deterministic given a ``torch.Ge
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitp.cpu_ops import any_along
 from vitp.structures import IGNORE_INDEX, Target
 
 
@@ -194,22 +197,22 @@ class CoarseMaskSampler(PointSampler):
         return fn(masks, labels, self.num_points, generator, target.valid_size)
 
 
-def any_along(masks: torch.Tensor, dim: int) -> torch.Tensor:
-    """``masks.any(dim)`` for a bool tensor, as the maximum of its bytes: on CPU torch's ``any`` over
-    a dimension of a bool tensor is 10-30x slower (``bool[50, 256, 256]``: 2.6 ms against 0.1-0.2)."""
-    if masks.dtype != torch.bool or masks.shape[dim] == 0 or torch.jit.is_tracing():  # no dtype view in a trace
-        return masks.any(dim)
-    return masks.view(torch.uint8).amax(dim).bool()
-
-
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight boxes of ``bool[M, h, w]`` masks as ``long[M, 4]`` = (y0, x0, y1, x1), inclusive pixel
-    indices; rows are y, columns are x."""
+    indices; rows are y, columns are x. An empty mask's box is (big, big, -1, -1), ``big = max(h, w)``."""
+    big = max(masks.shape[1], masks.shape[2])
+    if masks.device.type == "cpu" and masks.dtype == torch.bool and not torch.jit.is_tracing():
+        # OpenCV's bounding rectangle of each mask's non-zero pixels: 0.15 ms for bool[50, 256, 256]
+        # against 1-1.3 ms for the row / column maxima below (2-core AMD EPYC, one thread)
+        array = masks.contiguous().numpy().view(np.uint8)
+        boxes = np.array([cv2.boundingRect(m) for m in array], dtype=np.int64).reshape(-1, 4)  # x, y, w, h
+        out = np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 1] + boxes[:, 3] - 1, boxes[:, 0] + boxes[:, 2] - 1], 1)
+        out[boxes[:, 2] == 0] = (big, big, -1, -1)
+        return torch.from_numpy(out)
     rows = any_along(masks, 2)  # [M, h]
     cols = any_along(masks, 1)  # [M, w]
     ar_h = torch.arange(masks.shape[1], device=masks.device)
     ar_w = torch.arange(masks.shape[2], device=masks.device)
-    big = max(masks.shape[1], masks.shape[2])
     y0 = torch.where(rows, ar_h, big).min(1).values
     y1 = torch.where(rows, ar_h, -1).max(1).values
     x0 = torch.where(cols, ar_w, big).min(1).values

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from vitp.cpu_ops import above
 from vitp.rule_out import SUBSET_MIN_CLASSES, candidate_competition, class_competition, class_scores, first_argmax
 from vitp.structures import InstancePrediction, PanopticPrediction
 from vitp.upsampling import UpsampledLogits
@@ -136,7 +137,7 @@ class _Panoptic:
             sigmoid = sigmoid.index_select(0, pick)
         q = len(self.queries)
         k = torch.searchsorted(self.queries, queries)  # candidate index of each band query
-        binary = sigmoid >= 0.5
+        binary = above(sigmoid, 0.5, inclusive=True)
         self.own_area.index_add_(0, k, _count(binary))
         if self.local:
             win = self.logits.in_rows(self.may_win[k], y0, y1)
@@ -215,7 +216,7 @@ class _Instance:
         than copying the picked rows of the band first."""
         if pick is not None and 2 * len(pick) < len(band):
             band, sigmoid, pick = band.index_select(0, pick), sigmoid.index_select(0, pick), None
-        masks = band > 0
+        masks = above(band)
         inside_sum, area = _row_sums(sigmoid * masks).double(), _count(masks)
         if pick is not None:
             inside_sum, area = inside_sum[pick], area[pick]
@@ -239,5 +240,5 @@ class _Instance:
         masks = torch.empty((len(order), *self.logits.size), dtype=torch.bool, device=scores.device)
         position = torch.searchsorted(needed, slot)
         for y0, y1 in self.logits.bands(len(needed)) if len(needed) else ():
-            masks[:, y0:y1] = (self.logits.band(y0, y1, self.queries[needed]) > 0)[position]
+            masks[:, y0:y1] = above(self.logits.band(y0, y1, self.queries[needed]))[position]
         return InstancePrediction(masks, self.labels[order], scores[order])

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from vitp.cpu_ops import above
 from vitp.points import point_to_pixel
 from vitp.upsampling import UpsampledLogits, crop_and_resize, crop_logits
 from vitp.structures import Batch, PointMasks, Proposals
@@ -135,13 +136,17 @@ def point_components(masks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     rows, cols = (t.tolist() for t in point_to_pixel(points, (h, w)))
     array = masks.detach().cpu().contiguous().numpy().view(np.uint8)
     out = masks.clone()
+    filled = np.zeros((h + 2, w + 2), np.uint8)  # OpenCV's fill mask: one pixel of border around the image
     for k in range(q):
         if not array[k, rows[k], cols[k]]:
             continue
-        # OpenCV's labelling (3-4x faster than scipy.ndimage.label; the same 8-connected parts)
-        count, labels = cv2.connectedComponents(array[k], connectivity=8)
-        if count > 2:  # background + more than one part
-            out[k] = torch.from_numpy(labels == labels[rows[k], cols[k]]).to(masks.device)
+        # The 8-connected part under the point by a flood fill from it: its cost grows with the part,
+        # not the image (3x cheaper than labelling every part with cv2.connectedComponents); the
+        # image is only read (FLOODFILL_MASK_ONLY), the part is written as 1 into `filled`.
+        filled.fill(0)
+        area = cv2.floodFill(array[k], filled, (cols[k], rows[k]), 0, flags=8 | cv2.FLOODFILL_MASK_ONLY | (1 << 8))[0]
+        if area < np.count_nonzero(array[k]):  # the mask has other parts
+            out[k] = torch.from_numpy(filled[1:-1, 1:-1].view(np.bool_)).to(masks.device)
     return out
 
 
@@ -160,7 +165,7 @@ def proposal_point_masks(batch: Batch, proposals: Sequence[Proposals], points: S
     device = batch.images.device
     for i in range(len(batch)):
         logits = regions[i] if regions is not None else [valid_region_logits(p, batch, i) for p in proposals]
-        masks = [r > 0 for r in logits]
+        masks = [above(r) for r in logits]
         if components:  # cut at each proposal's first (most confident) point
             masks = [point_components(m, pts[i, ::k]) for m, pts in zip(masks, points)]
         count = sum(len(m) for m in masks)

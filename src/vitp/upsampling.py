@@ -15,6 +15,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from vitp.cpu_ops import above
+
 __all__ = ["BAND_ELEMENTS", "CHUNK_ELEMENTS", "UpsampledLogits", "crop_and_resize", "crop_logits"]
 
 CHUNK_ELEMENTS = 1 << 23  # at most this many upsampled floats (32 MiB) are built in one piece
@@ -149,7 +151,7 @@ class UpsampledLogits:
         """``bool[Q, H, W]``: logit > 0, built band by band."""
         out = torch.empty(self.shape, dtype=torch.bool, device=self.low.device)
         for y0, y1 in self.bands():
-            out[:, y0:y1] = self.band(y0, y1) > 0
+            out[:, y0:y1] = above(self.band(y0, y1))
         return out
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitp.points import any_along, mask_boxes
+from vitp.points import mask_boxes
 from vitp.structures import PointMasks
 
 
@@ -113,12 +113,14 @@ class PointGlimpse(nn.Module):
             N, h, w = stack.shape
             if N == 0:
                 continue
-            box = mask_boxes(stack.bool()).to(points.device).float()  # [N, 4] inclusive
+            box = mask_boxes(stack.bool()).to(points.device)  # [N, 4] inclusive; (big, big, -1, -1) when empty
+            nonempty = box[:, 2] >= 0
+            box = box.float()
             box[:, 2:] += 1  # ends exclusive
             scale = torch.tensor([h, w, h, w], device=points.device, dtype=torch.float32) / valid_sizes[b].float().repeat(2)
             box = box / scale  # input pixels
             idx = point_masks.index[b].to(points.device)
-            has = (idx >= 0) & any_along(stack.flatten(1), 1).to(points.device)[idx.clamp(min=0)]
+            has = (idx >= 0) & nonempty[idx.clamp(min=0)]
             mine = box[idx.clamp(min=0)]
             side = torch.maximum(mine[:, 2] - mine[:, 0], mine[:, 3] - mine[:, 1]) * 1.1
             centres[b] = torch.where(has[:, None], (mine[:, :2] + mine[:, 2:]) / 2, centres[b])
