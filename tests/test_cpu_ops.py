@@ -79,3 +79,18 @@ def test_mask_boxes_equal_the_extent_of_every_mask() -> None:
         expected = [rows.min(), cols.min(), rows.max(), cols.max()] if len(rows) else [41, 41, -1, -1]
         assert box == expected
     assert mask_boxes(masks[:0]).shape == (0, 4)
+
+
+@pytest.mark.parametrize("with_scores", [False, True])
+def test_first_argmax_is_the_first_maximum(with_scores: bool) -> None:
+    from vitp.rule_out import first_argmax
+
+    torch.manual_seed(0)
+    values = torch.randint(0, 4, (9, 13, 17)).float() / 4  # many ties: the first maximum wins
+    scores = torch.tensor([1.0, 2.0, 0.5, 1.0, 2.0, 4.0, 1.0, 0.25, 2.0]) if with_scores else None
+    expected = (values if scores is None else scores[:, None, None] * values).argmax(0)
+    got = first_argmax(scores, values)
+    assert got.dtype == torch.long and torch.equal(got, expected)
+    assert torch.equal(first_argmax(scores, values.transpose(1, 2)), first_argmax(scores, values).T)  # strided
+    assert torch.equal(first_argmax(scores, values.bfloat16()), expected)  # torch's own loop
+    assert torch.equal(first_argmax(None, values[:1]), torch.zeros(13, 17, dtype=torch.long))

