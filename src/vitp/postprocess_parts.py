@@ -46,6 +46,7 @@ class _Semantic:
         self.probs = class_probs[:, :-1].float()
         self.out = torch.empty(logits.size, dtype=torch.long, device=logits.low.device)
         self.may_win: torch.Tensor | None = None  # bool[K, h]: the classes competing per cell row
+        self._band: tuple[tuple[int, int], torch.Tensor] | None = None  # the last band's classes
         k, (h, w), (H, W) = self.probs.shape[1], logits.low.shape[-2:], logits.size
         # with fewer than SUBSET_MIN_CLASSES classes every class is summed wherever two compete, so
         # only bands of one class are spared: worth the bounds' cost on large upsamplings alone
@@ -58,7 +59,9 @@ class _Semantic:
         """The classes (sorted) that may win a pixel of rows ``y0:y1``; None: every class."""
         if self.may_win is None:
             return None
-        return self.logits.in_rows(self.may_win, y0, y1).nonzero()[:, 0]
+        if self._band is None or self._band[0] != (y0, y1):  # asked by band_queries, then by update
+            self._band = ((y0, y1), self.logits.in_rows(self.may_win, y0, y1).nonzero()[:, 0])
+        return self._band[1]
 
     def band_queries(self, y0: int, y1: int) -> torch.Tensor:
         classes = self.band_classes(y0, y1)
