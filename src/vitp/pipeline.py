@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vitp.classifiers.base import PointClassifier
+from vitp.cpu_ops import above
 from vitp.fusion import fuse_class_probs
 from vitp.point_rules import select_points_by_rule
 from vitp.postprocess import PostProcessConfig, UpsampledLogits, infer, resize_prediction
@@ -37,7 +38,7 @@ def oracle_class_probs(mask_logits: torch.Tensor | UpsampledLogits, target: Targ
     matches too (a proposal covering a crowd region is not wrong).
     """
     q = mask_logits.shape[0]
-    binary = mask_logits.binary() if isinstance(mask_logits, UpsampledLogits) else mask_logits > 0
+    binary = mask_logits.binary() if isinstance(mask_logits, UpsampledLogits) else above(mask_logits)
     probs = torch.zeros((q, num_classes + 1), dtype=torch.float, device=binary.device)
     probs[:, -1] = 1.0
     n = len(target.labels)
