@@ -60,9 +60,14 @@ def test_point_components_equal_a_full_labelling_on_random_blobs() -> None:
         masks[1] = True
         rows, cols = torch.randint(0, h, (40,)), torch.randint(0, w, (40,))
         points = pixel_to_point(rows, cols, (h, w))
+        before = masks.clone()
         got = point_components(masks, points)
-        assert torch.equal(got, _reference_components(masks, points))
-        assert (got != masks).any()  # some masks were cut
+        expected = _reference_components(masks, points)
+        assert torch.equal(got, expected)
+        assert torch.equal(masks, before) and (got != masks).any()  # some masks were cut, in a copy
+        whole = masks[:2].clone()
+        assert point_components(whole, points[:2]) is whole  # nothing to cut: no copy
+        assert point_components(masks, points, inplace=True) is masks and torch.equal(masks, expected)
 
 
 def test_mask_boxes_equal_the_extent_of_every_mask() -> None:

@@ -16,6 +16,16 @@ def test_conv_stem_has_the_patch_stride_and_width():
     assert stem(torch.randn(2, 3, 64, 40)).shape == (2, 32, 8, 5)
     with pytest.raises(ValueError):
         conv_stem(14, 32)
+    with pytest.raises(ValueError, match="width"):
+        conv_stem(8, 32, width=0)
+
+
+def test_conv_stem_width_sets_the_channels_of_every_stride_step():
+    narrow = PointViT(5, model_name="vit_tiny_patch16_224", image_size=64, stem="conv", stem_width=4, model_kwargs=KW)
+    convs = [m for m in narrow.backbone.patch_embed.proj if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 8, 16, 32]  # 3 stride-2 steps, then 1x1 to the width
+    with pytest.raises(ValueError, match="stem='conv'"):
+        PointViT(5, model_name="vit_tiny_patch16_224", stem_width=16, model_kwargs=KW)
 
 
 def test_point_vit_with_conv_stem_keeps_every_other_weight_name():

@@ -176,3 +176,33 @@ def test_select_points_argmax_in_valid_region() -> None:
     same = select_points(logits, None, (40, 60), mask_valid_sizes=torch.tensor([[7.5, 11.25], [10, 15]]))
     torch.testing.assert_close(same, pts)
     assert (pts.abs() <= 1).all()
+
+
+def _select_points_reference(logits: torch.Tensor, vs: torch.Tensor, frame: tuple[int, int]) -> torch.Tensor:
+    """The earlier select_points (masked fill + topk), kept here to check the numpy argmax against."""
+    from vitp.proposal_geometry import valid_cells
+
+    w = logits.shape[-1]
+    region, ok = valid_cells(logits, vs, frame)
+    idx = logits.masked_fill(~ok[:, None], float("-inf")).flatten(2).topk(1, dim=-1).indices
+    r, c = (idx // w).double(), (idx % w).double()
+    y = (2 * (r + 0.5) / region[:, 0, None, None] - 1).clamp(-1, 1)
+    x = (2 * (c + 0.5) / region[:, 1, None, None] - 1).clamp(-1, 1)
+    return torch.stack([y, x], dim=-1).to(logits.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_select_points_numpy_argmax_equals_topk(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    for case in range(40):
+        b, q, h, w = 3, int(torch.randint(0, 9, (1,), generator=g)), 16, 20
+        logits = torch.randn(b, q, h, w, generator=g).to(dtype)
+        if case % 4 == 1:  # coarse values: ties, which go to topk
+            logits = logits.round()
+        if case % 4 == 2 and q:  # padding cells larger than anything valid
+            logits[:, :, 12:, :] = 50
+        if case % 4 == 3 and q:
+            logits[0, 0, 3, 4] = float("nan")
+        vs = torch.tensor([[64, 80], [50, 61], [7, 80]])
+        got = select_points(logits, vs, (64, 80))
+        torch.testing.assert_close(got, _select_points_reference(logits, vs, (64, 80)), rtol=0, atol=0, equal_nan=True)

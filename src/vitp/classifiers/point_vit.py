@@ -76,6 +76,8 @@ class PointViT(PointClassifier):
         stem: ``"patch"`` (the ViT's strided ``p x p`` patch embedding) or ``"conv"`` (3x3 stride-2
             convolutions to the same stride, see ``vitp.classifiers.stems``: learns local texture
             and shape faster when trained from scratch; not for pretrained checkpoints).
+        stem_width: channels of the conv stem's first convolution (doubling per stride-2 step, at
+            most the embedding width); ``stem="conv"`` only. Its cost grows with its square.
         point_locality_radius: R; with ``one_way`` attention, add a learned relative-position bias
             to the points' attention over patches within R patches of the point (Gaussian priors
             of several widths per head; see ``vitp.classifiers.locality``). None = off (the paper).
@@ -116,6 +118,7 @@ class PointViT(PointClassifier):
         pos_embed_init: Literal["timm", "sincos"] = "timm",
         point_start_block: int = 0,
         stem: Literal["patch", "conv"] = "patch",
+        stem_width: int = 32,
         point_locality_radius: int | None = None,
         glimpse: GlimpseSettings | None = None,
         compile_blocks: bool = False,
@@ -153,9 +156,11 @@ class PointViT(PointClassifier):
         if stem == "conv":  # same output shape and weight names outside patch_embed.proj
             from vitp.classifiers.stems import conv_stem
 
-            be.patch_embed.proj = conv_stem(self.patch_size[0], self.embed_dim)
+            be.patch_embed.proj = conv_stem(self.patch_size[0], self.embed_dim, width=stem_width)
         elif stem != "patch":
             raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
+        elif stem_width != 32:
+            raise ValueError("stem_width applies to stem='conv' only")
         self.point_embed = nn.Linear(2, self.embed_dim, bias=False) if point_encoding == "linear" else None
         self.point_offset = nn.Parameter(torch.zeros(self.embed_dim)) if point_encoding == "sample_patch" else None
         self.point_locality: PointLocalityBias | None = None

@@ -21,6 +21,8 @@ def conv_stem(patch_size: int, embed_dim: int, in_chans: int = 3, width: int = 3
     steps = int(round(math.log2(patch_size)))
     if patch_size < 2 or 2**steps != patch_size:
         raise ValueError(f"a conv stem needs a power-of-two patch size >= 2, got {patch_size}")
+    if width < 1:
+        raise ValueError(f"a conv stem needs a width >= 1, got {width}")
     layers: list[nn.Module] = []
     channels = in_chans
     for i in range(steps):
