@@ -119,6 +119,105 @@ def test_label_anchors_in_each_box_equal_the_whole_image_transform():
         assert label_anchors(segments, n) == _anchors_whole_image(segments, n), case
 
 
+def test_label_anchors_of_large_segments_are_their_own_interior_pixels():
+    """Segments with a box longer than ``max_box_side`` are searched on a sampled grid: each anchor
+    is a pixel of its segment, nearly as far from the border as the full search's (within the
+    step, and the chamfer distance's few per cent); thin segments that the grid misses get the full
+    search."""
+    import cv2
+
+    from vitp.visualize import label_anchors
+
+    rng = np.random.default_rng(1)
+    h, w = 900, 1300
+    coarse = rng.integers(-1, 6, size=(5, 7))
+    segments = cv2.resize(coarse.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR).round().astype(np.int64)
+    segments[400:403, 100:1200] = 6  # a 3 px thin line: the 8-px grid may miss it
+    fast = label_anchors(segments, 8, max_box_side=150)
+    full = label_anchors(segments, 8, max_box_side=None)
+    assert full == _anchors_whole_image(segments, 8)
+    assert [a is None for a in fast] == [a is None for a in full] and fast[7] is None
+    for i, (a, b) in enumerate(zip(fast, full)):
+        if a is None:
+            continue
+        assert segments[a] == i
+        dist = cv2.distanceTransform(np.pad((segments == i).astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+        step = -(-max(np.ptp(np.nonzero(segments == i), axis=1) + 1) // 150)
+        assert dist[a] >= 0.9 * dist[b] - 3 * step, (i, dist[a], dist[b], step)
+    assert fast != full  # the sampled search moved some anchors
+
+
+def _draw_labels_on_the_whole_image(image, segments, texts, font_size, order):
+    """The previous ``draw_labels``: every label drawn on the whole image converted to PIL."""
+    from PIL import Image, ImageDraw
+
+    from vitp.visualize import _font, label_anchors, place_labels
+
+    h, w = image.shape[:2]
+    font = _font(font_size)
+    pil = Image.fromarray(image)
+    draw = ImageDraw.Draw(pil)
+    anchors = label_anchors(segments, len(texts))
+    order = [i for i in order if anchors[i] is not None and texts[i]]
+    bboxes = [draw.textbbox((0, 0), texts[i], font=font) for i in order]
+    boxes = place_labels([anchors[i] for i in order], [(x1 - x0 + 2, y1 - y0 + 2) for x0, y0, x1, y1 in bboxes], (h, w))
+    for i, box, (x0, y0, _, _) in zip(order, boxes, bboxes):
+        if box is not None:
+            draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=(0, 0, 0))
+            draw.text((box[0] + 2 - x0, box[1] + 2 - y0), texts[i], fill=(255, 255, 255), font=font)
+    return np.asarray(pil).copy()
+
+
+def _legend_on_a_whole_sheet(image, colours, texts, font_size):
+    """The previous ``add_legend``: the image pasted onto a white sheet, the legend drawn on it."""
+    from PIL import Image, ImageDraw
+
+    from vitp.visualize import _font
+
+    h = image.shape[0]
+    font = _font(font_size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    row = max(probe.textbbox((0, 0), "Ag", font=font)[3] + 6, 12)
+    swatch = row - 4
+    width = max([probe.textbbox((0, 0), t, font=font)[2] for t in texts] + [probe.textbbox((0, 0), "+999 more", font=font)[2]])
+    panel_w = min(swatch + width + 16, max(120, image.shape[1]))
+    sheet = Image.new("RGB", (image.shape[1] + panel_w, h), (255, 255, 255))
+    sheet.paste(Image.fromarray(image), (0, 0))
+    draw = ImageDraw.Draw(sheet)
+    fits = max(0, (h - 4) // row)
+    shown = len(texts) if len(texts) <= fits else max(0, fits - 1)
+    x = image.shape[1] + 6
+    for i in range(shown):
+        y = 4 + i * row
+        draw.rectangle((x, y, x + swatch, y + swatch), fill=tuple(int(c) for c in colours[i]), outline=(0, 0, 0))
+        draw.text((x + swatch + 6, y), texts[i], fill=(0, 0, 0), font=font)
+    if shown < len(texts):
+        draw.text((x, 4 + shown * row), f"+{len(texts) - shown} more", fill=(0, 0, 0), font=font)
+    return np.asarray(sheet).copy()
+
+
+def test_labels_and_legend_drawn_in_pieces_equal_drawing_on_the_whole_image():
+    """Labels drawn on their own pieces of the image and the legend panel drawn alone give the bytes
+    of drawing both on the whole image (labels at the borders, long texts, several font sizes)."""
+    from vitp.visualize import add_legend, draw_labels
+
+    rng = np.random.default_rng(3)
+    for case in range(12):
+        h, w = (int(v) for v in rng.integers(20, 300, size=2))
+        image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        coarse = rng.integers(-1, 7, size=(rng.integers(1, 5), rng.integers(1, 5)))
+        segments = np.kron(coarse, np.ones((h // coarse.shape[0] + 1, w // coarse.shape[1] + 1), int))[:h, :w]
+        texts = [None if k == 3 else "label " * int(rng.integers(1, 4)) + f"{k} {rng.random():.2f}" for k in range(7)]
+        size = int(rng.choice([9, 13, 24]))
+        order = list(rng.permutation(7))
+        got = draw_labels(image, segments, texts, font_size=size, order=order)
+        assert np.array_equal(got, _draw_labels_on_the_whole_image(image, segments, texts, size, order)), case
+        legend_texts = [f"class {k} {rng.random():.2f}" for k in range(int(rng.integers(1, 30)))]
+        colours = rng.integers(0, 256, size=(len(legend_texts), 3))
+        assert np.array_equal(add_legend(got, colours, legend_texts, size),
+                              _legend_on_a_whole_sheet(got, colours, legend_texts, size)), case
+
+
 def test_tabulated_blend_equals_the_float_blend():
     """The overlay's blend read from a table per segment and channel gives the bytes of the float32
     blend it replaced (and white outlines, void untouched), without class names."""
