@@ -83,6 +83,7 @@ def test_bounds_hold_for_every_upsampled_value(size: tuple[int, int]):
     cell_upper = upper[:, ys][:, :, xs]
     assert bool((cell_lower <= full).all()) and bool((full <= cell_upper).all())
     assert torch.equal(lazy.bounds(torch.tensor([4, 1]))[1], upper[[4, 1]])
+    assert torch.equal(lazy.upper_bound(torch.tensor([4, 1])), upper[[4, 1]]) and torch.equal(lazy.upper_bound(), upper)
 
 
 @pytest.mark.parametrize("local", [True, False])

@@ -203,7 +203,7 @@ class _Instance:
         # Only for outputs read in several bands (in one, nearly every query reaches it)
         self.may_cover: torch.Tensor | None = None
         if config.rule_out and n > 1 and not logits.identity and n * logits.size[0] * logits.size[1] > logits.chunk_elements:
-            self.may_cover = (logits.bounds(self.queries)[1] > 0).any(2)
+            self.may_cover = (logits.upper_bound(self.queries) > 0).any(2)
         empty = torch.empty if self.may_cover is None else torch.zeros  # rows never read stay False
         self.masks = empty((n if self.threshold <= 0 else 0, *logits.size), dtype=torch.bool, device=device)
 

@@ -125,11 +125,15 @@ class UpsampledLogits:
         these bounds to rule out queries before any full-size work (``vitp.postprocess``).
         """
         low = self.low if queries is None else self.low[queries]
-        if self.identity:
-            lower = upper = low
-        else:
-            upper, lower = _window2(low, torch.maximum), _window2(low, torch.minimum)
-        return lower - (1e-3 + 1e-5 * lower.abs()), upper + (1e-3 + 1e-5 * upper.abs())
+        lower = low if self.identity else _window2(low, torch.minimum)
+        return lower - (1e-3 + 1e-5 * lower.abs()), self.upper_bound(queries, low)
+
+    def upper_bound(self, queries: torch.Tensor | None = None, low: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``upper`` half of :meth:`bounds` alone (``low``: the queries' logits, when at hand)."""
+        if low is None:
+            low = self.low if queries is None else self.low[queries]
+        upper = low if self.identity else _window2(low, torch.maximum)
+        return upper + (1e-3 + 1e-5 * upper.abs())
 
     def full(self) -> torch.Tensor:
         """``float[Q, H, W]`` in one piece (small outputs, callers that need every query at once).
