@@ -70,6 +70,12 @@ def test_bench_end_to_end(tiny_coco_root: Path, tmp_path: Path, capsys):
     assert len(out["rows"]) == 6 and all(r[3] > 0 and r[4] > 0 for r in out["rows"])
     assert "spread over 40 classes" in capsys.readouterr().out
 
+    out = _script("bench_point_inputs").main([
+        "--workdir", str(workdir), "--ckpt", str(ckpt), "--proposer", str(proposer_dir),
+        "--data-root", str(tiny_coco_root), "--images", "1", "--reps", "2", "--previous-rev", "HEAD", "--", *SMALL])
+    assert set(out) == {"points previous", "points current", "masks previous", "masks current"}
+    assert all(t > 0 for t in out.values()) and "| masks |" in capsys.readouterr().out
+
 
 def test_bench_hf_proposer(tiny_coco_root: Path, tmp_path: Path):
     """vitp's proposer-alone path and HF's own on the same tiny saved Mask2Former: both timed, their
