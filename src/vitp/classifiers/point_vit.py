@@ -38,6 +38,7 @@ from vitp.classifiers.locality import PointLocalityBias
 from vitp.classifiers.loading import LoadReport, load_into
 from vitp.classifiers.point_tokens import (PatchCache, embed_patches, embed_points, full_attention, num_pos_prefix,
                                           patch_pass, pos_grid, query_points, sincos_2d)
+from vitp.classifiers.stems import DEFAULT_WIDTH, patch_projection
 from vitp.structures import PointMasks, TrunkStates
 from vitp.view_memo import ViewMemo
 from vitp.classifiers.vit_ops import check_backbone, prepare_images
@@ -118,7 +119,7 @@ class PointViT(PointClassifier):
         pos_embed_init: Literal["timm", "sincos"] = "timm",
         point_start_block: int = 0,
         stem: Literal["patch", "conv"] = "patch",
-        stem_width: int = 32,
+        stem_width: int = DEFAULT_WIDTH,
         point_locality_radius: int | None = None,
         glimpse: GlimpseSettings | None = None,
         compile_blocks: bool = False,
@@ -153,14 +154,9 @@ class PointViT(PointClassifier):
         self._compiled: dict[str, Any] = {}
         self.embed_dim = int(be.embed_dim)
         self.patch_size = tuple(int(p) for p in be.patch_embed.patch_size)
-        if stem == "conv":  # same output shape and weight names outside patch_embed.proj
-            from vitp.classifiers.stems import conv_stem
-
-            be.patch_embed.proj = conv_stem(self.patch_size[0], self.embed_dim, width=stem_width)
-        elif stem != "patch":
-            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
-        elif stem_width != 32:
-            raise ValueError("stem_width applies to stem='conv' only")
+        projection = patch_projection(stem, self.patch_size[0], self.embed_dim, stem_width)
+        if projection is not None:  # same output shape and weight names outside patch_embed.proj
+            be.patch_embed.proj = projection
         self.point_embed = nn.Linear(2, self.embed_dim, bias=False) if point_encoding == "linear" else None
         self.point_offset = nn.Parameter(torch.zeros(self.embed_dim)) if point_encoding == "sample_patch" else None
         self.point_locality: PointLocalityBias | None = None

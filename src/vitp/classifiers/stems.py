@@ -14,8 +14,23 @@ import math
 
 from torch import nn
 
+DEFAULT_WIDTH = 32
 
-def conv_stem(patch_size: int, embed_dim: int, in_chans: int = 3, width: int = 32) -> nn.Sequential:
+
+def patch_projection(stem: str, patch_size: int, embed_dim: int, width: int = DEFAULT_WIDTH) -> nn.Module | None:
+    """The module replacing ``PatchEmbed.proj`` for ``stem`` (``PointViT``'s option): a :func:`conv_stem`
+    for ``"conv"``, None for ``"patch"`` (timm's own strided projection kept); ``width`` is the conv
+    stem's only."""
+    if stem == "conv":
+        return conv_stem(patch_size, embed_dim, width=width)
+    if stem != "patch":
+        raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
+    if width != DEFAULT_WIDTH:
+        raise ValueError("stem_width applies to stem='conv' only")
+    return None
+
+
+def conv_stem(patch_size: int, embed_dim: int, in_chans: int = 3, width: int = DEFAULT_WIDTH) -> nn.Sequential:
     """3x3 stride-2 conv + BatchNorm + ReLU blocks (channels doubling from ``width``) down to
     stride ``patch_size`` (a power of two), then a 1x1 projection to ``embed_dim``."""
     steps = int(round(math.log2(patch_size)))
