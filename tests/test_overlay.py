@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from vitp.label_placement import _overlaps, place_labels
 from vitp.structures import DatasetInfo, InstancePrediction, PanopticPrediction, Prediction
-from vitp.visualize import _overlaps, place_labels, render_prediction, segment_colours
+from vitp.visualize import render_prediction, segment_colours
 
 from test_predict_api import CONFIG, _args, run  # noqa: F401  (the tiny ViT-P fixture)
 
@@ -106,7 +107,7 @@ def _anchors_whole_image(segments: np.ndarray, num_segments: int) -> list:
 def test_label_anchors_in_each_box_equal_the_whole_image_transform():
     """Anchors found inside each segment's box equal those of a distance transform over the whole
     image, on random maps with fragmented segments, segments on the border, void and absent ids."""
-    from vitp.visualize import label_anchors
+    from vitp.label_placement import label_anchors
 
     rng = np.random.default_rng(0)
     for case in range(40):
@@ -126,7 +127,7 @@ def test_label_anchors_of_large_segments_are_their_own_interior_pixels():
     search."""
     import cv2
 
-    from vitp.visualize import label_anchors
+    from vitp.label_placement import label_anchors
 
     rng = np.random.default_rng(1)
     h, w = 900, 1300
@@ -151,7 +152,8 @@ def _draw_labels_on_the_whole_image(image, segments, texts, font_size, order):
     """The previous ``draw_labels``: every label drawn on the whole image converted to PIL."""
     from PIL import Image, ImageDraw
 
-    from vitp.visualize import _font, label_anchors, place_labels
+    from vitp.label_placement import label_anchors, place_labels
+    from vitp.visualize import _font
 
     h, w = image.shape[:2]
     font = _font(font_size)
