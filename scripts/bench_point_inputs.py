@@ -18,7 +18,6 @@ Arguments after ``--`` go to ``vitp`` as overrides.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_end_to_end import CONFIG, load_run  # noqa: E402
+from bench_postprocess import import_previous  # noqa: E402
 from bench_point_vit import machine_line  # noqa: E402
 
 import vitp.proposal_geometry as current  # noqa: E402
@@ -41,12 +41,7 @@ def load_revision(rev: str) -> ModuleType:
     """``vitp.proposal_geometry`` as it was at git revision ``rev``."""
     text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:src/vitp/proposal_geometry.py"],
                           capture_output=True, text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="vitp_previous_")) / "_previous_proposal_geometry.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("_previous_proposal_geometry", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_previous(Path(tempfile.mkdtemp(prefix="vitp_previous_")), "proposal_geometry", text)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

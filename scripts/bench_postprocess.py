@@ -50,13 +50,20 @@ def load_revision(rev: str) -> ModuleType:
         text = shown.stdout
         for dependency in ("upsampling", "rule_out", "postprocess_parts"):
             text = text.replace(f"from vitp.{dependency} import", f"from _previous_{dependency} import")
-        path = folder / f"_previous_{name}.py"
-        path.write_text(text)
-        spec = importlib.util.spec_from_file_location(f"_previous_{name}", path)
-        modules[name] = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = modules[name]
-        spec.loader.exec_module(modules[name])
+        modules[name] = import_previous(folder, name, text)
     return modules["postprocess"]
+
+
+def import_previous(folder: Path, name: str, text: str) -> ModuleType:
+    """Module source ``text`` (a revision's ``vitp/<name>.py``) imported as ``_previous_<name>`` from a
+    file in ``folder`` (registered in ``sys.modules``, so other previous modules can import it)."""
+    path = folder / f"_previous_{name}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(f"_previous_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def same_results(a: object, b: object) -> bool:
