@@ -11,6 +11,8 @@ excluded), the package's single inference path ``ViTPModule.pipeline`` (``TwoSta
 * ``propose``: the proposer forward alone (to split the proposer's cost);
 * ``pointvit``: the classifier call of the pipeline alone (``TwoStagePipeline.classify``: inference
   points of the proposals + PointViT), on the proposals computed once beforehand;
+* ``... every proposal``: ``vitp`` / ``pointvit`` with ``InferenceSettings.skip_empty_proposals`` off,
+  so the empty proposals are classified too (as before issue 25's seventh pass);
 * ``post proposer`` / ``post vitp``: the pipeline with the proposer's output (and the classifier's
   logits) replayed from a cache: what remains is the class fusion (``vitp``) and the post-processing,
   whose cost grows with the number of segments kept (printed per variant);
@@ -257,6 +259,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         props = pipe.propose(b, task)
         return post_only(previous, pipe, b, props, pipe.classify(b, [props])[0][0], "vitp")
 
+    unskipped = copy.copy(pipe)  # the same pipeline, every proposal classified (empty ones too)
+    unskipped.settings = dataclasses.replace(pipe.settings, skip_empty_proposals=False)
     every = copy.copy(pipe)  # the same pipeline, every kept panoptic candidate post-processed at full size
     every.settings = dataclasses.replace(pipe.settings, rule_out_candidates=False)
     candidates: dict[str, list[tuple[int, int]]] = {"proposer": [], "vitp": []}
@@ -267,9 +271,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     with torch.inference_mode():
         for batch in batches:
             props = pipe.propose(batch, task)
-            n_points.append(props.mask_logits.shape[1] * pipe.settings.top_k)
             valid = batch.valid_tensor()
             logits = pipe.classify(batch, [props])[0][0]
+            classified = props.mask_logits.shape[1] if logits.classified is None else int(logits.classified.sum())
+            n_points.append((props.mask_logits.shape[1], classified * pipe.settings.top_k))
             preds = pipe(batch, variants=("proposer", "vitp")).predictions
             for name in segments:
                 segments[name].append(count_segments(preds[name][0], task))
@@ -281,6 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                 "vitp": lambda b=batch: pipe(b, variants=("vitp",)),
                 "propose": lambda b=batch: pipe.propose(b, task),
                 "pointvit": lambda b=batch, p=props: pipe.classify(b, [p]),
+                "vitp every proposal": lambda b=batch: unskipped(b, variants=("vitp",)),
+                "pointvit every proposal": lambda b=batch, p=props: unskipped.classify(b, [p]),
                 "post proposer": lambda b=batch, r=replay(pipe, props, None): r(b, variants=("proposer",)),
                 "post vitp": lambda b=batch, r=replay(pipe, props, logits): r(b, variants=("vitp",)),
                 "timm": lambda b=batch, v=valid: backbone(clf.prepare_images(b.images, v)[0]),
@@ -308,7 +315,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     h, w = batches[0].images.shape[-2:]
     depth = len(backbone.blocks)
     print(f"`python {' '.join(['scripts/bench_end_to_end.py', *(sys.argv[1:] if argv is None else argv)])}`\n")
-    print(f"{n} images ({task}; first input {h}x{w}), {statistics.mean(n_points):.0f} proposals = points per image, "
+    print(f"{n} images ({task}; first input {h}x{w}), {statistics.mean(q for q, _ in n_points):.0f} proposals and "
+          f"{statistics.mean(c for _, c in n_points):.1f} points classified per image (the rest empty), "
           f"{args.reps} interleaved repetitions (medians); classifier {type(clf).__name__} "
           f"({depth} blocks, dim {clf.embed_dim}, image_size {clf.image_size}, point_start_block "
           f"{clf.point_start_block}); {machine}, {load_average()} at end")
@@ -327,6 +335,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
               f"{cpu[name] / cpu['proposer']:.2f} ({wall[name] / wall['proposer']:.2f}) |")
     ratios = {"vitp / proposer": ("vitp", "proposer"), "pointvit / timm": ("pointvit", "timm"),
               "pointvit / proposer": ("pointvit", "proposer"),
+              "vitp every proposal / proposer": ("vitp every proposal", "proposer"),
+              "vitp / vitp every proposal": ("vitp", "vitp every proposal"),
+              "pointvit / pointvit every proposal": ("pointvit", "pointvit every proposal"),
               "post vitp / post proposer": ("post vitp", "post proposer"),
               "vitp all candidates / proposer all candidates": ("vitp all candidates", "proposer all candidates"),
               "vitp / vitp all candidates": ("vitp", "vitp all candidates"),

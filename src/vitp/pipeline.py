@@ -25,10 +25,10 @@ from vitp.cpu_ops import above
 from vitp.fusion import fuse_class_probs
 from vitp.point_rules import select_points_by_rule
 from vitp.postprocess import PostProcessConfig, UpsampledLogits, infer, resize_prediction
-from vitp.proposal_geometry import (capped_size, lazy_logits, match_segments, proposal_point_masks,
-                                    valid_region_logits)
+from vitp.proposal_geometry import (ProposalPick, capped_size, lazy_logits, match_segments,
+                                    present_proposals, proposal_point_masks, valid_region_logits)
 from vitp.settings import InferenceSettings
-from vitp.structures import VARIANTS, Batch, PointMasks, Prediction, Proposals, Target, Variant
+from vitp.structures import VARIANTS, Batch, PointLogits, PointMasks, Prediction, Proposals, Target, Variant
 
 
 def oracle_class_probs(mask_logits: torch.Tensor | UpsampledLogits, target: Target, num_classes: int) -> torch.Tensor:
@@ -133,20 +133,23 @@ class TwoStagePipeline:
     def classify(
         self, batch: Batch, proposals: list[Proposals], extra_points: torch.Tensor | None = None,
         extra_point_masks: PointMasks | None = None, views: list[list[UpsampledLogits]] | None = None,
-    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Point logits ``float[B, Q, C]`` per proposal set, and those of ``extra_points`` — all
-        from one classifier call (one patch pass). A mask-aware classifier also gets each point's
-        mask: its proposal (binarised at logit 0) or, for an extra point, ``extra_point_masks``.
-        ``views``: per proposal set, per image, the logits the post-processing will read
-        (:meth:`logit_views`); where one is seen at the valid region's size, the masks are read from
-        it, so that upsampling is done once for both."""
+    ) -> tuple[list[PointLogits], torch.Tensor | None]:
+        """Point logits per proposal set (``PointLogits``: ``float[B, Q, C]``), and those of
+        ``extra_points`` — all from one classifier call (one patch pass). With
+        ``settings.skip_empty_proposals``, only the proposals with a pixel (:func:`present_proposals`)
+        get a point. A mask-aware classifier also gets each point's mask: its proposal (binarised
+        at logit 0) or, for an extra point, ``extra_point_masks``. ``views``: per proposal set, per
+        image, the logits the post-processing will read (:meth:`logit_views`); where one is seen at
+        the valid region's size, the masks are read from it, so that upsampling is done once for both."""
         b, k = len(batch), self.settings.top_k
         frame = tuple(batch.images.shape[-2:])
         valid = batch.valid_tensor()
+        picks = self.picks(batch, proposals)
+        chosen = [p if pick is None else p.take(pick.index) for p, pick in zip(proposals, picks)]
         chunks = [
             select_points_by_rule(p.mask_logits, valid, frame, self.settings.point_rule, k, p.valid_sizes,
                                   self.point_seed).reshape(b, -1, 2)
-            for p in proposals
+            for p in chosen
         ]
         if extra_points is not None:
             chunks.append(extra_points.to(batch.images.device, torch.float32))
@@ -154,23 +157,34 @@ class TwoStagePipeline:
         if self.classifier_needs_masks:
             if extra_points is not None and extra_point_masks is None:
                 raise ValueError("a mask-aware classifier needs extra_point_masks for the extra points")
-            own = proposal_point_masks(batch, proposals, chunks[: len(proposals)], k,
-                                       self.settings.point_mask_components, self._regions(batch, proposals, views))
+            own = proposal_point_masks(batch, chosen, chunks[: len(proposals)], k,
+                                       self.settings.point_mask_components, self._regions(batch, proposals, views, picks))
             extra["point_masks"] = own if extra_point_masks is None else PointMasks.concat([own, extra_point_masks])
         points = torch.cat(chunks, dim=1)
         trunk = proposals[0].trunk if proposals else None
-        if trunk is not None and getattr(self.classifier, "frame", "valid") == "square":
+        if points.shape[1] == 0:  # nothing to classify (every proposal empty)
+            logits = points.new_zeros(b, 0, self.num_classes + int(self.point_no_object))
+        elif trunk is not None and getattr(self.classifier, "frame", "valid") == "square":
             # one trunk pass for both stages: the points read the proposer's trunk states
             cache = self.classifier.cache_from_trunk(trunk, valid, frame)
             logits = self.classifier.classify_points(cache, points, extra.get("point_masks"))
         else:
             logits = self.classifier(batch.images, points, valid, **extra)
         out, start = [], 0
-        for p in proposals:
+        for p, pick in zip(chosen, picks):
             q = p.mask_logits.shape[1]
-            out.append(logits[:, start : start + q * k].reshape(b, q, k, -1).mean(2))
+            per_proposal = logits[:, start : start + q * k].reshape(b, q, k, logits.shape[-1]).mean(2)
+            out.append(PointLogits(per_proposal) if pick is None else pick.scatter(per_proposal))
             start += q * k
         return out, (logits[:, start:] if extra_points is not None else None)
+
+    def picks(self, batch: Batch, proposals: list[Proposals]) -> list[ProposalPick | None]:
+        """Per proposal set, the proposals the classifier reads (None: all of them, when
+        ``settings.skip_empty_proposals`` is off)."""
+        if not self.settings.skip_empty_proposals:
+            return [None] * len(proposals)
+        present = [present_proposals(p, batch) for p in proposals]
+        return [None if bool(m.all()) else ProposalPick.of(m) for m in present]
 
     @staticmethod
     def logit_views(batch: Batch, proposals: list[Proposals],
@@ -181,31 +195,42 @@ class TwoStagePipeline:
                  for i, t in enumerate(batch.targets)] for p in proposals]
 
     @staticmethod
-    def _regions(batch: Batch, proposals: list[Proposals],
-                 views: list[list[UpsampledLogits]] | None) -> list[list[torch.Tensor]] | None:
-        """``proposal_point_masks``' valid-region logits, taken from ``views`` where one is seen at
-        the valid region's size (the same crop and resize: the same values), else computed."""
-        if views is None:
+    def _regions(batch: Batch, proposals: list[Proposals], views: list[list[UpsampledLogits]] | None,
+                 picks: list[ProposalPick | None]) -> list[list[torch.Tensor]] | None:
+        """``proposal_point_masks``' valid-region logits of the picked proposals, taken from
+        ``views`` where one is seen at the valid region's size (the same crop and resize: the same
+        values), else computed."""
+        if views is None and all(pick is None for pick in picks):
             return None
-        return [[v[i].full() if v[i].size == tuple(t.valid_size) else valid_region_logits(p, batch, i)
-                 for p, v in zip(proposals, views)] for i, t in enumerate(batch.targets)]
+        out = []
+        for i, t in enumerate(batch.targets):
+            per_set = []
+            for s, (p, pick) in enumerate(zip(proposals, picks)):
+                view = None if views is None else views[s][i]
+                region = view.full() if view is not None and view.size == tuple(t.valid_size) else \
+                    valid_region_logits(p, batch, i)
+                per_set.append(region if pick is None else region[pick.index[i]])
+            out.append(per_set)
+        return out
 
     def variant_probs(
-        self, proposals: Proposals, point_logits: torch.Tensor | None, variants: tuple[Variant, ...]
+        self, proposals: Proposals, point_logits: PointLogits | None, variants: tuple[Variant, ...]
     ) -> dict[Variant, torch.Tensor]:
         """Class probabilities ``float[B, Q, K + 1]`` (last column = no object) of the proposer and
-        ViT-P variants among ``variants``."""
+        ViT-P variants among ``variants``; ViT-P's are no object for the proposals the classifier
+        did not read."""
         probs: dict[Variant, torch.Tensor] = {}
         if "proposer" in variants and proposals.class_logits is not None:
             probs["proposer"] = proposals.class_logits.float().softmax(-1)
         if "vitp" in variants and point_logits is not None:
             fuse_objectness = self.point_no_object and self.settings.fuse_objectness
+            logits = point_logits.logits
             if self.point_no_object and not fuse_objectness:
-                point_logits = point_logits[..., : self.num_classes]
-            probs["vitp"] = fuse_class_probs(
-                proposals.class_logits, point_logits, self.settings.fusion_alpha,
+                logits = logits[..., : self.num_classes]
+            probs["vitp"] = point_logits.void_unclassified(fuse_class_probs(
+                proposals.class_logits, logits, self.settings.fusion_alpha,
                 mask_quality=proposals.objectness, point_no_object=fuse_objectness,
-            )
+            ))
         return probs
 
     @torch.no_grad()
@@ -223,16 +248,29 @@ class TwoStagePipeline:
         config = self.config if score_threshold is None else self.settings.postprocess(score_threshold)
         variants = self.variants if variants is None else tuple(v for v in variants if v in self.variants)
         proposals = [self.propose(batch, tasks[0]) for tasks in self.task_groups()]
-        views = self.logit_views(batch, proposals, max_image_side)
-        point_logits: list[torch.Tensor | None] = [None] * len(proposals)
-        extra = None
-        if self.classifier is not None and ("vitp" in variants or extra_points is not None):
+        unread: list[PointLogits | None] = [None] * len(proposals)
+        if self.classifier is None or ("vitp" not in variants and extra_points is None):
+            return PipelineOutput(self.postprocess(batch, proposals, unread, variants, config, max_image_side))
+        picks = self.picks(batch, proposals)
+        if all(pick is None for pick in picks):  # every proposal classified: one view of the logits for all
+            views = self.logit_views(batch, proposals, max_image_side)
             point_logits, extra = self.classify(batch, proposals, extra_points, extra_point_masks, views)
-        predictions = self.postprocess(batch, proposals, point_logits, variants, config, max_image_side, views)
-        return PipelineOutput(predictions, extra)
+            return PipelineOutput(self.postprocess(batch, proposals, point_logits, variants, config,
+                                                   max_image_side, views), extra)
+        # ViT-P reads only the proposals with a pixel, from the points to the post-processing (the
+        # others are no object for it); the proposer's and oracle classes read them all
+        present = [p if pick is None else p.take(pick.index, pick.real) for p, pick in zip(proposals, picks)]
+        views = self.logit_views(batch, present, max_image_side)
+        point_logits, extra = self.classify(batch, present, extra_points, extra_point_masks, views)
+        predictions = {} if "vitp" not in variants else \
+            self.postprocess(batch, present, point_logits, ("vitp",), config, max_image_side, views)
+        others = tuple(v for v in variants if v != "vitp")
+        if others:
+            predictions.update(self.postprocess(batch, proposals, unread, others, config, max_image_side))
+        return PipelineOutput({v: predictions[v] for v in variants if v in predictions}, extra)
 
     def postprocess(
-        self, batch: Batch, proposals: list[Proposals], point_logits: list[torch.Tensor | None],
+        self, batch: Batch, proposals: list[Proposals], point_logits: list[PointLogits | None],
         variants: tuple[Variant, ...], config: PostProcessConfig | None = None, max_image_side: int | None = None,
         views: list[list[UpsampledLogits]] | None = None,
     ) -> dict[Variant, list[Prediction]]:

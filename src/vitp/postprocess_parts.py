@@ -44,7 +44,9 @@ class _Semantic:
         self.logits = logits
         self.queries = torch.arange(logits.shape[0], device=logits.low.device)
         self.probs = class_probs[:, :-1].float()
-        self.out = torch.empty(logits.size, dtype=torch.long, device=logits.low.device)
+        # no query: no class mass anywhere, and the first class wins every pixel (as first_argmax of zeros)
+        empty = torch.zeros if logits.shape[0] == 0 else torch.empty
+        self.out = empty(logits.size, dtype=torch.long, device=logits.low.device)
         self.may_win: torch.Tensor | None = None  # bool[K, h]: the classes competing per cell row
         self._band: tuple[tuple[int, int], torch.Tensor] | None = None  # the last band's classes
         k, (h, w), (H, W) = self.probs.shape[1], logits.low.shape[-2:], logits.size

@@ -8,7 +8,9 @@ Coordinates follow ``vitp.points``: (y, x) in [-1, 1] relative to each image's v
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 from vitp.cpu_ops import above, numpy_ok
 from vitp.points import point_to_pixel
 from vitp.upsampling import UpsampledLogits, crop_and_resize, crop_logits
-from vitp.structures import Batch, PointMasks, Proposals
+from vitp.structures import Batch, PointLogits, PointMasks, Proposals
 
 
 def match_segments(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,6 +138,62 @@ def lazy_logits(proposals: Proposals, batch: Batch, index: int, size: tuple[int,
     """:func:`original_size_logits` seen at ``size`` band by band (``vitp.postprocess.UpsampledLogits``),
     never materialised at full size."""
     return crop_logits(proposals.mask_logits[index], *_crop_args(proposals, batch, index, size))
+
+
+# A proposal counts as present when some mask logit the post-processing can read is at least this: it
+# binarises at sigmoid >= 0.5 after bilinear resizing, which never exceeds the largest logit it blends,
+# and sigmoid(-1e-6) < 0.5 in float32, so a proposal below it has no pixel in any task at any size.
+PRESENT_LOGIT = -1e-6
+
+
+def present_proposals(proposals: Proposals, batch: Batch) -> torch.Tensor:
+    """``bool[B, Q]``: the proposals whose mask can have a pixel on their image's valid region at any
+    output size: a logit >= :data:`PRESENT_LOGIT` among the mask cells that resizing the valid region
+    reads (tested at the mask's own resolution; where the region ends inside a cell, one more row /
+    column, so that a proposal judged empty surely is)."""
+    rows = []
+    for i in range(len(batch)):
+        logits = proposals.mask_logits[i]
+        h, w = logits.shape[-2:]
+        valid, _, frame = _crop_args(proposals, batch, i, (h, w))
+        frame = frame or (h, w)
+        extent = [v * n / f for v, n, f in zip(valid, (h, w), frame)]
+        rh, rw = (min(n, math.ceil(e) + (0 if float(e).is_integer() else 1)) for e, n in zip(extent, (h, w)))
+        rows.append(logits[:, :rh, :rw].amax((1, 2)) >= PRESENT_LOGIT if len(logits) else
+                    torch.zeros(0, dtype=torch.bool, device=logits.device))
+    return torch.stack(rows)
+
+
+@dataclass
+class ProposalPick:
+    """The present proposals of each image, padded to one count: ``index long[B, P]`` (P = the most
+    any image has; an image with fewer repeats one of its own, or proposal 0), ``present bool[B, Q]``."""
+
+    index: torch.Tensor
+    present: torch.Tensor
+
+    @classmethod
+    def of(cls, present: torch.Tensor) -> "ProposalPick":
+        counts = present.sum(1)
+        width = int(counts.max()) if len(counts) else 0
+        order = torch.argsort((~present).to(torch.uint8), dim=1, stable=True)[:, :width]  # present first
+        first = order[:, :1] if width else order
+        index = torch.where(torch.arange(width, device=present.device)[None] < counts[:, None], order, first)
+        return cls(index, present)
+
+    @property
+    def real(self) -> torch.Tensor:
+        """``bool[B, P]``: False where ``index`` is padding."""
+        return torch.arange(self.index.shape[1], device=self.index.device)[None] < self.present.sum(1)[:, None]
+
+    def scatter(self, logits: torch.Tensor) -> PointLogits:
+        """``logits float[B, P, C]`` of the picked proposals back at their places among all ``Q``."""
+        b, q = self.present.shape
+        out = logits.new_zeros(b, q, logits.shape[-1])
+        real = self.real.to(logits.device)
+        rows = torch.arange(b, device=logits.device)[:, None].expand_as(self.index)
+        out[rows[real], self.index[real]] = logits[real]
+        return PointLogits(out, self.present)
 
 
 def capped_size(size: tuple[int, int], max_image_side: int | None) -> tuple[int, int]:

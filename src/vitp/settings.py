@@ -39,6 +39,13 @@ class InferenceSettings:
         object_mask_threshold: class-probability threshold of the ``reference`` rule.
         overlap_threshold: see ``vitp.postprocess.PostProcessConfig``.
         topk_instances: see ``vitp.postprocess.PostProcessConfig``.
+        skip_empty_proposals: the classifier reads only proposals with a pixel (some mask logit
+            >= -1e-6 on the image's valid region); ViT-P labels the others no object. Such a mask
+            cannot become a segment or an instance at any output size; kept as a panoptic candidate
+            it only takes pixels from the others (where it wins the ``score * sigmoid`` contest,
+            they become void), and in the semantic map it adds its sub-0.5 mass. On the default run
+            they are over half the proposals, so the classifier's cost follows the proposals that
+            can be kept (False: every proposal is classified, as in the reference).
         rule_out_candidates: on large outputs, what cannot matter to a band of rows is left out
             at mask resolution (panoptic candidates and semantic classes that cannot win a pixel
             there, instance queries whose mask cannot reach it), so each band reads only the rest
@@ -55,6 +62,7 @@ class InferenceSettings:
     object_mask_threshold: float = 0.8
     overlap_threshold: float = 0.8
     topk_instances: int = 100
+    skip_empty_proposals: bool = True
     rule_out_candidates: bool = True
 
     def __post_init__(self) -> None:

@@ -229,6 +229,9 @@ class TrunkStates:
     scale: float
 
 
+EMPTY_MASK_LOGIT = -1.0e4  # the mask logit of a padding proposal: no pixel (finite, so it resizes; fits float16)
+
+
 @dataclass
 class Proposals:
     """Output of a ``MaskProposer``: what every proposer returns, and nothing free-form.
@@ -275,6 +278,39 @@ class Proposals:
         if self.class_logits is not None:
             return 1.0 - self.class_logits.float().softmax(-1)[..., -1]
         return self.mask_logits.new_ones(self.mask_logits.shape[:2], dtype=torch.float)
+
+    def take(self, index: torch.Tensor, real: torch.Tensor | None = None) -> "Proposals":
+        """The proposals ``index long[B, P]`` of each image (repeats allowed), for inference: masks,
+        classes and objectness; what only the proposer's loss reads is left out. Where ``real
+        bool[B, P]`` is False (padding), the mask is empty (every logit :data:`EMPTY_MASK_LOGIT`)."""
+        def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            return torch.take_along_dim(t, index.view(*index.shape, *([1] * (t.dim() - 2))), dim=1)
+
+        masks = rows(self.mask_logits)
+        if real is not None and not bool(real.all()):
+            masks[~real] = EMPTY_MASK_LOGIT
+        return Proposals(mask_logits=masks, class_logits=rows(self.class_logits), objectness=rows(self.objectness),
+                         valid_sizes=self.valid_sizes, tasks=self.tasks, trunk=self.trunk)
+
+
+@dataclass
+class PointLogits:
+    """The point classifier's logits of one proposal set, ``float[B, Q, C]``, and which proposals it
+    read (``classified bool[B, Q]``; None: all). The rows of the others are zeros and are never read
+    as classes: ViT-P labels those proposals no object (:meth:`void_unclassified`)."""
+
+    logits: torch.Tensor
+    classified: torch.Tensor | None = None
+
+    def void_unclassified(self, probs: torch.Tensor) -> torch.Tensor:
+        """``probs float[B, Q, K + 1]`` with the unclassified proposals' rows set to no object."""
+        if self.classified is None:
+            return probs
+        void = torch.zeros_like(probs)
+        void[..., -1] = 1.0
+        return torch.where(self.classified[..., None].to(probs.device), probs, void)
 
 
 # Checkpoints store the linked DatasetInfo in their hyper-parameters; let `torch.load(...,
