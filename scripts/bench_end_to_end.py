@@ -128,8 +128,9 @@ def large_classifier(num_outputs: int, model: str, size: int, start: int) -> tor
     return PointViT(num_outputs, model_name=model, image_size=size, point_start_block=start).eval()
 
 
-def replay(pipe: object, proposals: object, point_logits: torch.Tensor | None) -> object:
-    """A copy of the pipeline whose proposer and classifier return cached outputs."""
+def replay(pipe: object, proposals: object, point_logits: object | None) -> object:
+    """A copy of the pipeline whose proposer and classifier return cached outputs (``point_logits``:
+    those of the proposals the pipeline classifies, the present ones when it skips empty proposals)."""
     p = copy.copy(pipe)
     p.propose = lambda batch, task: proposals
     p.classify = lambda batch, proposals, *args, **kwargs: ([point_logits], None)
@@ -196,6 +197,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                         help="the one task post-processed")
     parser.add_argument("--images", type=int, default=50, help="first N images of the test split (val)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--only", nargs="+", default=None, metavar="VARIANT",
+                        help="time only these variants (e.g. proposer vitp 'vitp every proposal': more repetitions "
+                             "in the same time, for a steadier ratio)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: steadier ratios on a shared, loaded machine; 0 = torch default)")
     parser.add_argument("--large", action="store_true",
@@ -274,6 +278,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             valid = batch.valid_tensor()
             logits = pipe.classify(batch, [props])[0][0]
             classified = props.mask_logits.shape[1] if logits.classified is None else int(logits.classified.sum())
+            # what the pipeline's own ViT-P path classifies (the present proposals alone), for the replays
+            pick = pipe.picks(batch, [props])[0]
+            present = props if pick is None else props.take(pick.index, pick.real)
+            present_logits = pipe.classify(batch, [present])[0][0]
             n_points.append((props.mask_logits.shape[1], classified * pipe.settings.top_k))
             preds = pipe(batch, variants=("proposer", "vitp")).predictions
             for name in segments:
@@ -289,11 +297,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                 "vitp every proposal": lambda b=batch: unskipped(b, variants=("vitp",)),
                 "pointvit every proposal": lambda b=batch, p=props: unskipped.classify(b, [p]),
                 "post proposer": lambda b=batch, r=replay(pipe, props, None): r(b, variants=("proposer",)),
-                "post vitp": lambda b=batch, r=replay(pipe, props, logits): r(b, variants=("vitp",)),
+                "post vitp": lambda b=batch, r=replay(pipe, props, present_logits): r(b, variants=("vitp",)),
                 "timm": lambda b=batch, v=valid: backbone(clf.prepare_images(b.images, v)[0]),
                 "proposer all candidates": lambda b=batch: every(b, variants=("proposer",)),
                 "vitp all candidates": lambda b=batch: every(b, variants=("vitp",)),
-                "post vitp all candidates": lambda b=batch, r=replay(every, props, logits): r(b, variants=("vitp",)),
+                "post vitp all candidates": lambda b=batch, r=replay(every, props, present_logits): r(b, variants=("vitp",)),
                 "post proposer previous": lambda b=batch, p=props: post_only(previous, pipe, b, p, None, "proposer"),
                 "post proposer current": lambda b=batch, p=props: post_only(current, pipe, b, p, None, "proposer"),
                 "post vitp previous": lambda b=batch, p=props, lg=logits: post_only(previous, pipe, b, p, lg, "vitp"),
@@ -308,6 +316,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             if large:
                 lm = next(iter(large.values()))[1]
                 fns["timm L"] = lambda b=batch, v=valid, lm=lm: lm.backbone(lm.prepare_images(b.images, v)[0])
+            if args.only:
+                unknown = set(args.only) - set(fns) or ({"proposer"} - set(args.only))
+                if unknown:
+                    raise SystemExit(f"--only: unknown or missing variants {sorted(unknown)} (proposer is needed, the "
+                                     f"ratios' base); known: {sorted(fns)}")
+                fns = {k: f for k, f in fns.items() if k in args.only}
             fns_per_image.append(fns)
         machine = machine_line("cpu")  # CPU, cores, torch, threads, load average at start
         cpu, wall = interleaved_totals(fns_per_image, args.reps)
@@ -355,6 +369,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print("\n| ratio | CPU time (wall) |")
     print("|---|---:|")
     for label, (a, b) in ratios.items():
+        if a not in cpu or b not in cpu:
+            continue
         print(f"| {label} | {cpu[a] / cpu[b]:.2f} ({wall[a] / wall[b]:.2f}) |")
     return {"cpu": cpu, "wall": wall}
 

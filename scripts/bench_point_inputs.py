@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         proposals = [pipe.propose(batch, "panoptic") for batch in batches]
         chosen = [points(current, b, p) for b, p in zip(batches, proposals)]
         # the valid-region logits the pipeline upsamples once for the masks and the post-processing
-        regions = [pipe._regions(b, [p], pipe.logit_views(b, [p])) for b, p in zip(batches, proposals)]
+        regions = [pipe._regions(b, [p], pipe.logit_views(b, [p]), [None]) for b, p in zip(batches, proposals)]
         for b, p, pts, r in zip(batches, proposals, chosen, regions):
             if not torch.equal(points(previous, b, p), pts):
                 raise SystemExit("the inference points differ from the previous revision's")
