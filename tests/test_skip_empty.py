@@ -88,10 +88,12 @@ def test_proposal_pick_puts_present_proposals_first_and_scatters_back():
     assert not scattered.logits[1].any()
 
 
-def test_pick_with_no_present_proposal_has_no_columns():
+def test_pick_with_no_present_proposal_has_no_columns_or_the_minimum():
     pick = ProposalPick.of(torch.zeros(2, 4, dtype=torch.bool))
     assert pick.index.shape == (2, 0)
     assert pick.scatter(torch.zeros(2, 0, 3)).logits.shape == (2, 4, 3)
+    padded = ProposalPick.of(torch.zeros(2, 4, dtype=torch.bool), min_width=1)
+    assert padded.index.tolist() == [[0], [0]] and not padded.real.any()
 
 
 def tiny_mask_classifier() -> PointViT:
@@ -131,7 +133,7 @@ def test_pipeline_classifies_present_proposals_only_and_voids_the_rest():
 
 
 def test_every_proposal_is_classified_when_skipping_is_off():
-    batch = make_batch([(16, 20)], [(16, 20)])
+    batch = make_batch([(16, 17)], [(16, 17)])  # valid width 8.5 of 10 cells: resized through the frame
     proposals = Proposals(mask_logits=torch.full((1, 5, 8, 10), -4.0), class_logits=torch.zeros(1, 5, 4))
     clf = tiny_mask_classifier()
     outputs = []
@@ -147,7 +149,7 @@ def test_every_proposal_is_classified_when_skipping_is_off():
         assert seen == ([] if expected == 0 else [expected, expected])
         assert logits.logits.shape == (1, 5, 4) and len(pred.panoptic.labels) == 0
         # classified, the empty masks still make zero-score instances (as in the reference)
-        assert (len(pred.instance.labels) == 0) == skip and pred.semantic.shape == (16, 20)
+        assert (len(pred.instance.labels) == 0) == skip and pred.semantic.shape == (16, 17)
         outputs.append(pred.semantic)
     assert torch.equal(outputs[0], outputs[1])  # no class mass anywhere either way
 

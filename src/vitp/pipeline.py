@@ -178,13 +178,14 @@ class TwoStagePipeline:
             start += q * k
         return out, (logits[:, start:] if extra_points is not None else None)
 
-    def picks(self, batch: Batch, proposals: list[Proposals]) -> list[ProposalPick | None]:
+    def picks(self, batch: Batch, proposals: list[Proposals], min_width: int = 0) -> list[ProposalPick | None]:
         """Per proposal set, the proposals the classifier reads (None: all of them, when
-        ``settings.skip_empty_proposals`` is off)."""
+        ``settings.skip_empty_proposals`` is off or none is empty); ``min_width``: see
+        ``ProposalPick.of``."""
         if not self.settings.skip_empty_proposals:
             return [None] * len(proposals)
         present = [present_proposals(p, batch) for p in proposals]
-        return [None if bool(m.all()) else ProposalPick.of(m) for m in present]
+        return [None if bool(m.all()) else ProposalPick.of(m, min_width) for m in present]
 
     @staticmethod
     def logit_views(batch: Batch, proposals: list[Proposals],
@@ -251,7 +252,7 @@ class TwoStagePipeline:
         unread: list[PointLogits | None] = [None] * len(proposals)
         if self.classifier is None or ("vitp" not in variants and extra_points is None):
             return PipelineOutput(self.postprocess(batch, proposals, unread, variants, config, max_image_side))
-        picks = self.picks(batch, proposals)
+        picks = self.picks(batch, proposals, min_width=1)  # one empty proposal where none has a pixel
         if all(pick is None for pick in picks):  # every proposal classified: one view of the logits for all
             views = self.logit_views(batch, proposals, max_image_side)
             point_logits, extra = self.classify(batch, proposals, extra_points, extra_point_masks, views)
