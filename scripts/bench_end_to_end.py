@@ -279,8 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             logits = pipe.classify(batch, [props])[0][0]
             classified = props.mask_logits.shape[1] if logits.classified is None else int(logits.classified.sum())
             # what the pipeline's own ViT-P path classifies (the present proposals alone), for the replays
-            pick = pipe.picks(batch, [props])[0]
-            present = props if pick is None else props.take(pick.index, pick.real)
+            present = (pipe.vitp_proposals(batch, [props]) or [props])[0]
             present_logits = pipe.classify(batch, [present])[0][0]
             n_points.append((props.mask_logits.shape[1], classified * pipe.settings.top_k))
             preds = pipe(batch, variants=("proposer", "vitp")).predictions

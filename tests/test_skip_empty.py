@@ -11,7 +11,7 @@ from vitp.proposal_geometry import PRESENT_LOGIT, ProposalPick, present_proposal
 from vitp.proposers.base import MaskProposer
 from vitp.settings import InferenceSettings
 from vitp.structures import Batch, DatasetInfo, Proposals, Target
-from vitp.upsampling import crop_and_resize
+from vitp.upsampling import crop_and_resize, crop_logits
 
 INFO = DatasetInfo(("a", "b", "c"), (1, 5, 9), (True, True, False))
 
@@ -88,12 +88,13 @@ def test_proposal_pick_puts_present_proposals_first_and_scatters_back():
     assert not scattered.logits[1].any()
 
 
-def test_pick_with_no_present_proposal_has_no_columns_or_the_minimum():
+def test_pick_with_no_present_proposal_has_no_columns_and_an_empty_set_resizes():
     pick = ProposalPick.of(torch.zeros(2, 4, dtype=torch.bool))
     assert pick.index.shape == (2, 0)
     assert pick.scatter(torch.zeros(2, 0, 3)).logits.shape == (2, 4, 3)
-    padded = ProposalPick.of(torch.zeros(2, 4, dtype=torch.bool), min_width=1)
-    assert padded.index.tolist() == [[0], [0]] and not padded.real.any()
+    # no proposal left: cropped through the frame (valid width 8.5 of 10 cells) and seen at any size
+    logits = crop_logits(torch.zeros(0, 8, 10), (16, 17), (30, 31), (16, 20))
+    assert logits.low.shape == (0, 16, 17) and logits.full().shape == (0, 30, 31)
 
 
 def tiny_mask_classifier() -> PointViT:

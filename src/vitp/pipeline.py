@@ -158,7 +158,7 @@ class TwoStagePipeline:
             if extra_points is not None and extra_point_masks is None:
                 raise ValueError("a mask-aware classifier needs extra_point_masks for the extra points")
             own = proposal_point_masks(batch, chosen, chunks[: len(proposals)], k,
-                                       self.settings.point_mask_components, self._regions(batch, proposals, views, picks))
+                                       self.settings.point_mask_components, self._regions(batch, chosen, views, picks))
             extra["point_masks"] = own if extra_point_masks is None else PointMasks.concat([own, extra_point_masks])
         points = torch.cat(chunks, dim=1)
         trunk = proposals[0].trunk if proposals else None
@@ -178,14 +178,21 @@ class TwoStagePipeline:
             start += q * k
         return out, (logits[:, start:] if extra_points is not None else None)
 
-    def picks(self, batch: Batch, proposals: list[Proposals], min_width: int = 0) -> list[ProposalPick | None]:
+    def picks(self, batch: Batch, proposals: list[Proposals]) -> list[ProposalPick | None]:
         """Per proposal set, the proposals the classifier reads (None: all of them, when
-        ``settings.skip_empty_proposals`` is off or none is empty); ``min_width``: see
-        ``ProposalPick.of``."""
+        ``settings.skip_empty_proposals`` is off or none is empty)."""
         if not self.settings.skip_empty_proposals:
             return [None] * len(proposals)
         present = [present_proposals(p, batch) for p in proposals]
-        return [None if bool(m.all()) else ProposalPick.of(m, min_width) for m in present]
+        return [None if bool(m.all()) else ProposalPick.of(m) for m in present]
+
+    def vitp_proposals(self, batch: Batch, proposals: list[Proposals]) -> list[Proposals] | None:
+        """What ViT-P's path reads of each proposal set: each image's present proposals (padded with
+        empty ones to one count); None when it reads them all (skipping off, or no proposal empty)."""
+        picks = self.picks(batch, proposals)
+        if all(pick is None for pick in picks):
+            return None
+        return [p if pick is None else p.take(pick.index, pick.real) for p, pick in zip(proposals, picks)]
 
     @staticmethod
     def logit_views(batch: Batch, proposals: list[Proposals],
@@ -196,21 +203,21 @@ class TwoStagePipeline:
                  for i, t in enumerate(batch.targets)] for p in proposals]
 
     @staticmethod
-    def _regions(batch: Batch, proposals: list[Proposals], views: list[list[UpsampledLogits]] | None,
+    def _regions(batch: Batch, chosen: list[Proposals], views: list[list[UpsampledLogits]] | None,
                  picks: list[ProposalPick | None]) -> list[list[torch.Tensor]] | None:
-        """``proposal_point_masks``' valid-region logits of the picked proposals, taken from
-        ``views`` where one is seen at the valid region's size (the same crop and resize: the same
-        values), else computed."""
-        if views is None and all(pick is None for pick in picks):
+        """``proposal_point_masks``' valid-region logits of the ``chosen`` proposals (each set's
+        ``picks`` of those ``views`` show), taken from ``views`` where one is seen at the valid
+        region's size (the same crop and resize: the same values), else computed."""
+        if views is None:
             return None
         out = []
         for i, t in enumerate(batch.targets):
             per_set = []
-            for s, (p, pick) in enumerate(zip(proposals, picks)):
-                view = None if views is None else views[s][i]
-                region = view.full() if view is not None and view.size == tuple(t.valid_size) else \
-                    valid_region_logits(p, batch, i)
-                per_set.append(region if pick is None else region[pick.index[i]])
+            for p, v, pick in zip(chosen, views, picks):
+                if v[i].size != tuple(t.valid_size):
+                    per_set.append(valid_region_logits(p, batch, i))
+                else:
+                    per_set.append(v[i].full() if pick is None else v[i].full()[pick.index[i]])
             out.append(per_set)
         return out
 
@@ -252,15 +259,14 @@ class TwoStagePipeline:
         unread: list[PointLogits | None] = [None] * len(proposals)
         if self.classifier is None or ("vitp" not in variants and extra_points is None):
             return PipelineOutput(self.postprocess(batch, proposals, unread, variants, config, max_image_side))
-        picks = self.picks(batch, proposals, min_width=1)  # one empty proposal where none has a pixel
-        if all(pick is None for pick in picks):  # every proposal classified: one view of the logits for all
+        present = self.vitp_proposals(batch, proposals)
+        if present is None:  # every proposal classified: one view of the logits for all
             views = self.logit_views(batch, proposals, max_image_side)
             point_logits, extra = self.classify(batch, proposals, extra_points, extra_point_masks, views)
             return PipelineOutput(self.postprocess(batch, proposals, point_logits, variants, config,
                                                    max_image_side, views), extra)
         # ViT-P reads only the proposals with a pixel, from the points to the post-processing (the
         # others are no object for it); the proposer's and oracle classes read them all
-        present = [p if pick is None else p.take(pick.index, pick.real) for p, pick in zip(proposals, picks)]
         views = self.logit_views(batch, present, max_image_side)
         point_logits, extra = self.classify(batch, present, extra_points, extra_point_masks, views)
         predictions = {} if "vitp" not in variants else \

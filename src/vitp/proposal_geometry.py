@@ -173,11 +173,9 @@ class ProposalPick:
     present: torch.Tensor
 
     @classmethod
-    def of(cls, present: torch.Tensor, min_width: int = 0) -> "ProposalPick":
-        """``min_width``: at least this many columns (padding), e.g. 1 where an empty set of
-        proposals cannot be resized."""
+    def of(cls, present: torch.Tensor) -> "ProposalPick":
         counts = present.sum(1)
-        width = max(min(min_width, present.shape[1]), int(counts.max()) if len(counts) else 0)
+        width = int(counts.max()) if len(counts) else 0
         order = torch.argsort((~present).to(torch.uint8), dim=1, stable=True)[:, :width]  # present first
         first = order[:, :1] if width else order
         index = torch.where(torch.arange(width, device=present.device)[None] < counts[:, None], order, first)

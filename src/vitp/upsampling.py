@@ -25,6 +25,14 @@ BAND_ELEMENTS = 1 << 21  # floats per band when an output is read in several (8 
 # rather than mapped and faulted in afresh; 0.7x the time of 32 MiB bands at 1280 x 960, 2 cores)
 
 
+def _resize(stack: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``float[Q, h, w]`` resized to ``size`` (bilinear, ``align_corners=False``); an empty stack
+    (no query, which ``F.interpolate`` refuses) stays empty."""
+    if stack.shape[0] == 0:
+        return stack.new_zeros((0, *size))
+    return F.interpolate(stack[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
 def _row_weights(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source rows ``i0, i1 long[n_out]`` and weights ``w0, w1 float[n_out]`` of torch's bilinear
     resize (``align_corners=False``) along one axis, read from ``F.interpolate`` itself (a one-hot
@@ -145,10 +153,7 @@ class UpsampledLogits:
         if self.identity:
             return self.low
         if self._full is None:
-            if self.low.shape[0] == 0:
-                self._full = self.low.new_zeros((0, *self.size))
-            else:
-                self._full = F.interpolate(self.low[None], size=self.size, mode="bilinear", align_corners=False)[0]
+            self._full = _resize(self.low, self.size)
         return self._full
 
     def binary(self) -> torch.Tensor:
@@ -182,7 +187,7 @@ def crop_logits(
     if crop_h.is_integer() and crop_w.is_integer():
         cropped = mask_logits[:, : int(crop_h), : int(crop_w)]
     else:
-        cropped = F.interpolate(mask_logits[None], size=frame_size, mode="bilinear", align_corners=False)[0]
+        cropped = _resize(mask_logits, frame_size)
         cropped = cropped[:, : valid_size[0], : valid_size[1]]
     return UpsampledLogits(cropped, orig_size, chunk_elements)
 
