@@ -3,13 +3,13 @@
 Writes ``--images`` JPEGs (the generated dataset's images, each resized to a long side drawn
 log-uniformly between ``--min-side`` and ``--max-side``, 256-4000 px by default) into ``--folder``
 once, then runs the real command on them, once per ``--runs`` entry (each a list of extra
-arguments; ``default`` adds none):
+arguments; ``default`` adds none), all of them ``--repeats`` times, interleaved:
 
     vitp predict --config CONFIG --ckpt_path CKPT --data.init_args.path FOLDER \\
         --model.init_args.output.export_dir OUT --trainer.profiler simple ...
 
 and reports the wall time, images/s, the CPU time of the process tree (steadier than wall time on a
-shared machine), its peak memory and, from Lightning's
+shared machine), its peak memory, whether it wrote the same files as the first run and, from Lightning's
 ``SimpleProfiler``, where the main process spends its time (waiting for the loader's next batch,
 the predict step, the callbacks that write the files). Run from the trained default run's
 directory (``--workdir``):
@@ -120,32 +120,64 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", nargs="+", default=["default"], help="extra arguments per run ('default': none)")
     parser.add_argument("--out", type=Path, default=None, help="export directories (default: FOLDER.out)")
+    parser.add_argument("--repeats", type=int, default=1, help="the runs, interleaved, this many times (mean ± std)")
     args = parser.parse_args(argv)
     args.workdir = args.workdir.resolve()
     source = (args.data_root or args.workdir / "data/generated/synthetic_coco") / "val2017"
     sides = make_folder(args.folder, source if source.exists() else source.parent, args.images, args.min_side,
                         args.max_side, args.seed)
-    results = {}
-    for i, run in enumerate(args.runs):
-        extra = [] if run == "default" else shlex.split(run)
-        out = (args.out or args.folder.with_name(args.folder.name + ".out")) / f"run{i}"
-        results[run] = run_predict(extra, args, out)
-        print(f"{run}: {results[run]['wall']:.1f} s", file=sys.stderr)
+    tries: dict[str, list[dict]] = {run: [] for run in args.runs}
+    outs = {}
+    for rep in range(args.repeats):
+        for i, run in enumerate(args.runs):
+            extra = [] if run == "default" else shlex.split(run)
+            outs[run] = (args.out or args.folder.with_name(args.folder.name + ".out")) / f"run{i}"
+            tries[run].append(run_predict(extra, args, outs[run]))
+            print(f"{run}: {tries[run][-1]['wall']:.1f} s", file=sys.stderr)
     from bench_point_vit import cpu_model
 
+    results = {run: summary(r, args.images) for run, r in tries.items()}
+    first = next(iter(outs.values()))
+    for run, out in outs.items():
+        results[run]["same_files_as_first"] = same_files(first, out)
     print(f"{args.images} JPEGs, long side {min(sides)}-{max(sides)} px (median {int(np.median(sides))}); CPU "
           f"{cpu_model()}, {os.cpu_count()} cores; load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())} "
-          "at end\n")
-    print("| run | wall (s) | images/s | CPU, process tree (s) | images per CPU-s | peak memory, PSS (MiB) | files |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          f"at end; {args.repeats} interleaved repetition(s), mean ± std\n")
+    print("| run | wall (s) | images/s | CPU, process tree (s) | images per CPU-s | peak memory, PSS (MiB) | files | "
+          "same files as the first run |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     for run, r in results.items():
-        print(f"| `{run}` | {r['wall']:.1f} | {args.images / r['wall']:.2f} | {r['cpu']:.1f} | "
-              f"{args.images / r['cpu']:.3f} | {r['peak_mib']:.0f} | {r['written']} |")
+        print(f"| `{run}` | {_pm(r['walls'])} | {_pm(r['images_per_s'], 2)} | {_pm(r['cpus'])} | "
+              f"{args.images / np.mean(r['cpus']):.3f} | {r['peak_mib']:.0f} | {r['written']} | "
+              f"{'yes' if r['same_files_as_first'] else 'NO'} |")
     for run, r in results.items():
-        print(f"\nwhere `{run}` spends the main process's time (SimpleProfiler, total s / calls / %):")
+        print(f"\nwhere `{run}` spends the main process's time (SimpleProfiler of its last repetition, total s / calls / %):")
         for action, total, calls, pct in r["profile"]:
             print(f"    {total:8.1f} s  {calls:6d}  {pct:5.1f} %  {action}")
     return results
+
+
+def summary(tries: list[dict], images: int) -> dict:
+    """One run's repetitions: walls, CPU times and images/s of each, the largest peak, the last profile."""
+    walls = [t["wall"] for t in tries]
+    return {"walls": walls, "cpus": [t["cpu"] for t in tries], "images_per_s": [images / w for w in walls],
+            "wall": float(np.mean(walls)), "cpu": float(np.mean([t["cpu"] for t in tries])),
+            "peak_mib": max(t["peak_mib"] for t in tries), "written": tries[-1]["written"],
+            "profile": tries[-1]["profile"]}
+
+
+def same_files(a: Path, b: Path) -> bool:
+    """Whether two export folders hold the same files with the same bytes."""
+    names = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    if names != sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()):
+        return False
+    return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+
+def _pm(values: list[float], digits: int = 1) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
 if __name__ == "__main__":

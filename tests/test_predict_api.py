@@ -98,10 +98,14 @@ def _save(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def _predict(run, images: Path, out: Path) -> None:
+def _predict(run, images: Path, out: Path, *extra: str) -> None:
     os.chdir(run["workdir"])
     vitp_in_process("predict", "--config", str(CONFIG), *_args(run["root"]), "--ckpt_path", str(run["ckpt"]),
-                    "--data.init_args.path", str(images), "--model.init_args.output.export_dir", str(out))
+                    "--data.init_args.path", str(images), "--model.init_args.output.export_dir", str(out), *extra)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_predict_folder_of_mixed_images_and_python_api(run, tmp_path: Path):
@@ -113,7 +117,11 @@ def test_predict_folder_of_mixed_images_and_python_api(run, tmp_path: Path):
     src = sorted((run["root"] / "val2017").glob("*.jpg"))[0]
     sizes = _write_images(tmp_path / "my_images", src)
     out = tmp_path / "pred"
-    _predict(run, tmp_path / "my_images", out)
+    _predict(run, tmp_path / "my_images", out)  # files written on a background thread (the default)
+    in_main_thread = tmp_path / "pred_main_thread"
+    _predict(run, tmp_path / "my_images", in_main_thread, "--model.init_args.output.background_writing", "false")
+    written = _files(out)
+    assert len(written) > 15 and written == _files(in_main_thread)  # 3 batches: the same bytes either way
     info = run["info"]
     cat_names = dict(zip(info.category_ids, info.class_names))
     panoptic = json.loads((out / "panoptic.json").read_text())
@@ -210,3 +218,25 @@ def test_vitp_export_onnx_matches_pytorch(run, tmp_path: Path):
     meta = json.loads((tmp_path / "onnx" / "point_classifier.json").read_text())
     assert meta["image_size"] == 96 and meta["class_names"] == list(run["info"].class_names)
     assert meta["num_outputs"] == run["info"].num_classes + 1  # the default config trains a no-object output
+
+
+def test_bench_predict_folder_tiny(run, tmp_path: Path):
+    """`scripts/bench_predict_folder.py` at a tiny size, so it cannot rot: photos made from the
+    dataset's images, the real `vitp predict` per run (here with and without background writing),
+    times, memory, the profile's rows, and the same files from both runs."""
+    import shlex
+
+    from test_bench_scripts import _script
+
+    small = shlex.join(_args(run["root"]))
+    runs = [f"{small} --model.init_args.output.background_writing false", small]
+    out = _script("bench_predict_folder").main([
+        "--workdir", str(run["workdir"]), "--ckpt", str(run["ckpt"]), "--data-root", str(run["root"]),
+        "--folder", str(tmp_path / "photos"), "--images", "3", "--min-side", "40", "--max-side", "120",
+        "--runs", *runs, "--out", str(tmp_path / "out")])
+    assert len(list((tmp_path / "photos").glob("*.jpg"))) == 3
+    for result in out.values():
+        assert result["written"] == 3 and result["same_files_as_first"]
+        assert result["images_per_s"][0] > 0 and result["cpu"] > 0 and result["peak_mib"] > 0
+        assert any("PredictionFiles" in row[0] for row in result["profile"])
+    assert len(_files(tmp_path / "out" / "run0")) > 10

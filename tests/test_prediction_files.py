@@ -52,6 +52,20 @@ def test_batches_written_in_order_and_all_by_the_end(background: bool):
     assert cb._pool is None and cb._pending == []
 
 
+def test_one_batch_written_while_the_next_is_predicted_by_default():
+    recorder = _Recorder()
+    cb = PredictionFiles()
+    assert cb.background and cb.max_pending == 1
+    cb._writers = [recorder]
+    from concurrent.futures import ThreadPoolExecutor
+    cb._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitp-writer")
+    for i in range(4):
+        cb._submit([i], _batch(i))
+        assert len(cb._pending) == 1  # the previous batch was finished before this one was queued
+    cb._drain()
+    assert recorder.written == [0, 1, 2, 3]
+
+
 def test_a_writer_error_reaches_the_main_thread():
     cb = _callback(_Recorder(fail_at=3))
     with pytest.raises(OSError, match="image 3"):

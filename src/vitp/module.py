@@ -229,7 +229,7 @@ class ViTPModule(L.LightningModule):
         run's record in its checkpoints, and with ``output.export_dir`` the files of test and predict."""
         from vitp.callbacks import PredictionFiles, SkippedSamplesLogger, TrainingRecord
 
-        files = [PredictionFiles()] if self.output.export_dir else []
+        files = [PredictionFiles(self.output.background_writing)] if self.output.export_dir else []
         return [SkippedSamplesLogger(), TrainingRecord()] + files
 
     # ------------------------------------------------------------------ evaluation

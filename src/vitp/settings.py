@@ -132,12 +132,16 @@ class OutputSettings:
         max_image_side: ``predict`` post-processes images whose long side is larger at this size
             and maps the results back to the original size (memory and time stay those of this
             size); None: always at the original size. Validation and test: always the original size.
+        background_writing: ``predict`` writes the files of a batch on one background thread while
+            the model runs on the next (``vitp.callbacks.PredictionFiles``; the same files, one more
+            batch of predictions in memory); false writes them in the main thread, between batches.
     """
 
     export_dir: str | None = None
     overlays: bool = True
     score_threshold: float = 0.0
     max_image_side: int | None = 1333
+    background_writing: bool = True
 
 
 RENAMED: dict[str, str] = {
