@@ -264,3 +264,14 @@ def test_edges_equal_a_padded_reference():
         expected = np.max(views, axis=0) != np.min(views, axis=0)
         assert np.array_equal(_edges(segments), expected), case
     assert _edges(np.zeros((0, 5), np.int64)).shape == (0, 5)
+
+
+def test_segment_ids_are_one_plus_the_index_and_zero_outside():
+    from vitp.label_placement import segment_ids
+
+    in_range = np.array([[-1, 0], [2, 1]], dtype=np.int64)
+    assert segment_ids(in_range, 3).tolist() == [[0, 1], [3, 2]] and segment_ids(in_range, 3).dtype == np.int32
+    outside = np.array([[-2, 3], [2, 1 << 40]], dtype=np.int64)  # below void, past the count, past int32
+    assert segment_ids(outside, 3).tolist() == [[0, 0], [3, 0]]
+    assert segment_ids(np.zeros((0, 4), dtype=np.int64), 3).shape == (0, 4)
+    assert segment_ids(np.array([[0, 5]], dtype=np.uint8), 6).tolist() == [[1, 6]]

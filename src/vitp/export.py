@@ -36,6 +36,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from vitp.data.io import id2rgb
+from vitp.label_placement import segment_ids
 from vitp.rle import instance_rles
 from vitp.structures import DatasetInfo, PanopticPrediction, Prediction, Target
 
@@ -66,7 +67,7 @@ def label_areas_boxes(labels: torch.Tensor, n: int, band_pixels: int = 1 << 22) 
     rows = max(1, band_pixels // max(1, w))
     for y0 in range(0, h, rows):
         band = array[y0:y0 + rows]
-        ids = np.where((band >= 0) & (band < n), band + 1, 0).astype(np.int32)  # 0: ignored
+        ids = segment_ids(band, n)  # 0: ignored
         area += np.bincount(ids.ravel(), minlength=n + 1)[1:]
         for i, box in enumerate(ndimage.find_objects(ids, max_label=n)):
             if box is not None:

@@ -112,7 +112,9 @@ def nearest_resized_rle(mask: np.ndarray, size: tuple[int, int]) -> dict[str, An
         change[0] = block[0]  # the read row above the box (or the implicit 0 above row 0) is all 0
         change[1:len(block)] = block[1:] != block[:-1]
         change[len(block):] = block[-1]  # 1 -> 0 on the read row below the box
-    j, r = np.nonzero(change.T)  # per source column of the box, its transition rows in order
+    # per source column of the box, its transition rows in order: a flat search of the column-major
+    # copy (np.nonzero of the transposed view walks it with strides: 3-5x slower on a blob's box)
+    j, r = np.divmod(np.flatnonzero(np.ascontiguousarray(change.T)), max(1, len(change)))
     j, r = j + x0, r + ra
     per_col = np.bincount(j, minlength=w)
     offset = np.concatenate([[0], np.cumsum(per_col)[:-1]])
@@ -126,13 +128,27 @@ def nearest_resized_rle(mask: np.ndarray, size: tuple[int, int]) -> dict[str, An
     starts_on = mask[rows[0], xs]
     starts = np.arange(w0) * h0
     fix = ends_on  # previous column ended on 1: toggle the transition at this column's start
-    pos = np.setxor1d(pos, starts[fix & starts_on]) if (fix & starts_on).any() else pos  # 1 -> 1: none
-    pos = np.union1d(pos, starts[fix & ~starts_on]) if (fix & ~starts_on).any() else pos  # 1 -> 0: one
-    pos = np.sort(pos)
+    pos = _merge_sorted(pos, starts[fix & starts_on], drop_found=True)  # 1 -> 1: none
+    pos = _merge_sorted(pos, starts[fix & ~starts_on], drop_found=False)  # 1 -> 0: one
     counts = np.diff(np.concatenate([[0], pos, [h0 * w0]]))
     if len(counts) > 1 and counts[-1] == 0:
         counts = counts[:-1]
     return mask_utils.frPyObjects({"size": [h0, w0], "counts": counts.tolist()}, h0, w0)
+
+
+def _merge_sorted(pos: np.ndarray, values: np.ndarray, drop_found: bool) -> np.ndarray:
+    """``values`` (sorted, unique) merged into ``pos`` (sorted, unique): inserted where absent and,
+    with ``drop_found``, removed where present (``np.setxor1d``; else ``np.union1d``), by binary
+    search instead of sorting both again."""
+    if len(values) == 0:
+        return pos
+    idx = np.searchsorted(pos, values)
+    found = idx < len(pos)
+    found[found] = pos[idx[found]] == values[found]
+    if drop_found:
+        pos = np.delete(pos, idx[found])
+    missing = values[~found]
+    return np.insert(pos, np.searchsorted(pos, missing), missing)
 
 
 def instance_rles(inst: InstancePrediction) -> Iterator[dict[str, Any]]:

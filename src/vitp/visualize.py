@@ -188,9 +188,13 @@ def render_prediction(image: np.ndarray, pred: Prediction, info: DatasetInfo, ki
     if kind == "semantic":
         if pred.semantic is None:
             raise ValueError("the prediction has no semantic result")
-        sem = pred.semantic.cpu().numpy().astype(np.int64)
-        sem = np.where((sem >= 0) & (sem < len(is_thing)), sem, -1)
-        share = np.bincount(sem[sem >= 0].ravel(), minlength=len(is_thing)) / max(1, sem.size)
+        sem = pred.semantic.cpu().numpy().astype(np.int64, copy=False)
+        if sem.size and (sem.min() < 0 or sem.max() >= len(is_thing)):  # copies only when some pixels have no class
+            sem = np.where((sem >= 0) & (sem < len(is_thing)), sem, -1)
+            counts = np.bincount(sem[sem >= 0], minlength=len(is_thing))
+        else:
+            counts = np.bincount(sem.ravel(), minlength=len(is_thing))
+        share = counts / max(1, sem.size)
         return overlay_panoptic(image, sem, np.arange(len(is_thing)), np.zeros_like(is_thing), names=names,
                                 scores=share if legend else None, legend=legend,
                                 legend_values=[f"{100 * v:.0f}%" for v in share])
