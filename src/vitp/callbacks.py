@@ -44,9 +44,10 @@ class PredictionFiles(L.Callback):
     Args:
         background: ``predict`` writes on one background thread (in order), so the files of a batch
             are written while the model runs on the next, and a writer's error stops the run at the
-            next batch or at the end. On by default: on a 2-core CPU it made ``vitp predict`` of 60
-            photos about 1.2x as fast with the same files (docs/benchmarks.md), as writing them now
-            costs more than the model; it holds one more batch of predictions in memory.
+            next batch or at the end. On by default: on a 2-core CPU, where writing the files costs
+            more than the model, it made ``vitp predict`` 1.23x as fast on 60 photos and 1.40x on
+            500, with the same files (docs/benchmarks.md); it holds one more batch of predictions
+            in memory.
         max_pending: batches being written or waiting at once in the background.
     """
 
