@@ -60,7 +60,9 @@ def cpu_model() -> str:
 def machine_line(device: str) -> str:
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     gpu = f", GPU {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
-    return (f"CPU {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+    # the vector instructions torch's CPU kernels use (AVX2, AVX512, ...): bf16 speed follows them
+    simd = torch.backends.cpu.get_cpu_capability()
+    return (f"CPU {cpu_model()} ({simd}), {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads{gpu}; load average {load} at start")
 
 
