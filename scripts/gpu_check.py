@@ -9,7 +9,8 @@
    ``2 * multiply-adds`` of every matmul) over the device's dense bf16 peak (``--peak-tflops``;
    known: H100 / H200 989 TFLOP/s).
 
-CI does not run it (no GPU); ``tests/test_bench_scripts.py`` runs it on the CPU at a tiny size so it
+CI does not run it (no GPU); ``tests/test_bench_scripts.py`` (the ViT part) and
+``tests/test_predict_api.py`` (the pipeline part, bf16 autocast) run it on the CPU at a tiny size so it
 cannot rot. Usage on the lent machine, after ``make demo``:
 
     python scripts/gpu_check.py --device cuda                 # both parts, ~2-4 minutes

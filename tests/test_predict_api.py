@@ -240,3 +240,26 @@ def test_bench_predict_folder_tiny(run, tmp_path: Path):
         assert result["images_per_s"][0] > 0 and result["cpu"] > 0 and result["peak_mib"] > 0
         assert any("PredictionFiles" in row[0] for row in result["profile"])
     assert len(_files(tmp_path / "out" / "run0")) > 10
+
+
+def test_gpu_check_pipeline_part_runs_on_cpu(run, tmp_path: Path):
+    """`scripts/gpu_check.py`'s first part on the CPU: the default config's checkpoint where `make demo`
+    writes it, loaded with `Segmenter.from_checkpoint`, predicted batch by batch under bf16 autocast
+    (the path a lent GPU runs), images/s reported; the ViT part at a tiny size beside it."""
+    import shutil
+
+    from test_bench_scripts import _script
+
+    workdir = tmp_path / "demo_run"
+    shutil.copytree(run["workdir"] / "outputs", workdir / "outputs")  # the saved stage-1 proposer
+    ckpt = workdir / "outputs/synthetic/vitp_tiny_mask2former/checkpoints/last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    shutil.copy(run["ckpt"], ckpt)
+    out = _script("gpu_check").main([
+        "--device", "cpu", "--workdir", str(workdir), "--images", "3", "--batch", "2",
+        "--vit-model", "vit_tiny_patch16_224", "--vit-size", "32", "--vit-batch", "1", "--vit-reps", "1",
+        "--points", "2", "--vit-kwargs", "{'depth': 1, 'embed_dim': 16, 'num_heads': 1, 'img_size': 32}",
+        "--", *_args(run["root"])])
+    assert out["pipeline"] is not None and out["pipeline"]["images_per_s"] > 0
+    assert out["pipeline"]["peak_gb"] is None  # measured on CUDA only
+    assert out["vit"]["images_per_s"] > 0 and out["vit"]["mfu"] is None  # no --peak-tflops on a CPU
