@@ -66,6 +66,15 @@ def test_one_batch_written_while_the_next_is_predicted_by_default():
     assert recorder.written == [0, 1, 2, 3]
 
 
+def test_a_failing_prediction_still_leaves_the_predicted_batches_written():
+    recorder = _Recorder()
+    cb = _callback(recorder)
+    for i in range(3):
+        cb._submit([2 * i, 2 * i + 1], _batch(i))
+    cb.on_exception(None, None, RuntimeError("the model failed on the next batch"))
+    assert recorder.written == list(range(6)) and cb._pool is None
+
+
 def test_a_writer_error_reaches_the_main_thread():
     cb = _callback(_Recorder(fail_at=3))
     with pytest.raises(OSError, match="image 3"):

@@ -78,8 +78,10 @@ class PredictionFiles(L.Callback):
                 self._pool = None
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # the run stops: the batches already predicted are still written (as in the main thread,
+        # where each was written before the next was predicted); a writer's own error was raised
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=True)
             self._pool, self._pending = None, []
 
     def _start(self, pl_module: L.LightningModule, per_image_json: bool) -> Any:
