@@ -275,3 +275,19 @@ def test_segment_ids_are_one_plus_the_index_and_zero_outside():
     assert segment_ids(outside, 3).tolist() == [[0, 0], [3, 0]]
     assert segment_ids(np.zeros((0, 4), dtype=np.int64), 3).shape == (0, 4)
     assert segment_ids(np.array([[0, 5]], dtype=np.uint8), 6).tolist() == [[1, 6]]
+
+
+def test_semantic_overlay_leaves_pixels_without_a_class_untouched():
+    """Pixels of a semantic map outside the classes (-1, 255) are void in the overlay, whatever
+    their value, and do not count in the legend's shares."""
+    from vitp.export import semantic_areas
+
+    image, pred, info = _prediction()
+    sem = pred.panoptic.segments.clone()  # -1 below row 40 outside the two small squares
+    with_255 = sem.clone()
+    with_255[with_255 < 0] = 255
+    a = render_prediction(image, Prediction(semantic=sem), info, "semantic", legend=True)
+    b = render_prediction(image, Prediction(semantic=with_255), info, "semantic", legend=True)
+    assert np.array_equal(a, b)
+    assert (a[100:, :160] == image[100:]).all()  # void rows: the image itself
+    assert semantic_areas(with_255, 3).tolist() == [40 * 160, 100, 100]

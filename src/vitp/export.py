@@ -76,6 +76,15 @@ def label_areas_boxes(labels: torch.Tensor, n: int, band_pixels: int = 1 << 22) 
     return torch.from_numpy(area).to(labels.device), torch.from_numpy(np.concatenate([lo, hi], 1)).to(labels.device)
 
 
+def semantic_areas(semantic: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Pixels per class ``long[num_classes]`` of a semantic map, pixels without a class (values
+    outside ``0..num_classes-1``) not counted; a copy of the map only when there are such pixels."""
+    sem = semantic.detach().to("cpu").long().flatten()
+    if sem.numel() and (int(sem.min()) < 0 or int(sem.max()) >= num_classes):
+        sem = sem[(sem >= 0) & (sem < num_classes)]
+    return torch.bincount(sem, minlength=num_classes)
+
+
 def panoptic_segments_info(
     pan: PanopticPrediction, category_ids: Sequence[int]
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -136,10 +145,7 @@ def image_record(pred: Prediction, info: DatasetInfo,
                 "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
             })  # fmt: skip
     if pred.semantic is not None:
-        sem = pred.semantic.detach().to("cpu").long().flatten()
-        if sem.numel() and (int(sem.min()) < 0 or int(sem.max()) >= len(names)):
-            sem = sem[(sem >= 0) & (sem < len(names))]  # a copy only when some pixels have no class
-        counts = torch.bincount(sem, minlength=len(names)).tolist()
+        counts = semantic_areas(pred.semantic, len(names)).tolist()
         record["semantic"] = [{"category_id": int(cat_ids[k]), "label": names[k], "area": int(n)}
                               for k, n in enumerate(counts) if n]
     return ids, record

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from vitp.data.io import load_rgb
+from vitp.export import semantic_areas
 from vitp.label_placement import label_anchors, place_labels
 from vitp.structures import DatasetInfo, Prediction, Target
 
@@ -188,12 +189,10 @@ def render_prediction(image: np.ndarray, pred: Prediction, info: DatasetInfo, ki
     if kind == "semantic":
         if pred.semantic is None:
             raise ValueError("the prediction has no semantic result")
-        sem = pred.semantic.cpu().numpy().astype(np.int64, copy=False)
-        if sem.size and (sem.min() < 0 or sem.max() >= len(is_thing)):  # copies only when some pixels have no class
+        counts = semantic_areas(pred.semantic, len(is_thing)).numpy()
+        sem = pred.semantic.cpu().numpy()
+        if counts.sum() < sem.size:  # some pixels have no class: void in the overlay (a copy only then)
             sem = np.where((sem >= 0) & (sem < len(is_thing)), sem, -1)
-            counts = np.bincount(sem[sem >= 0], minlength=len(is_thing))
-        else:
-            counts = np.bincount(sem.ravel(), minlength=len(is_thing))
         share = counts / max(1, sem.size)
         return overlay_panoptic(image, sem, np.arange(len(is_thing)), np.zeros_like(is_thing), names=names,
                                 scores=share if legend else None, legend=legend,
