@@ -38,6 +38,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_eval_scale import _tree_pss  # noqa: E402  (sums the PSS of the vitp process tree)
+from seeds_table import mean_std  # noqa: E402
 
 CONFIG = ROOT / "configs/synthetic/vitp/tiny_mask2former.yaml"
 CHECKPOINT = Path("outputs/synthetic/vitp_tiny_mask2former/checkpoints/last.ckpt")
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
           "same files as the first run |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for run, r in results.items():
-        print(f"| `{run}` | {_pm(r['walls'])} | {_pm(r['images_per_s'], 2)} | {_pm(r['cpus'])} | "
+        print(f"| `{run}` | {mean_std(r['walls'])} | {mean_std(r['images_per_s'], 2)} | {mean_std(r['cpus'])} | "
               f"{args.images / np.mean(r['cpus']):.3f} | {r['peak_mib']:.0f} | {r['written']} | "
               f"{'yes' if r['same_files_as_first'] else 'NO'} |")
     for run, r in results.items():
@@ -172,12 +173,6 @@ def same_files(a: Path, b: Path) -> bool:
     if names != sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()):
         return False
     return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
-
-
-def _pm(values: list[float], digits: int = 1) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
 if __name__ == "__main__":
